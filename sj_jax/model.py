@@ -1,0 +1,183 @@
+"""A Llama-family decoder-only transformer in Flax (linen), layers scanned, every parameter named by axis.
+
+Parameter tree (L = layers, E = hidden, H/K = query/kv heads, D = head dim, F = FFN, V = vocab):
+    embed/embedding            [V, E]        (vocab, embed)
+    layers/attn/{q,k,v}/kernel [L, E, H|K, D] (layers, embed, heads|kv_heads, head_dim), bias [L, H|K, D]
+    layers/attn/o/kernel       [L, H, D, E]  (layers, heads, head_dim, embed), bias [L, E]
+    layers/mlp/{gate,up}/kernel[L, E, F]     (layers, embed, mlp);  down/kernel [L, F, E]
+    layers/{attn_norm,mlp_norm}/scale [L, E]; final_norm/scale [E]
+    lm_head/kernel             [E, V]        (untied models only)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sj_jax.model_config import ModelConfig
+from sj_jax.rope import apply_rotary, rotary_tables
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_KERNEL_INIT = nn.initializers.normal(0.02)
+
+
+def _param(mod: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...], init=_KERNEL_INIT):
+    return mod.param(name, nn.with_logical_partitioning(init, axes), shape, _DTYPES[mod.config.param_dtype])
+
+
+class RMSNorm(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = _param(self, "scale", (x.shape[-1],), ("embed",), nn.initializers.ones)
+        dtype = _DTYPES[self.config.dtype]
+        xf = x.astype(jnp.float32)
+        normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.config.rms_norm_eps)
+        # As transformers: normalise in float32, cast back, then scale in the compute dtype.
+        return scale.astype(dtype) * normed.astype(dtype)
+
+
+class Projection(nn.Module):
+    """y = x . kernel (+ bias), contracting the last `in_dims` axes of x with the first of kernel."""
+
+    config: ModelConfig
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    axes: tuple[str, ...]
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = _DTYPES[self.config.dtype]
+        kernel = _param(self, "kernel", self.in_shape + self.out_shape, self.axes).astype(dtype)
+        n_in = len(self.in_shape)
+        y = jax.lax.dot_general(
+            x.astype(dtype), kernel,
+            ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())),
+        )
+        if self.use_bias:
+            bias = _param(self, "bias", self.out_shape, self.axes[n_in:], nn.initializers.zeros)
+            y = y + bias.astype(dtype)
+        return y
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Scaled dot-product attention with grouped KV heads.
+
+    q: [batch, seq, heads, head_dim]; k, v: [batch, kv_seq, kv_heads, head_dim];
+    mask: bool [batch, 1, seq, kv_seq] (True = attend). Returns [batch, seq, heads, head_dim].
+    """
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=q.shape[-1] ** -0.5)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask):
+        c = self.config
+        e, h, k, d = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+        q = Projection(c, (e,), (h, d), ("embed", "heads", "head_dim"), c.qkv_bias, name="q")(x)
+        key = Projection(c, (e,), (k, d), ("embed", "kv_heads", "head_dim"), c.qkv_bias, name="k")(x)
+        value = Projection(c, (e,), (k, d), ("embed", "kv_heads", "head_dim"), c.qkv_bias, name="v")(x)
+        q, key = apply_rotary(q, cos, sin), apply_rotary(key, cos, sin)
+        out = attend(q, key, value, mask)
+        return Projection(c, (h, d), (e,), ("heads", "head_dim", "embed"), c.o_bias, name="o")(out)
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        e, f = c.hidden_size, c.intermediate_size
+        gate = Projection(c, (e,), (f,), ("embed", "mlp"), c.mlp_bias, name="gate")(x)
+        up = Projection(c, (e,), (f,), ("embed", "mlp"), c.mlp_bias, name="up")(x)
+        return Projection(c, (f,), (e,), ("mlp", "embed"), c.mlp_bias, name="down")(nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, window, cos, sin, mask, pos_diff):
+        """x: [batch, seq, embed]; window: int32 scalar (0 = none); returns (x, None) for `nn.scan`."""
+        if pos_diff is not None:
+            mask = mask & ((window <= 0) | (pos_diff < window))[:, None]
+        x = x + Attention(self.config, name="attn")(RMSNorm(self.config, name="attn_norm")(x), cos, sin, mask)
+        x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x))
+        return x, None
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Transformer(nn.Module):
+    """The causal LM. `__call__` returns float32 logits `[batch, seq, vocab]`."""
+
+    config: ModelConfig
+
+    def setup(self):
+        c = self.config
+        layer_cls: Any = DecoderLayer
+        if c.remat != "none":
+            layer_cls = nn.remat(layer_cls, prevent_cse=False, policy=_REMAT_POLICIES[c.remat])
+        self.layers = nn.scan(
+            layer_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+            length=c.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(c)
+        self.embed = nn.Embed(
+            c.vocab_size, c.hidden_size,
+            embedding_init=nn.with_logical_partitioning(_KERNEL_INIT, ("vocab", "embed")),
+            param_dtype=_DTYPES[c.param_dtype], dtype=_DTYPES[c.dtype],
+        )
+        self.final_norm = RMSNorm(c)
+        if not c.tie_word_embeddings:
+            self.lm_head = Projection(c, (c.hidden_size,), (c.vocab_size,), ("embed", "vocab"))
+
+    def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                      positions: jax.Array | None = None) -> jax.Array:
+        """Final-norm hidden states `[batch, seq, embed]` (compute dtype) for int32 `input_ids: [batch, seq]`.
+
+        `attention_mask` (1 = token, 0 = padding) may pad on either side; positions count real tokens.
+        """
+        c = self.config
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), jnp.int32)
+        valid = attention_mask.astype(bool)
+        if positions is None:
+            positions = jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
+        causal = jnp.tril(jnp.ones((t, t), bool))
+        mask = causal[None, None] & valid[:, None, None, :]
+        pos_diff = None
+        if any(c.sliding_windows):
+            pos_diff = positions[:, :, None] - positions[:, None, :]
+        cos, sin = rotary_tables(positions, c.rope, c.head_dim)
+        x = self.embed(input_ids)
+        windows = jnp.asarray(c.sliding_windows, jnp.int32)
+        x, _ = self.layers(x, windows, cos, sin, mask, pos_diff)
+        return self.final_norm(x)
+
+    def logits_from_hidden(self, h: jax.Array) -> jax.Array:
+        """float32 `[..., vocab]` logits from hidden states `[..., embed]`."""
+        if self.config.tie_word_embeddings:
+            logits = self.embed.attend(h)
+        else:
+            logits = self.lm_head(h)
+        return logits.astype(jnp.float32)
+
+    def __call__(self, input_ids, attention_mask=None, positions=None):
+        return self.logits_from_hidden(self.hidden_states(input_ids, attention_mask, positions))

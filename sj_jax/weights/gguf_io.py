@@ -1,0 +1,166 @@
+"""Read a GGUF file (llama.cpp's format): its architecture, and its tensors dequantised to float32.
+
+Tensors are served under their Hugging Face names and layout, so that the same key map and loader
+serve safetensors and GGUF. llama.cpp stores the Q and K rows of `llama`-architecture models
+permuted for its rotary layout; we undo that here. Every size read from the header is bounded
+before use.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sj_jax.errors import WeightsError
+from sj_jax.model_config import ModelConfig, RopeConfig
+
+_MAX_DIM = 1 << 31
+_MAX_COUNT = 1 << 20  # layers, heads, ... far above any real model
+
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_BLOCK = re.compile(r"blk\.(\d+)\.(.+)")
+_ARCH_TO_MODEL_TYPE = {"llama": "llama", "qwen2": "qwen2"}
+
+
+def _unpermute_rows(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Inverse of llama.cpp's Q/K permutation: per head, rows [head_dim/2, 2] -> [2, head_dim/2]."""
+    shape = w.shape
+    return w.reshape(n_heads, shape[0] // n_heads // 2, 2, *shape[1:]).swapaxes(1, 2).reshape(shape)
+
+
+class GGUFSource:
+    """A GGUF file's tensors under Hugging Face names, dequantised to float32 on demand."""
+
+    def __init__(self, path: str | Path):
+        import gguf  # imported here: only GGUF users pay for it
+
+        self.path = str(path)
+        if not os.path.isfile(self.path):
+            raise WeightsError(f"{self.path}: GGUF file not found")
+        try:
+            self.reader = gguf.GGUFReader(self.path)
+        except Exception as e:  # gguf raises ValueError, IndexError, struct errors ... on bad files
+            raise WeightsError(f"{self.path}: not a readable GGUF file (truncated or corrupt?): {e}") from None
+        self.arch = self.field("general.architecture")
+        if self.arch not in _ARCH_TO_MODEL_TYPE:
+            raise WeightsError(
+                f"{self.path}: general.architecture {self.arch!r} is not supported; supported: "
+                f"{', '.join(_ARCH_TO_MODEL_TYPE)}"
+            )
+        size = os.path.getsize(self.path)
+        self._tensors: dict[str, Any] = {}
+        for t in self.reader.tensors:
+            dims = [int(d) for d in t.shape]
+            if len(dims) > 4 or any(d <= 0 or d >= _MAX_DIM for d in dims):
+                raise WeightsError(f"{self.path}: tensor {t.name} has absurd dimensions {dims}")
+            if t.data_offset + t.n_bytes > size:
+                raise WeightsError(f"{self.path}: tensor {t.name} runs past the end of the file (truncated?)")
+            self._tensors[self._hf_name(t.name)] = t
+        self._heads = self.count("attention.head_count")
+        self._kv_heads = self.count("attention.head_count_kv", self._heads)
+
+    @staticmethod
+    def _hf_name(name: str) -> str:
+        if name in _GLOBAL_NAMES:
+            return _GLOBAL_NAMES[name]
+        m = _BLOCK.fullmatch(name)
+        if m and m.group(2) in _LAYER_NAMES:
+            return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+        return name  # unknown names are kept; the loader reports them as unexpected
+
+    def field(self, key: str, default: Any = ...) -> Any:
+        f = self.reader.fields.get(key)
+        if f is None:
+            if default is ...:
+                raise WeightsError(f"{self.path}: metadata field {key} is missing")
+            return default
+        try:
+            return f.contents()
+        except Exception as e:
+            raise WeightsError(f"{self.path}: metadata field {key} is unreadable: {e}") from None
+
+    def count(self, key: str, default: Any = ...) -> int:
+        """An architecture integer (`{arch}.{key}`), bounded."""
+        v = self.field(f"{self.arch}.{key}", default)
+        if not isinstance(v, (int, np.integer)) or not 0 < int(v) < _MAX_COUNT:
+            raise WeightsError(f"{self.path}: metadata field {self.arch}.{key} = {v!r} is out of range")
+        return int(v)
+
+    def model_config(self) -> ModelConfig:
+        a = self.arch
+        hidden = self.count("embedding_length")
+        heads = self._heads
+        vocab = self.field(f"{a}.vocab_size", None)
+        if vocab is None:
+            vocab = len(self.reader.fields["tokenizer.ggml.tokens"].data)
+        kind = self.field(f"{a}.rope.scaling.type", "none")
+        factor = float(self.field(f"{a}.rope.scaling.factor", 1.0))
+        if kind not in ("none", "linear"):
+            raise WeightsError(f"{self.path}: {a}.rope.scaling.type {kind!r} is not supported")
+        theta = float(self.field(f"{a}.rope.freq_base", 10000.0))
+        rope = RopeConfig(theta=theta, kind="linear", factor=factor) if kind == "linear" else RopeConfig(theta=theta)
+        head_dim = self.count("attention.key_length", hidden // heads)
+        return ModelConfig(
+            model_type=_ARCH_TO_MODEL_TYPE[a],
+            vocab_size=int(vocab),
+            hidden_size=hidden,
+            intermediate_size=self.count("feed_forward_length"),
+            num_layers=self.count("block_count"),
+            num_heads=heads,
+            num_kv_heads=self._kv_heads,
+            head_dim=head_dim,
+            rms_norm_eps=float(self.field(f"{a}.attention.layer_norm_rms_epsilon")),
+            rope=rope,
+            max_position_embeddings=self.count("context_length", 4096),
+            tie_word_embeddings="lm_head.weight" not in self._tensors,
+            qkv_bias=a == "qwen2",
+            bos_token_id=self.field("tokenizer.ggml.bos_token_id", None),
+            eos_token_id=self.field("tokenizer.ggml.eos_token_id", None),
+            pad_token_id=self.field("tokenizer.ggml.padding_token_id", None),
+        )
+
+    def names(self) -> set[str]:
+        return set(self._tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(int(d) for d in reversed(self._tensors[name].shape))
+
+    def file_of(self, name: str) -> str:
+        return self.path
+
+    def get(self, name: str) -> np.ndarray:
+        from gguf import quants
+
+        t = self._tensors[name]
+        try:
+            w = np.asarray(quants.dequantize(t.data, t.tensor_type), np.float32).reshape(self.shape(name))
+        except Exception as e:
+            raise WeightsError(f"{self.path}: cannot dequantise tensor {t.name}: {e}") from None
+        if self.arch == "llama":
+            if name.endswith("self_attn.q_proj.weight") or name.endswith("self_attn.q_proj.bias"):
+                w = _unpermute_rows(w, self._heads)
+            elif name.endswith("self_attn.k_proj.weight") or name.endswith("self_attn.k_proj.bias"):
+                w = _unpermute_rows(w, self._kv_heads)
+        return w
