@@ -50,6 +50,8 @@ def read_hf_config(folder: Path) -> ModelConfig:
     except ValueError as e:
         raise ConfigError(f"{path}: not valid JSON: {e}") from None
     model_type = raw.get("model_type")
+    if model_type is None:
+        raise ConfigError(f"{path}: model_type is missing; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ConfigError(
             f"{path}: model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
