@@ -1,0 +1,80 @@
+"""Run as a subprocess by test_sharding.py: the forward on a fake 8-device CPU mesh vs one device.
+
+Usage: python tests/mesh_check.py tiny|smollm2. Prints one JSON line: per mesh, the relative
+error against the single-device logits and the partition specs the parameters actually got.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import sj_jax  # noqa: E402
+from sj_jax import MeshConfig, ModelConfig  # noqa: E402
+
+MESHES = {"data2_tensor4": MeshConfig(data=2, fsdp=1, tensor=4), "fsdp8": MeshConfig(data=1, fsdp=8, tensor=1)}
+WATCHED = {
+    "embedding": ("embed", "embedding"),
+    "q": ("layers", "attn", "q", "kernel"),
+    "k": ("layers", "attn", "k", "kernel"),
+    "up": ("layers", "mlp", "up", "kernel"),
+    "down": ("layers", "mlp", "down", "kernel"),
+}
+
+
+def _spec(params, path):
+    node = params
+    for p in path:
+        node = node[p]
+    return [list(s) if isinstance(s, tuple) else s for s in node.sharding.spec]
+
+
+def main(which: str) -> dict:
+    assert len(jax.devices()) == 8, jax.devices()
+    rng = np.random.default_rng(0)
+    if which == "tiny":
+        # 8 query / 4 kv heads shard over tensor=4; 6 heads would not (see test below), vocab 256.
+        cfg = ModelConfig(model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=96, num_layers=2,
+                          num_heads=8, num_kv_heads=4, head_dim=8, tie_word_embeddings=False)
+        folder = tempfile.mkdtemp()
+        sj_jax.save_hf(sj_jax.init_model(cfg, seed=3), folder)
+        load = lambda mesh: sj_jax.load_model(folder, mesh=mesh, tokenizer=None)  # noqa: E731
+        ids = rng.integers(0, cfg.vocab_size, size=(8, 24)).astype(np.int32)
+        mask = np.ones_like(ids)
+        mask[1, 17:] = 0
+        mask[3, 5:] = 0
+    else:
+        load = lambda mesh: sj_jax.load_model("smollm2-135m-instruct", mesh=mesh)  # noqa: E731
+        tok = load(None).tokenizer
+        texts = ["The capital of France is Paris, and the capital of Germany is",
+                 "def add(a, b):\n    return", "Water boils at", "Once upon a time, in a small village,"]
+        enc = tok(texts, padding=True, return_tensors="np")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+    single = load(None)
+    ref = np.asarray(sj_jax.logits(single, ids, mask))
+    valid = mask.astype(bool)
+    out = {"devices": len(jax.devices())}
+    for name, mcfg in MESHES.items():
+        model = load(mcfg)
+        got = sj_jax.logits(model, ids, mask)
+        diff = np.abs(np.asarray(got) - ref)[valid].max() / np.abs(ref[valid]).max()
+        out[name] = {
+            "rel_err": float(diff),
+            "n_devices": len(model.mesh.devices.flat),
+            "logits_spec": [list(s) if isinstance(s, tuple) else s for s in got.sharding.spec],
+            "specs": {k: _spec(model.params, p) for k, p in WATCHED.items()},
+            "shards_per_param": len(model.params["layers"]["mlp"]["up"]["kernel"].addressable_shards),
+        }
+    return out
+
+
+if __name__ == "__main__":
+    print("RESULT " + json.dumps(main(sys.argv[1])))
