@@ -1,0 +1,49 @@
+"""Shared helpers for benchmarks: timing, FLOP counts, and a measured matmul peak."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def time_call(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Wall seconds of `repeats` calls of `fn` (which must block until its result is ready)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def alternate(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed in alternation so that drift hits all alike."""
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name] += time_call(fn, 1)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def forward_flops(cfg, batch: int, seq: int) -> float:
+    """Matmul FLOPs of one causal-LM forward (dense attention scores counted in full, as computed)."""
+    e, f, h, k, d, v, n = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads,
+                           cfg.head_dim, cfg.vocab_size, cfg.num_layers)
+    per_token_layer = 2 * (e * h * d * 2 + e * k * d * 2 + 3 * e * f)
+    attention = 2 * 2 * seq * h * d  # scores and weighted values, per query token and layer
+    return batch * seq * (n * (per_token_layer + attention) + 2 * e * v)
+
+
+def jax_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a float32 n x n matmul in JAX on this machine."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = min(time_call(lambda: f(a).block_until_ready(), repeats))
+    return 2 * n**3 / best / 1e9
