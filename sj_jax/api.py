@@ -124,7 +124,8 @@ def init_model(cfg: ModelConfig, *, seed: int = 0, mesh: Mesh | MeshConfig | Non
 
 
 @functools.lru_cache(maxsize=64)
-def _forward(cfg: ModelConfig, mesh: Mesh, shape: tuple[int, int]):
+def jitted_forward(cfg: ModelConfig, mesh: Mesh, shape: tuple[int, int]):
+    """(jitted `fwd(params, ids, mask) -> logits` with explicit shardings, the input sharding), cached."""
     module = Transformer(cfg)
     p_shard = param_shardings(abstract_params(cfg), mesh)
     x_shard = batch_sharding(mesh, shape)
@@ -150,7 +151,7 @@ def logits(model: Model, input_ids: Any, attention_mask: Any = None) -> jax.Arra
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
     if mask.shape != ids.shape:
         raise ValueError(f"attention_mask: shape {mask.shape} differs from input_ids {ids.shape}")
-    fn, x_shard = _forward(model.config, model.mesh, ids.shape)
+    fn, x_shard = jitted_forward(model.config, model.mesh, ids.shape)
     return fn(model.params, jax.device_put(ids, x_shard), jax.device_put(mask, x_shard))
 
 

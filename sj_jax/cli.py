@@ -44,10 +44,11 @@ def _generate(cfg: GenerateConfig) -> dict:
             prompt_ids = prompt_ids["input_ids"]
     else:
         prompt_ids = tok(cfg.prompt)["input_ids"]
+    stop_ids = end_of_turn_ids(tok)
     t1 = time.perf_counter()
-    new = greedy_complete(model, list(prompt_ids), cfg.max_new_tokens, end_of_turn_ids(tok))
+    new = greedy_complete(model, list(prompt_ids), cfg.max_new_tokens, stop_ids)
     t2 = time.perf_counter()
-    stopped = bool(new) and new[-1] in end_of_turn_ids(tok)
+    stopped = bool(new) and new[-1] in stop_ids
     return {
         "prompt": cfg.prompt,
         "completion": tok.decode(new, skip_special_tokens=True),

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sj_jax.api import Model, _forward
+from sj_jax.api import Model, jitted_forward
 
 
 def greedy_complete(model: Model, prompt_ids: list[int], max_new_tokens: int, stop_ids: list[int]) -> list[int]:
@@ -26,7 +26,7 @@ def greedy_complete(model: Model, prompt_ids: list[int], max_new_tokens: int, st
             f"prompt ({n} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
             f"{model.config.max_position_embeddings} positions"
         )
-    fwd, shard = _forward(model.config, model.mesh, (1, size))
+    fwd, shard = jitted_forward(model.config, model.mesh, (1, size))
     ids = np.zeros((1, size), np.int32)
     ids[0, :n] = prompt_ids
     out: list[int] = []
