@@ -38,6 +38,5 @@ def greedy_complete(model: Model, prompt_ids: list[int], max_new_tokens: int, st
         out.append(token)
         if token in stop_ids:
             break
-        if cur < size:
-            ids[0, cur] = token
+        ids[0, cur] = token  # cur < size: at most max_new_tokens steps
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 import transformers
@@ -111,9 +112,7 @@ def test_save_hf_round_trip(case, tmp_path):
     assert relative_error(torch_logits(reloaded_torch, ids, mask), ours, mask) < 1e-4
     again = sj_jax.load_model(out, tokenizer=None)
     assert again.config == model.config
-    for a, b in zip(
-        __import__("jax").tree.leaves(model.params), __import__("jax").tree.leaves(again.params), strict=True
-    ):
+    for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(again.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
