@@ -78,15 +78,24 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask):
+    def __call__(self, x, cos, sin, mask, cache=None):
+        """x: [batch, seq, embed]. With `cache = (k, v, index)` (k, v: [batch, cache_len, kv_heads,
+        head_dim]), this step's keys and values are written at `index` and attention runs over the
+        whole cache (`mask`: [batch, 1, seq, cache_len]); the updated (k, v) are returned."""
         c = self.config
         e, h, k, d = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
         q = Projection(c, (e,), (h, d), ("embed", "heads", "head_dim"), c.qkv_bias, name="q")(x)
         key = Projection(c, (e,), (k, d), ("embed", "kv_heads", "head_dim"), c.qkv_bias, name="k")(x)
         value = Projection(c, (e,), (k, d), ("embed", "kv_heads", "head_dim"), c.qkv_bias, name="v")(x)
         q, key = apply_rotary(q, cos, sin), apply_rotary(key, cos, sin)
+        if cache is not None:
+            k_cache, v_cache, index = cache
+            start = (0, index, 0, 0)
+            key = jax.lax.dynamic_update_slice(k_cache, key.astype(k_cache.dtype), start)
+            value = jax.lax.dynamic_update_slice(v_cache, value.astype(v_cache.dtype), start)
+            cache = (key, value)
         out = attend(q, key, value, mask)
-        return Projection(c, (h, d), (e,), ("heads", "head_dim", "embed"), c.o_bias, name="o")(out)
+        return Projection(c, (h, d), (e,), ("heads", "head_dim", "embed"), c.o_bias, name="o")(out), cache
 
 
 class MLP(nn.Module):
@@ -105,13 +114,16 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, window, cos, sin, mask, pos_diff):
-        """x: [batch, seq, embed]; window: int32 scalar (0 = none); returns (x, None) for `nn.scan`."""
+    def __call__(self, x, window, cos, sin, mask, pos_diff, cache=None):
+        """x: [batch, seq, embed]; window: int32 scalar (0 = none); pos_diff: query minus key positions
+        [batch, seq, keys] or None. Returns (x, updated cache or None), the form `nn.scan` wants."""
         if pos_diff is not None:
             mask = mask & ((window <= 0) | (pos_diff < window))[:, None]
-        x = x + Attention(self.config, name="attn")(RMSNorm(self.config, name="attn_norm")(x), cos, sin, mask)
+        attn, cache = Attention(self.config, name="attn")(
+            RMSNorm(self.config, name="attn_norm")(x), cos, sin, mask, cache)
+        x = x + attn
         x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x))
-        return x, None
+        return x, cache
 
 
 _REMAT_POLICIES = {
@@ -178,6 +190,14 @@ class Transformer(nn.Module):
         else:
             logits = self.lm_head(h)
         return logits.astype(jnp.float32)
+
+    def embed_ids(self, input_ids: jax.Array) -> jax.Array:
+        """Token embeddings `[batch, seq, embed]` (compute dtype)."""
+        return self.embed(input_ids)
+
+    def head(self, x: jax.Array) -> jax.Array:
+        """float32 logits from the last layer's output (before the final norm)."""
+        return self.logits_from_hidden(self.final_norm(x))
 
     def __call__(self, input_ids, attention_mask=None, positions=None):
         return self.logits_from_hidden(self.hidden_states(input_ids, attention_mask, positions))
