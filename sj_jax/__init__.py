@@ -1,6 +1,7 @@
 """sj_jax: aligning language models by on-policy self-judgment, in JAX/Flax."""
 
 from sj_jax.api import Model, init_model, load_model, logits, save_hf
+from sj_jax.generate import Generations, generate
 from sj_jax.errors import ConfigError, ModelNotFoundError, SJError, TokenizerError, WeightsError
 from sj_jax.model_config import ModelConfig, RopeConfig
 from sj_jax.sharding import MeshConfig, make_mesh
@@ -9,5 +10,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Model", "ModelConfig", "RopeConfig", "MeshConfig", "make_mesh", "load_model", "init_model", "logits",
-    "save_hf", "SJError", "ConfigError", "WeightsError", "TokenizerError", "ModelNotFoundError",
+    "save_hf", "generate", "Generations", "SJError", "ConfigError", "WeightsError", "TokenizerError", "ModelNotFoundError",
 ]

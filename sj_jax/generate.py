@@ -1,0 +1,101 @@
+"""`sj_jax.generate`: prompts in (strings or token ids), samples out (ids, text, log-probs, finished)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from sj_jax.api import Model
+from sj_jax.sampler import run
+from sj_jax.sampling import SamplingConfig
+from sj_jax.tokenizer import end_of_turn_ids
+
+
+@dataclasses.dataclass
+class Generations:
+    """Per prompt i and sample j: `texts[i][j]`, `token_ids[i][j]` (up to and including the stop
+    token), `logprobs[i][j]` (log-probability of each token under the distribution it was drawn
+    from; for greedy, under the model) and `finished[i][j]` (stopped, as opposed to cut)."""
+
+    texts: list[list[str]]
+    token_ids: list[list[list[int]]]
+    logprobs: list[list[list[float]]]
+    finished: list[list[bool]]
+
+
+def encode_prompts(model: Model, prompts: Sequence[Any], chat: bool) -> list[list[int]]:
+    """Token ids for each prompt: id lists as given; strings through the chat template (with its
+    generation prompt) when `chat`, else as raw text."""
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or len(prompts) == 0:
+        raise ValueError("prompts: expected a non-empty list of strings or of token-id lists")
+    out = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            if model.tokenizer is None:
+                raise ValueError("prompts: text prompts need a model loaded with a tokenizer")
+            if chat:
+                ids = model.tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                                          tokenize=True, return_dict=True)["input_ids"]
+            else:
+                ids = model.tokenizer(p)["input_ids"]
+        else:
+            ids = [int(t) for t in p]
+            bad = [t for t in ids if not 0 <= t < model.config.vocab_size]
+            if bad:
+                raise ValueError(f"prompts[{i}]: token id {bad[0]} is outside [0, {model.config.vocab_size})")
+        if not ids:
+            raise ValueError(f"prompts[{i}]: the prompt is empty")
+        out.append(list(ids))
+    return out
+
+
+def generate(
+    model: Model,
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    num_samples: int = 1,
+    seed: int = 0,
+    chat: bool = True,
+    stop: Sequence[int] | None = None,
+    batch_size: int | None = None,
+) -> Generations:
+    """Samples `num_samples` continuations of each prompt with the KV-cached sampler.
+
+    temperature 0 = greedy. stop: token ids that end a sample (default: the tokenizer's EOS and the
+    chat template's end of turn). batch_size: rows (prompts x samples) per compiled batch (default all).
+    """
+    sampling = SamplingConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: must be at least 1, got {max_new_tokens}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples: must be at least 1, got {num_samples}")
+    ids = encode_prompts(model, prompts, chat)
+    if stop is None:
+        if model.tokenizer is not None:
+            stop = end_of_turn_ids(model.tokenizer)
+        else:
+            stop = [model.config.eos_token_id] if model.config.eos_token_id is not None else []
+    stop = [int(s) for s in stop]
+    pad = stop[0] if stop else (model.config.pad_token_id or 0)
+    rows = [(i, j) for i in range(len(ids)) for j in range(num_samples)]
+    step = batch_size or len(rows)
+    result = Generations([[None] * num_samples for _ in ids], [[None] * num_samples for _ in ids],
+                         [[None] * num_samples for _ in ids], [[None] * num_samples for _ in ids])
+    for start in range(0, len(rows), step):
+        chunk = rows[start:start + step]
+        out = run(model.config, model.mesh, model.params, [ids[i] for i, _ in chunk],
+                  max_new_tokens=max_new_tokens, sampling=sampling,
+                  row_ids=[i * num_samples + j for i, j in chunk], seed=seed, stop_ids=stop, pad_id=pad)
+        for r, (i, j) in enumerate(chunk):
+            n = int(out["lengths"][r])
+            toks = out["tokens"][r, :n].tolist()
+            result.token_ids[i][j] = toks
+            result.logprobs[i][j] = out["logprobs"][r, :n].tolist()
+            result.finished[i][j] = bool(out["stopped"][r])
+            result.texts[i][j] = (model.tokenizer.decode(toks, skip_special_tokens=True)
+                                  if model.tokenizer is not None else "")
+    return result

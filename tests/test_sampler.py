@@ -1,0 +1,204 @@
+"""The KV-cached sampler: exact against full forwards and PyTorch generate, sampling laws, shapes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sj_jax
+from sj_jax import sampler
+from sj_jax.model_config import ModelConfig
+from sj_jax.sampling import NUCLEUS_CANDIDATES, SamplingConfig, processed_logits, sample
+
+TINY = ModelConfig(model_type="llama", vocab_size=61, hidden_size=48, intermediate_size=72, num_layers=2,
+                   num_heads=6, num_kv_heads=2, head_dim=8, max_position_embeddings=256, eos_token_id=0)
+WINDOWED = ModelConfig(model_type="mistral", vocab_size=53, hidden_size=32, intermediate_size=40, num_layers=2,
+                       num_heads=4, num_kv_heads=2, head_dim=8, sliding_windows=(5, 5), eos_token_id=0)
+
+
+@pytest.fixture(scope="module", params=["llama", "mistral-window"])
+def tiny(request):
+    return sj_jax.init_model(TINY if request.param == "llama" else WINDOWED, seed=21)
+
+
+def _prompts(rng, vocab, lengths):
+    return [rng.integers(1, vocab, n).tolist() for n in lengths]
+
+
+def test_every_decode_step_equals_a_full_forward_over_the_prefix(tiny):
+    """The cache path (left-padded prefill, then one token at a time) gives the full forward's logits."""
+    cfg = tiny.config
+    rng = np.random.default_rng(0)
+    prompts = _prompts(rng, cfg.vocab_size, [7, 3, 12])
+    plen, new = 16, 9
+    ids = np.zeros((3, plen), np.int32)
+    mask = np.zeros((3, plen), np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, plen - len(p):], mask[i, plen - len(p):] = p, 1
+    layers = sampler.unstack_layers(tiny.params["layers"], cfg.num_layers)
+    logits, cache = sampler.prefill(cfg, tiny.params, layers, jnp.asarray(ids), jnp.asarray(mask), plen + new)
+    seqs = [list(p) for p in prompts]
+    for step in range(new):
+        for i, s in enumerate(seqs):
+            full = np.asarray(sj_jax.logits(tiny, [s]))[0, -1]
+            np.testing.assert_allclose(np.asarray(logits[i]), full, rtol=1e-5, atol=1e-5)
+        nxt = rng.integers(1, cfg.vocab_size, 3).astype(np.int32)  # random continuations, not greedy ones
+        for i, s in enumerate(seqs):
+            s.append(int(nxt[i]))
+        logits, cache = sampler.decode_step(cfg, tiny.params, layers, cache, jnp.asarray(nxt))
+
+
+def test_same_seed_same_samples_different_seed_different(tiny):
+    prompts = _prompts(np.random.default_rng(1), tiny.config.vocab_size, [5, 9])
+    kw = dict(max_new_tokens=12, temperature=1.0, top_p=0.95, num_samples=2, stop=[])
+    a = sj_jax.generate(tiny, prompts, seed=3, **kw)
+    b = sj_jax.generate(tiny, prompts, seed=3, **kw)
+    c = sj_jax.generate(tiny, prompts, seed=4, **kw)
+    assert a.token_ids == b.token_ids and a.logprobs == b.logprobs
+    assert a.token_ids != c.token_ids
+    assert a.token_ids[0][0] != a.token_ids[0][1]  # the two samples of a prompt differ
+    assert all(len(t) == 12 for row in a.token_ids for t in row) and not any(sum(a.finished, []))
+
+
+def test_a_row_does_not_depend_on_its_batch(tiny):
+    """Per-row keys and padding-free positions: a prompt alone or batched gives the same sample."""
+    prompts = _prompts(np.random.default_rng(2), tiny.config.vocab_size, [4, 11, 6])
+    kw = dict(max_new_tokens=10, temperature=0.8, top_k=20, seed=9, stop=[])
+    batched = sj_jax.generate(tiny, prompts, **kw)
+    split = sj_jax.generate(tiny, prompts, batch_size=1, **kw)
+    assert batched.token_ids == split.token_ids
+    np.testing.assert_allclose(sum(batched.logprobs, []), sum(split.logprobs, []), rtol=1e-5, atol=1e-6)
+
+
+def test_rows_that_stop_early_do_not_change_rows_that_continue(tiny):
+    prompts = _prompts(np.random.default_rng(3), tiny.config.vocab_size, [6, 8])
+    free = sj_jax.generate(tiny, prompts, max_new_tokens=16, temperature=0.0, stop=[])
+    # Stop on a token that row 0 emits early but row 1 never emits.
+    row0, row1 = free.token_ids[0][0], free.token_ids[1][0]
+    stop_tok = next(t for t in row0[1:6] if t not in row1)
+    cut = row0.index(stop_tok)
+    stopped = sj_jax.generate(tiny, prompts, max_new_tokens=16, temperature=0.0, stop=[stop_tok])
+    assert stopped.token_ids[0][0] == row0[: cut + 1] and stopped.finished[0][0]
+    assert stopped.token_ids[1][0] == row1 and not stopped.finished[1][0]
+    assert stopped.logprobs[1][0] == pytest.approx(free.logprobs[1][0], abs=1e-6)
+
+
+def test_greedy_logprobs_are_the_models(tiny):
+    prompt = _prompts(np.random.default_rng(4), tiny.config.vocab_size, [5])[0]
+    g = sj_jax.generate(tiny, [prompt], max_new_tokens=4, temperature=0.0, stop=[])
+    seq = prompt + g.token_ids[0][0]
+    logp = jax.nn.log_softmax(np.asarray(sj_jax.logits(tiny, [seq]))[0], axis=-1)
+    want = [float(logp[len(prompt) - 1 + k, t]) for k, t in enumerate(g.token_ids[0][0])]
+    np.testing.assert_allclose(g.logprobs[0][0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_no_recompilation_for_a_second_batch_in_the_same_bucket(tiny):
+    events = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, secs, **kw: events.append(name) if name == "/jax/core/compile/backend_compile_duration" else None)
+    rng = np.random.default_rng(5)
+    kw = dict(max_new_tokens=6, temperature=1.0, top_p=0.9, stop=[])
+    sj_jax.generate(tiny, _prompts(rng, tiny.config.vocab_size, [3, 9, 14]), **kw)
+    before = len(events)
+    sj_jax.generate(tiny, _prompts(rng, tiny.config.vocab_size, [12, 2, 5, 7]), seed=1, **kw)
+    assert len(events) == before, "a second batch in the same bucket compiled again"
+    sj_jax.generate(tiny, _prompts(rng, tiny.config.vocab_size, [40]), **kw)  # a new bucket compiles
+    assert len(events) > before
+
+
+# ---------------------------------------------------------------- sampling laws
+
+
+def _reference_kept(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
+    """float64 reference of the kept set: temperature, top-k, then top-p over the survivors."""
+    z = logits.astype(np.float64) / cfg.temperature
+    if cfg.top_k:
+        kth = np.sort(z)[-cfg.top_k]
+        z = np.where(z >= kth, z, -np.inf)
+    if cfg.top_p >= 1.0:
+        return np.isfinite(z)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    cum_before = np.cumsum(p[order]) - p[order]
+    keep = np.zeros_like(p, bool)
+    keep[order[cum_before < cfg.top_p]] = True
+    return keep
+
+
+@pytest.mark.parametrize("vocab, scale, cfg", [
+    (50, 2.0, SamplingConfig(temperature=0.7, top_p=0.8)),
+    (50, 2.0, SamplingConfig(temperature=1.3, top_k=7)),
+    (50, 2.0, SamplingConfig(temperature=1.0, top_k=12, top_p=0.6)),
+    # Flat over many tokens: the top candidates do not reach top_p, so the bisection path runs.
+    (4 * NUCLEUS_CANDIDATES, 0.3, SamplingConfig(temperature=1.0, top_p=0.9)),
+])
+def test_truncation_keeps_exactly_the_reference_set(vocab, scale, cfg):
+    logits = np.random.default_rng(vocab).standard_normal((64, vocab)).astype(np.float32) * scale
+    kept = np.isfinite(np.asarray(processed_logits(jnp.asarray(logits), cfg)))
+    for row in range(len(logits)):
+        np.testing.assert_array_equal(kept[row], _reference_kept(logits[row], cfg), err_msg=f"row {row}")
+
+
+@pytest.mark.parametrize("cfg", [SamplingConfig(temperature=0.9, top_k=5),
+                                 SamplingConfig(temperature=1.0, top_p=0.7),
+                                 SamplingConfig(temperature=1.5, top_k=6, top_p=0.8)])
+def test_samples_follow_the_truncated_renormalised_distribution(cfg):
+    """Chi-square goodness of fit on 40 000 draws from a 12-token vocabulary; excluded never drawn."""
+    from scipy import stats
+
+    logits = np.random.default_rng(7).standard_normal(12).astype(np.float32) * 1.5
+    keep = _reference_kept(logits, cfg)
+    z = np.where(keep, logits.astype(np.float64) / cfg.temperature, -np.inf)
+    want = np.exp(z - z.max())
+    want /= want.sum()
+    n = 40_000
+    keys = jax.random.split(jax.random.key(11), n)
+    tokens, logprobs = sample(jnp.broadcast_to(jnp.asarray(logits), (n, 12)), keys, cfg)
+    counts = np.bincount(np.asarray(tokens), minlength=12)
+    assert counts[~keep].sum() == 0
+    chi2 = stats.chisquare(counts[keep], n * want[keep])
+    assert chi2.pvalue > 1e-3, (counts, n * want)
+    np.testing.assert_allclose(np.asarray(logprobs), np.log(want[np.asarray(tokens)]), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_input_is_refused_clearly(tiny):
+    with pytest.raises(ValueError, match="non-empty list"):
+        sj_jax.generate(tiny, [])
+    with pytest.raises(ValueError, match=r"prompts\[1\]: the prompt is empty"):
+        sj_jax.generate(tiny, [[1, 2], []])
+    with pytest.raises(ValueError, match="exceeds the cache of"):
+        sj_jax.generate(tiny, [[1] * (tiny.config.max_position_embeddings - 8)], max_new_tokens=16)
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"top_p: must lie in \(0, 1\]"):
+            sj_jax.generate(tiny, [[1, 2]], top_p=bad)
+    with pytest.raises(ValueError, match="token id 999"):
+        sj_jax.generate(tiny, [[1, 999]])
+    with pytest.raises(ValueError, match="text prompts need a model loaded with a tokenizer"):
+        sj_jax.generate(tiny, ["hello"])
+
+
+# ---------------------------------------------------------------- the real model
+
+
+@pytest.mark.slow
+def test_greedy_equals_torch_generate_on_smollm2(smollm2, smollm2_torch):
+    """A batch of different-length chat prompts, 64 new tokens: token for token PyTorch's greedy."""
+    import torch
+
+    questions = ["What is the capital of France?", "Write a short poem about the sea.",
+                 "Explain photosynthesis to a child in two sentences.", "List three prime numbers."]
+    ours = sj_jax.generate(smollm2, questions, max_new_tokens=64, temperature=0.0)
+    tok = smollm2.tokenizer
+    for i, q in enumerate(questions):
+        ids = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)["input_ids"]
+        with torch.no_grad():
+            out = smollm2_torch.generate(ids, max_new_tokens=64, do_sample=False, eos_token_id=[2], pad_token_id=2)
+        assert ours.token_ids[i][0] == out[0, ids.shape[1]:].tolist(), q
+        assert ours.finished[i][0] == (out[0, -1].item() == 2)
