@@ -74,14 +74,32 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Arr
     return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=q.shape[-1] ** -0.5)
 
 
+def attend_cached(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, mask: jax.Array) -> jax.Array:
+    """Attention of q `[batch, seq, heads, head_dim]` over a KV cache laid out for the two matmuls
+    (k: `[batch, kv_heads, head_dim, slots]`, v: `[batch, kv_heads, slots, head_dim]`), so that no
+    step transposes (copies) the whole cache. mask: bool `[batch, 1, seq, slots]`."""
+    b, t, h, d = q.shape
+    kv = k_cache.shape[1]
+    g = h // kv
+    # Query head j reads kv head j // g, as transformers' repeat_kv.
+    qg = q.reshape(b, t, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, d)
+    scores = jnp.einsum("bkqd,bkds->bkqs", qg, k_cache.astype(q.dtype)).astype(jnp.float32) * d**-0.5
+    scores = scores.reshape(b, kv, g, t, -1)
+    scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype).reshape(b, kv, g * t, -1)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v_cache.astype(q.dtype))
+    return out.reshape(b, kv, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
 class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
     def __call__(self, x, cos, sin, mask, cache=None):
-        """x: [batch, seq, embed]. With `cache = (k, v, index)` (k, v: [batch, cache_len, kv_heads,
-        head_dim]), this step's keys and values are written at `index` and attention runs over the
-        whole cache (`mask`: [batch, 1, seq, cache_len]); the updated (k, v) are returned."""
+        """x: [batch, seq, embed]. With `cache = (k, v, index)` (k: [batch, kv_heads, head_dim, cache_len],
+        v: [batch, kv_heads, cache_len, head_dim]), this step's keys and values are written at slot
+        `index` and attention runs over the whole cache (`mask`: [batch, 1, seq, cache_len]); the
+        updated (k, v) are returned."""
         c = self.config
         e, h, k, d = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
         q = Projection(c, (e,), (h, d), ("embed", "heads", "head_dim"), c.qkv_bias, name="q")(x)
@@ -90,11 +108,14 @@ class Attention(nn.Module):
         q, key = apply_rotary(q, cos, sin), apply_rotary(key, cos, sin)
         if cache is not None:
             k_cache, v_cache, index = cache
-            start = (0, index, 0, 0)
-            key = jax.lax.dynamic_update_slice(k_cache, key.astype(k_cache.dtype), start)
-            value = jax.lax.dynamic_update_slice(v_cache, value.astype(v_cache.dtype), start)
-            cache = (key, value)
-        out = attend(q, key, value, mask)
+            k_cache = jax.lax.dynamic_update_slice(
+                k_cache, key.transpose(0, 2, 3, 1).astype(k_cache.dtype), (0, 0, 0, index))
+            v_cache = jax.lax.dynamic_update_slice(
+                v_cache, value.transpose(0, 2, 1, 3).astype(v_cache.dtype), (0, 0, index, 0))
+            cache = (k_cache, v_cache)
+            out = attend_cached(q, k_cache, v_cache, mask)
+        else:
+            out = attend(q, key, value, mask)
         return Projection(c, (h, d), (e,), ("heads", "head_dim", "embed"), c.o_bias, name="o")(out), cache
 
 

@@ -68,12 +68,18 @@ def _run_layers(cfg, layer_params, x, positions, key_positions, mask, cache, ind
     return x, {**cache, "k": tuple(ks), "v": tuple(vs)}
 
 
+def kv_shapes(cfg: ModelConfig, batch: int, cache_len: int):
+    """Per-layer cache shapes, laid out for attention's two matmuls: k `[batch, kv_heads, head_dim,
+    slots]`, v `[batch, kv_heads, slots, head_dim]`."""
+    return (batch, cfg.num_kv_heads, cfg.head_dim, cache_len), (batch, cfg.num_kv_heads, cache_len, cfg.head_dim)
+
+
 def prefill(cfg: ModelConfig, params: dict, layer_params: list, ids: jax.Array, mask: jax.Array,
             cache_len: int, kv_sharding: Any = None):
     """Runs the left-padded prompts `ids, mask: [batch, prompt]` and builds the cache.
 
     Returns (logits of the next token `[batch, vocab]` float32, cache). The cache holds k, v (one
-    `[batch, cache_len, kv_heads, head_dim]` per layer), `valid` bool `[batch, cache_len]`,
+    per layer, shapes from `kv_shapes`), `valid` bool `[batch, cache_len]`,
     `key_pos` int32 `[batch, cache_len]`, `pos` (next position per row) and `index` (next slot).
     """
     b, p = ids.shape
@@ -85,13 +91,14 @@ def prefill(cfg: ModelConfig, params: dict, layer_params: list, ids: jax.Array, 
     new = cache_len - p
     key_pos = jnp.concatenate([positions, lengths[:, None] + jnp.arange(new, dtype=jnp.int32)[None]], axis=1)
     valid = jnp.concatenate([mask, jnp.zeros((b, new), bool)], axis=1)
-    shape = (b, cache_len, cfg.num_kv_heads, cfg.head_dim)
+    k_shape, v_shape = kv_shapes(cfg, b, cache_len)
 
-    def empty():
+    def empty(shape):
         z = jnp.zeros(shape, dtype)
         return z if kv_sharding is None else jax.lax.with_sharding_constraint(z, kv_sharding)
 
-    cache = {"k": tuple(empty() for _ in range(cfg.num_layers)), "v": tuple(empty() for _ in range(cfg.num_layers)),
+    cache = {"k": tuple(empty(k_shape) for _ in range(cfg.num_layers)),
+             "v": tuple(empty(v_shape) for _ in range(cfg.num_layers)),
              "valid": valid, "key_pos": key_pos, "pos": lengths, "index": jnp.int32(p)}
     causal = jnp.arange(cache_len)[None, :] <= jnp.arange(p)[:, None]  # [prompt, cache_len]
     attn_mask = (causal[None] & valid[:, None, :])[:, None]
@@ -182,8 +189,8 @@ def compiled(cfg: ModelConfig, mesh: Mesh, plan: DecodePlan):
     p_shard = param_shardings(abstract_params(cfg), mesh)
     x_shard = batch_sharding(mesh, (plan.batch, plan.prompt_len))
     row_shard = batch_sharding(mesh, (plan.batch,))
-    kv_shape = (plan.batch, plan.prompt_len + plan.max_new_tokens, cfg.num_kv_heads, cfg.head_dim)
-    kv_shard = logical_sharding(("batch", None, "kv_heads", None), kv_shape, mesh)
+    k_shape, _ = kv_shapes(cfg, plan.batch, plan.prompt_len + plan.max_new_tokens)
+    kv_shard = logical_sharding(("batch", "kv_heads", None, None), k_shape, mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
     first = jax.jit(
         functools.partial(_prefill_and_first, cfg, plan, kv_shard),

@@ -3,7 +3,7 @@
 Pure functions of arrays. The order is transformers': temperature, then top-k, then top-p over the
 renormalised survivors. Top-p never sorts the vocabulary (537 ms a step for 64 x 49152 on a CPU):
 the cut-off comes from the top `NUCLEUS_CANDIDATES` tokens when they hold enough mass, else from an
-exact bisection over float32 bit patterns.
+exact radix select over float32 bit patterns.
 """
 
 from __future__ import annotations
@@ -44,49 +44,83 @@ def _top_k_mask(logits: jax.Array, k: int) -> jax.Array:
     return jnp.where(logits >= kth, logits, _NEG)
 
 
-def _nucleus_threshold_bisect(probs: jax.Array, top_p: float) -> jax.Array:
-    """Per row, the largest p* with sum(probs >= p*) >= top_p, exactly, by bisection on float bits."""
-    bits = jax.lax.bitcast_convert_type(probs, jnp.int32)  # monotone for non-negative floats
-    lo = jnp.zeros(probs.shape[:-1], jnp.int32)  # mass(probs >= 0) = 1 >= top_p always
-    hi = jnp.max(bits, axis=-1)
+def _nucleus_threshold_radix(probs: jax.Array, top_p: float) -> jax.Array:
+    """Per row, the largest p* with sum(probs >= p*) >= top_p, exactly.
 
-    def body(_, lohi):
-        lo, hi = lohi
-        mid = lo + (hi - lo + 1) // 2
-        mass = jnp.sum(jnp.where(bits >= mid[..., None], probs, 0.0), axis=-1)
-        ok = mass >= top_p
-        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+    A radix select over the float32 bit patterns (monotone for non-negative floats), 12 + 10 + 10
+    bits: three histogram passes instead of a sort (1 s) or a 32-step bisection (39 ms), for 64 x 49152.
+    """
+    b, v = probs.shape
+    bits = jax.lax.bitcast_convert_type(probs, jnp.int32)
+    rows = jnp.arange(b, dtype=jnp.int32)[:, None]
+    above = jnp.zeros((b,), jnp.float32)  # mass of the tokens above the chosen prefix
+    prefix = jnp.zeros((b,), jnp.int32)
+    for shift, width in ((20, 12), (10, 10), (0, 10)):
+        nb = 1 << width
+        digit = (bits >> shift) & (nb - 1)
+        inside = True if shift == 20 else (bits >> (shift + width)) == prefix[:, None]
+        mass = jax.ops.segment_sum(jnp.where(inside, probs, 0.0).reshape(-1), (rows * nb + digit).reshape(-1),
+                                   num_segments=b * nb).reshape(b, nb)
+        suffix = jnp.cumsum(mass[:, ::-1], axis=-1)[:, ::-1]  # mass of the digits >= d
+        d = jnp.maximum(jnp.sum(above[:, None] + suffix >= top_p, axis=-1) - 1, 0)
+        above = above + jnp.take_along_axis(jnp.pad(suffix, ((0, 0), (0, 1))), d[:, None] + 1, axis=-1)[:, 0]
+        prefix = (prefix << width) | d
+    return jax.lax.bitcast_convert_type(prefix, jnp.float32)
 
-    lo, _ = jax.lax.fori_loop(0, 32, body, (lo, hi))
-    return jax.lax.bitcast_convert_type(lo, jnp.float32)
 
+def _nucleus(probs: jax.Array, top_p: float):
+    """The top-p cut from the `NUCLEUS_CANDIDATES` most likely tokens.
 
-def _top_p_mask(logits: jax.Array, top_p: float) -> jax.Array:
-    """Keeps the smallest set of most likely tokens whose probability reaches top_p."""
-    probs = jax.nn.softmax(logits, axis=-1)
+    Returns candidate probs and ids `[batch, K]`, the number kept `n_keep [batch]`, the threshold
+    probability `[batch]`, and `exact [batch]`: whether the candidates hold the whole kept set.
+    """
     k = min(NUCLEUS_CANDIDATES, probs.shape[-1])
-    top = jax.lax.top_k(probs, k)[0]
-    cum = jnp.cumsum(top, axis=-1)
-    n_keep = jnp.sum((cum - top) < top_p, axis=-1, keepdims=True)  # tokens before the cut < top_p
-    fast = jnp.take_along_axis(top, n_keep - 1, axis=-1)[..., 0]
-    covered = cum[..., -1] >= top_p
-    threshold = jax.lax.cond(
-        jnp.all(covered), lambda: fast, lambda: jnp.where(covered, fast, _nucleus_threshold_bisect(probs, top_p))
-    )
-    return jnp.where(probs >= threshold[..., None], logits, _NEG)
+    cand_p, cand_i = jax.lax.top_k(probs, k)
+    cum = jnp.cumsum(cand_p, axis=-1)
+    n_keep = jnp.sum((cum - cand_p) < top_p, axis=-1)  # tokens whose mass before them is < top_p
+    threshold = jnp.take_along_axis(cand_p, n_keep[:, None] - 1, axis=-1)[:, 0]
+    covered = cum[:, -1] >= top_p
+    exact = covered & (jnp.sum(probs >= threshold[:, None], axis=-1) == n_keep)  # no tie spills out
+    return cand_p, cand_i, n_keep, threshold, exact
+
+
+def _full_threshold(probs: jax.Array, top_p: float, threshold: jax.Array, exact: jax.Array) -> jax.Array:
+    return jnp.where(exact, threshold, _nucleus_threshold_radix(probs, top_p))
+
+
+def _tempered(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
+    logits = logits.astype(jnp.float32) / cfg.temperature
+    if cfg.top_k and cfg.top_k < logits.shape[-1]:
+        logits = _top_k_mask(logits, cfg.top_k)
+    return logits
 
 
 def processed_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
     """float32 `[..., vocab]` logits of the distribution actually sampled from (-inf = excluded)."""
-    logits = logits.astype(jnp.float32)
     if cfg.greedy:
-        return logits
-    logits = logits / cfg.temperature
-    if cfg.top_k and cfg.top_k < logits.shape[-1]:
-        logits = _top_k_mask(logits, cfg.top_k)
+        return logits.astype(jnp.float32)
+    z = _tempered(logits, cfg)
     if cfg.top_p < 1.0:
-        logits = _top_p_mask(logits, cfg.top_p)
-    return logits
+        probs = jax.nn.softmax(z, axis=-1)
+        _, _, _, threshold, exact = _nucleus(probs, cfg.top_p)
+        threshold = jax.lax.cond(jnp.all(exact), lambda: threshold,
+                                 lambda: _full_threshold(probs, cfg.top_p, threshold, exact))
+        z = jnp.where(probs >= threshold[:, None], z, _NEG)
+    return z
+
+
+def _inverse_cdf(weights: jax.Array, u: jax.Array) -> jax.Array:
+    """Index drawn with probability proportional to non-negative `weights [batch, n]`, u ~ U[0, 1)."""
+    cum = jnp.cumsum(weights, axis=-1)
+    # The first index whose cumulative weight exceeds u * total: it always has weight > 0.
+    idx = jnp.sum(cum <= u[:, None] * cum[:, -1:], axis=-1)
+    return jnp.minimum(idx, weights.shape[-1] - 1)
+
+
+def _draw(weights: jax.Array, u: jax.Array):
+    idx = _inverse_cdf(weights, u)
+    w = jnp.take_along_axis(weights, idx[:, None], axis=-1)[:, 0]
+    return idx, jnp.log(w) - jnp.log(jnp.sum(weights, axis=-1))
 
 
 def sample(logits: jax.Array, keys: jax.Array, cfg: SamplingConfig) -> tuple[jax.Array, jax.Array]:
@@ -94,11 +128,30 @@ def sample(logits: jax.Array, keys: jax.Array, cfg: SamplingConfig) -> tuple[jax
 
     logits: `[batch, vocab]`; keys: one PRNG key per row `[batch]` (so a row's draw does not depend
     on the rest of the batch). Greedy returns the argmax and its log-probability under the model.
+    One uniform per row, drawn by inverse CDF: Gumbel noise over the whole vocabulary costs 52 ms a
+    step for 64 x 49152 on a CPU. When every row's nucleus lies in the top candidates, only those
+    are sampled from.
     """
-    proc = processed_logits(logits, cfg)
     if cfg.greedy:
-        token = jnp.argmax(proc, axis=-1)
-    else:
-        token = jax.vmap(jax.random.categorical)(keys, proc)
-    logprob = jnp.take_along_axis(jax.nn.log_softmax(proc, axis=-1), token[:, None], axis=-1)[:, 0]
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        token = jnp.argmax(logp, axis=-1)
+        return token.astype(jnp.int32), jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+    u = jax.vmap(jax.random.uniform)(keys)
+    z = _tempered(logits, cfg)
+    probs = jax.nn.softmax(z, axis=-1)
+    if cfg.top_p >= 1.0:
+        token, logprob = _draw(probs, u)
+        return token.astype(jnp.int32), logprob
+    cand_p, cand_i, n_keep, threshold, exact = _nucleus(probs, cfg.top_p)
+
+    def among_candidates():
+        w = jnp.where(jnp.arange(cand_p.shape[-1])[None] < n_keep[:, None], cand_p, 0.0)
+        idx, logprob = _draw(w, u)
+        return jnp.take_along_axis(cand_i, idx[:, None], axis=-1)[:, 0], logprob
+
+    def over_vocabulary():
+        full = _full_threshold(probs, cfg.top_p, threshold, exact)
+        return _draw(jnp.where(probs >= full[:, None], probs, 0.0), u)
+
+    token, logprob = jax.lax.cond(jnp.all(exact), among_candidates, over_vocabulary)
     return token.astype(jnp.int32), logprob
