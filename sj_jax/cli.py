@@ -10,63 +10,86 @@ import sys
 import time
 
 from sj_jax.config import load_yaml, to_dict
-from sj_jax.errors import SJError
+from sj_jax.errors import ConfigError, SJError
 from sj_jax.registry import DEFAULT_MODEL
 from sj_jax.sharding import MeshConfig
 
 
 @dataclasses.dataclass(frozen=True)
 class GenerateConfig:
-    """`sj-jax generate`: a greedy chat completion (the KV-cached sampler replaces the decoder later)."""
+    """`sj-jax generate`: KV-cached sampling of one prompt or a JSONL file of them."""
 
     model: str = DEFAULT_MODEL
     dtype: str = "float32"
     prompt: str = "What is the capital of France? Answer in one sentence."
-    system: str | None = None
+    prompts_file: str | None = None  # JSONL, one {"prompt": "..."} per line
+    out: str | None = None  # JSONL results (default: print)
     chat: bool = True
     max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    num_samples: int = 1
+    seed: int = 0
+    batch_size: int = 64  # prompts per compiled batch
     mesh: MeshConfig = MeshConfig(data=1)
 
 
-def _generate(cfg: GenerateConfig) -> dict:
-    import sj_jax
-    from sj_jax.greedy import greedy_complete
-    from sj_jax.tokenizer import end_of_turn_ids
+def read_prompts(path: str) -> list[str]:
+    """The "prompt" field of each line of a JSONL file; errors name the file and line."""
+    prompts = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise ConfigError(f"{path}:{n}: not valid JSON: {e}") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
+                raise ConfigError(f"{path}:{n}: expected an object with a non-empty string field \"prompt\"")
+            prompts.append(row["prompt"])
+    if not prompts:
+        raise ConfigError(f"{path}: no prompts")
+    return prompts
 
-    t0 = time.perf_counter()
+
+def _generate(cfg: GenerateConfig) -> list[dict]:
+    import sj_jax
+    from tqdm import tqdm
+
+    prompts = read_prompts(cfg.prompts_file) if cfg.prompts_file else [cfg.prompt]
     model = sj_jax.load_model(cfg.model, dtype=cfg.dtype, mesh=cfg.mesh)
-    tok = model.tokenizer
-    if cfg.chat:
-        messages = ([{"role": "system", "content": cfg.system}] if cfg.system else []) + [
-            {"role": "user", "content": cfg.prompt}]
-        prompt_ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "keys"):
-            prompt_ids = prompt_ids["input_ids"]
-    else:
-        prompt_ids = tok(cfg.prompt)["input_ids"]
-    stop_ids = end_of_turn_ids(tok)
-    t1 = time.perf_counter()
-    new = greedy_complete(model, list(prompt_ids), cfg.max_new_tokens, stop_ids)
-    t2 = time.perf_counter()
-    stopped = bool(new) and new[-1] in stop_ids
-    return {
-        "prompt": cfg.prompt,
-        "completion": tok.decode(new, skip_special_tokens=True),
-        "new_tokens": len(new),
-        "finished": stopped,
-        "load_s": round(t1 - t0, 2),
-        "generate_s": round(t2 - t1, 2),
-    }
+    results = []
+    per_batch = max(1, cfg.batch_size // cfg.num_samples)
+    with tqdm(total=len(prompts), unit="prompt", disable=len(prompts) <= per_batch, file=sys.stderr) as bar:
+        for start in range(0, len(prompts), per_batch):
+            chunk = prompts[start:start + per_batch]
+            t0 = time.perf_counter()
+            g = sj_jax.generate(model, chunk, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                top_p=cfg.top_p, top_k=cfg.top_k, num_samples=cfg.num_samples,
+                                seed=cfg.seed + start, chat=cfg.chat)
+            secs = time.perf_counter() - t0
+            new = sum(len(t) for row in g.token_ids for t in row)
+            for i, p in enumerate(chunk):
+                results.append({"prompt": p, "samples": [
+                    {"text": g.texts[i][j], "token_ids": g.token_ids[i][j], "logprobs": g.logprobs[i][j],
+                     "finished": g.finished[i][j]} for j in range(cfg.num_samples)]})
+            bar.update(len(chunk))
+            bar.set_postfix(new_tok_per_s=f"{new / secs:.0f}")
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ap = argparse.ArgumentParser(prog="sj-jax", description="On-policy self-judgment in JAX/Flax.")
     sub = ap.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="greedy chat completion with a model (default: SmolLM2-135M-Instruct)")
+    gen = sub.add_parser("generate", help="sample chat completions (default: greedy, SmolLM2-135M-Instruct)")
     gen.add_argument("--config", help="YAML file of GenerateConfig fields (see configs/generate.yaml)")
     gen.add_argument("--model", help=f"HF folder, .gguf file or embedded name (default {DEFAULT_MODEL})")
     gen.add_argument("--prompt")
+    gen.add_argument("--prompts-file", help='JSONL, one {"prompt": "..."} per line')
+    gen.add_argument("--out", help="write JSONL results here")
     gen.add_argument("--max-new-tokens", type=int)
     gen.add_argument("--json", action="store_true", help="print the result as one JSON line")
     gen.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. dtype=bfloat16")
@@ -76,18 +99,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             overrides = list(args.overrides)
-            for flag, key in (("model", "model"), ("prompt", "prompt"), ("max_new_tokens", "max_new_tokens")):
+            for flag, key in (("model", "model"), ("prompt", "prompt"), ("max_new_tokens", "max_new_tokens"),
+                              ("prompts_file", "prompts_file"), ("out", "out")):
                 value = getattr(args, flag)
                 if value is not None:
                     overrides.append(f"{key}={json.dumps(value)}")
             cfg = load_yaml(GenerateConfig, args.config, overrides)
-            result = _generate(cfg)
-            if args.json:
-                print(json.dumps(result))
+            results = _generate(cfg)
+            if cfg.out:
+                with open(cfg.out, "w", encoding="utf-8") as f:
+                    for r in results:
+                        f.write(json.dumps(r) + "\n")
+                print(f"wrote {len(results)} prompts' samples to {cfg.out}", file=sys.stderr)
+            elif args.json:
+                for r in results:
+                    print(json.dumps(r))
             else:
-                print(f"user: {result['prompt']}\nassistant: {result['completion']}")
-                print(f"[{result['new_tokens']} tokens, {'stopped at end of turn' if result['finished'] else 'cut'}; "
-                      f"load {result['load_s']} s, generate {result['generate_s']} s]", file=sys.stderr)
+                for r in results:
+                    for sample in r["samples"]:
+                        print(f"user: {r['prompt']}\nassistant: {sample['text']}")
+                        print(f"[{len(sample['token_ids'])} tokens, "
+                              f"{'stopped at end of turn' if sample['finished'] else 'cut'}]", file=sys.stderr)
         elif args.command == "info":
             import sj_jax
 

@@ -60,6 +60,10 @@ def main(which: str) -> dict:
         ids, mask = enc["input_ids"], enc["attention_mask"]
     single = load(None)
     ref = np.asarray(sj_jax.logits(single, ids, mask))
+    prompts = [row[m.astype(bool)].tolist() for row, m in zip(ids, mask)]
+    gen_kw = dict(max_new_tokens=8, stop=[], chat=False)
+    ref_greedy = sj_jax.generate(single, prompts, temperature=0.0, **gen_kw)
+    ref_sampled = sj_jax.generate(single, prompts, temperature=1.0, top_p=0.9, seed=5, **gen_kw)
     valid = mask.astype(bool)
     out = {"devices": len(jax.devices())}
     for name, mcfg in MESHES.items():
@@ -72,6 +76,10 @@ def main(which: str) -> dict:
             "logits_spec": [list(s) if isinstance(s, tuple) else s for s in got.sharding.spec],
             "specs": {k: _spec(model.params, p) for k, p in WATCHED.items()},
             "shards_per_param": len(model.params["layers"]["mlp"]["up"]["kernel"].addressable_shards),
+            "greedy_equal": sj_jax.generate(model, prompts, temperature=0.0, **gen_kw).token_ids
+            == ref_greedy.token_ids,
+            "sampled_equal": sj_jax.generate(model, prompts, temperature=1.0, top_p=0.9, seed=5, **gen_kw).token_ids
+            == ref_sampled.token_ids,
         }
     return out
 

@@ -40,6 +40,9 @@ def test_tiny_model_on_8_device_meshes_equals_single_device():
     assert fsdp["specs"]["down"] == [None, None, "fsdp"]
     assert fsdp["logits_spec"] == ["fsdp", None, None]
     assert tp["shards_per_param"] == fsdp["shards_per_param"] == 8
+    # The sampler, its batch split over the data axes, gives the single-device samples.
+    assert tp["greedy_equal"] and fsdp["greedy_equal"]
+    assert tp["sampled_equal"] and fsdp["sampled_equal"]
 
 
 @pytest.mark.slow
@@ -47,6 +50,7 @@ def test_smollm2_on_8_device_meshes_equals_single_device(smollm2_path):
     r = _run_mesh_check("smollm2")
     for name in ("data2_tensor4", "fsdp8"):
         assert r[name]["rel_err"] < 1e-5, r[name]
+        assert r[name]["greedy_equal"], name
     # 9 query heads do not split over tensor=4: they stay whole, the FFN still splits.
     assert r["data2_tensor4"]["specs"]["q"] == [None, None, None, None]
     assert r["data2_tensor4"]["specs"]["up"] == [None, None, "tensor"]
