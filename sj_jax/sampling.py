@@ -109,12 +109,37 @@ def processed_logits(logits: jax.Array, cfg: SamplingConfig) -> jax.Array:
     return z
 
 
+def _first_above(cum: jax.Array, target: jax.Array, weights: jax.Array) -> jax.Array:
+    """The first index whose cumulative weight exceeds `target`, kept on a non-zero weight when
+    rounding pushes the target past the end."""
+    n = weights.shape[-1]
+    idx = jnp.sum(cum <= target[:, None], axis=-1)
+    last_nonzero = n - 1 - jnp.argmax((weights > 0)[:, ::-1], axis=-1)
+    return jnp.minimum(idx, last_nonzero)
+
+
+_BLOCK = 256
+
+
 def _inverse_cdf(weights: jax.Array, u: jax.Array) -> jax.Array:
-    """Index drawn with probability proportional to non-negative `weights [batch, n]`, u ~ U[0, 1)."""
-    cum = jnp.cumsum(weights, axis=-1)
-    # The first index whose cumulative weight exceeds u * total: it always has weight > 0.
-    idx = jnp.sum(cum <= u[:, None] * cum[:, -1:], axis=-1)
-    return jnp.minimum(idx, weights.shape[-1] - 1)
+    """Index drawn with probability proportional to non-negative `weights [batch, n]`, u ~ U[0, 1).
+
+    Two levels for large n: a block by its total weight, then a token inside it (a full cumulative
+    sum over 64 x 49152 costs 11 ms a step on a CPU).
+    """
+    b, n = weights.shape
+    if n <= 4 * _BLOCK:
+        cum = jnp.cumsum(weights, axis=-1)
+        return _first_above(cum, u * cum[:, -1], weights)
+    blocks = jnp.pad(weights, ((0, 0), (0, -n % _BLOCK))).reshape(b, -1, _BLOCK)
+    block_w = blocks.sum(axis=-1)
+    block_cum = jnp.cumsum(block_w, axis=-1)
+    target = u * block_cum[:, -1]
+    j = _first_above(block_cum, target, block_w)
+    inner = jnp.take_along_axis(blocks, j[:, None, None], axis=1)[:, 0]
+    before = jnp.take_along_axis(block_cum - block_w, j[:, None], axis=-1)[:, 0]
+    i = _first_above(jnp.cumsum(inner, axis=-1), target - before, inner)
+    return j * _BLOCK + i
 
 
 def _draw(weights: jax.Array, u: jax.Array):

@@ -202,3 +202,23 @@ def test_greedy_equals_torch_generate_on_smollm2(smollm2, smollm2_torch):
             out = smollm2_torch.generate(ids, max_new_tokens=64, do_sample=False, eos_token_id=[2], pad_token_id=2)
         assert ours.token_ids[i][0] == out[0, ids.shape[1]:].tolist(), q
         assert ours.finished[i][0] == (out[0, -1].item() == 2)
+
+
+def test_inverse_cdf_draws_follow_the_weights_over_a_large_vocabulary():
+    """The two-level draw (blocks, then a token) is the plain categorical over sparse weights."""
+    from scipy import stats
+
+    from sj_jax.sampling import _inverse_cdf
+
+    rng = np.random.default_rng(13)
+    n, rows = 3000, 60_000  # not a multiple of the block size; zero weights scattered
+    w = rng.random(n) * (rng.random(n) < 0.01)
+    w[[0, n - 1]] = 0.0
+    u = jax.random.uniform(jax.random.key(2), (rows,))
+    idx = np.asarray(_inverse_cdf(jnp.broadcast_to(jnp.asarray(w, jnp.float32), (rows, n)), u))
+    assert (w[idx] > 0).all()
+    counts = np.bincount(idx, minlength=n)[w > 0]
+    assert stats.chisquare(counts, rows * w[w > 0] / w.sum()).pvalue > 1e-3
+    # u = 0 and u just below 1 land on the first and last non-zero weights.
+    edge = np.asarray(_inverse_cdf(jnp.asarray(np.stack([w, w]), jnp.float32), jnp.asarray([0.0, 1 - 2**-24])))
+    assert edge[0] == np.flatnonzero(w)[0] and edge[1] == np.flatnonzero(w)[-1]
