@@ -47,3 +47,30 @@ def jax_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     f(a).block_until_ready()
     best = min(time_call(lambda: f(a).block_until_ready(), repeats))
     return 2 * n**3 / best / 1e9
+
+
+def load_default_pair(tokenizer: bool = False):
+    """The embedded default as (sj_jax model, float32 PyTorch transformers model), same weights."""
+    import logging
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import sj_jax
+    from sj_jax.registry import DEFAULT_MODEL, resolve
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    model = sj_jax.load_model(DEFAULT_MODEL, tokenizer="auto" if tokenizer else None)
+    path = resolve(DEFAULT_MODEL)
+    torch_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                       dtype=torch.float32).eval()
+    return model, torch_model
+
+
+def write_json(path: str | None, results) -> None:
+    """Writes `results` to `path` (if given), for plots and closing notes."""
+    import json
+
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)

@@ -9,8 +9,6 @@ random tokens, timed in alternation; the ratio is sj_jax tokens/s over PyTorch t
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,8 +17,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import sj_jax  # noqa: E402
-from benchmarks.common import alternate, forward_flops, jax_matmul_peak  # noqa: E402
-from sj_jax.registry import DEFAULT_MODEL, resolve  # noqa: E402
+from benchmarks.common import alternate, forward_flops, jax_matmul_peak, load_default_pair, write_json  # noqa: E402,E501
 
 
 def main() -> dict:
@@ -32,13 +29,8 @@ def main() -> dict:
     args = ap.parse_args()
 
     import torch
-    from transformers import AutoModelForCausalLM
 
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    model = sj_jax.load_model(DEFAULT_MODEL, tokenizer=None)
-    path = resolve(DEFAULT_MODEL)
-    torch_model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                       dtype=torch.float32).eval()
+    model, torch_model = load_default_pair()
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (args.batch, args.seq)).astype(np.int32)
     torch_ids = torch.from_numpy(ids.astype(np.int64))
 
@@ -76,9 +68,7 @@ def main() -> dict:
     print(f"  torch  : {res['torch_s']*1e3:8.1f} ms  {res['torch_tokens_per_s']:8.0f} tok/s  "
           f"{res['torch_gflops']:6.1f} GFLOP/s")
     print(f"  ratio sj_jax / torch: {res['ratio_sj_jax_over_torch']:.2f}x")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
+    write_json(args.json, res)
     return res
 
 

@@ -11,8 +11,6 @@ average live KV cache) over a measured memory read bandwidth.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import time
 
@@ -22,8 +20,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import sj_jax  # noqa: E402
-from benchmarks.common import alternate  # noqa: E402
-from sj_jax.registry import DEFAULT_MODEL, resolve  # noqa: E402
+from benchmarks.common import alternate, load_default_pair, write_json  # noqa: E402
 
 PROMPT, NEW = 32, 64
 
@@ -74,12 +71,8 @@ def main() -> list[dict]:
     args = ap.parse_args()
 
     import torch
-    from transformers import AutoModelForCausalLM
 
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    model = sj_jax.load_model(DEFAULT_MODEL)
-    path = resolve(DEFAULT_MODEL)
-    tm = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    model, tm = load_default_pair(tokenizer=True)
     cfg = model.config
     bw = read_bandwidth()
     param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(model.params))
@@ -121,9 +114,7 @@ def main() -> list[dict]:
         print(f"   decode step {r['decode_step_ms']:.1f} ms; bound {r['bound_step_ms']:.1f} ms "
               f"({r['bytes_per_step_MB']:.0f} MB at {r['read_bandwidth_GBps']:.1f} GB/s): "
               f"{100 * r['fraction_of_bound']:.0f}% of the bandwidth bound")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_json(args.json, results)
     return results
 
 
