@@ -31,7 +31,7 @@ class GenerateConfig:
     top_k: int = 0
     num_samples: int = 1
     seed: int = 0
-    batch_size: int = 64  # prompts per compiled batch
+    batch_size: int = 64  # rows (prompts x samples) per compiled batch; samples do not depend on it
     mesh: MeshConfig = MeshConfig(data=1)
 
 
@@ -60,23 +60,22 @@ def _generate(cfg: GenerateConfig) -> list[dict]:
 
     prompts = read_prompts(cfg.prompts_file) if cfg.prompts_file else [cfg.prompt]
     model = sj_jax.load_model(cfg.model, dtype=cfg.dtype, mesh=cfg.mesh)
-    results = []
-    per_batch = max(1, cfg.batch_size // cfg.num_samples)
-    with tqdm(total=len(prompts), unit="prompt", disable=len(prompts) <= per_batch, file=sys.stderr) as bar:
-        for start in range(0, len(prompts), per_batch):
-            chunk = prompts[start:start + per_batch]
-            t0 = time.perf_counter()
-            g = sj_jax.generate(model, chunk, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                top_p=cfg.top_p, top_k=cfg.top_k, num_samples=cfg.num_samples,
-                                seed=cfg.seed + start, chat=cfg.chat)
-            secs = time.perf_counter() - t0
-            new = sum(len(t) for row in g.token_ids for t in row)
-            for i, p in enumerate(chunk):
-                results.append({"prompt": p, "samples": [
-                    {"text": g.texts[i][j], "token_ids": g.token_ids[i][j], "logprobs": g.logprobs[i][j],
-                     "finished": g.finished[i][j]} for j in range(cfg.num_samples)]})
-            bar.update(len(chunk))
-            bar.set_postfix(new_tok_per_s=f"{new / secs:.0f}")
+    rows = len(prompts) * cfg.num_samples
+    with tqdm(total=rows, unit="sample", disable=rows <= cfg.batch_size, file=sys.stderr) as bar:
+        clock = [time.perf_counter()]
+
+        def progress(done: int, new_tokens: int) -> None:
+            now = time.perf_counter()
+            bar.update(done)
+            bar.set_postfix(new_tok_per_s=f"{new_tokens / (now - clock[0]):.0f}")
+            clock[0] = now
+
+        g = sj_jax.generate(model, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                            top_p=cfg.top_p, top_k=cfg.top_k, num_samples=cfg.num_samples, seed=cfg.seed,
+                            chat=cfg.chat, batch_size=cfg.batch_size, progress=progress)
+    results = [{"prompt": p, "samples": [
+        {"text": g.texts[i][j], "token_ids": g.token_ids[i][j], "logprobs": g.logprobs[i][j],
+         "finished": g.finished[i][j]} for j in range(cfg.num_samples)]} for i, p in enumerate(prompts)]
     return results
 
 

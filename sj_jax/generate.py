@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from sj_jax.api import Model
 from sj_jax.sampler import run
@@ -62,11 +62,13 @@ def generate(
     chat: bool = True,
     stop: Sequence[int] | None = None,
     batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Generations:
     """Samples `num_samples` continuations of each prompt with the KV-cached sampler.
 
     temperature 0 = greedy. stop: token ids that end a sample (default: the tokenizer's EOS and the
-    chat template's end of turn). batch_size: rows (prompts x samples) per compiled batch (default all).
+    chat template's end of turn). batch_size: rows (prompts x samples) per compiled batch (default all);
+    the samples do not depend on it. progress: called after each batch with (rows, new tokens).
     """
     sampling = SamplingConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
     if max_new_tokens < 1:
@@ -98,4 +100,6 @@ def generate(
             result.finished[i][j] = bool(out["stopped"][r])
             result.texts[i][j] = (model.tokenizer.decode(toks, skip_special_tokens=True)
                                   if model.tokenizer is not None else "")
+        if progress is not None:
+            progress(len(chunk), int(out["lengths"].sum()))
     return result

@@ -147,6 +147,11 @@ class DecoderLayer(nn.Module):
         return x, cache
 
 
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+    """int32 `[batch, seq]` positions counting real tokens only (padding on either side takes 0)."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+
+
 _REMAT_POLICIES = {
     "full": None,
     "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
@@ -192,7 +197,7 @@ class Transformer(nn.Module):
             attention_mask = jnp.ones((b, t), jnp.int32)
         valid = attention_mask.astype(bool)
         if positions is None:
-            positions = jnp.maximum(jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1, 0)
+            positions = positions_from_mask(valid)
         causal = jnp.tril(jnp.ones((t, t), bool))
         mask = causal[None, None] & valid[:, None, None, :]
         pos_diff = None

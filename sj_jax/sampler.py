@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sj_jax.model import _DTYPES, DecoderLayer, Transformer
+from sj_jax.model import _DTYPES, DecoderLayer, Transformer, positions_from_mask
 from sj_jax.model_config import ModelConfig
 from sj_jax.rope import rotary_tables
 from sj_jax.sampling import SamplingConfig, sample
@@ -86,7 +86,7 @@ def prefill(cfg: ModelConfig, params: dict, layer_params: list, ids: jax.Array, 
     model = Transformer(cfg)
     dtype = _DTYPES[cfg.dtype]
     mask = mask.astype(bool)
-    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+    positions = positions_from_mask(mask)
     lengths = mask.sum(axis=1).astype(jnp.int32)
     new = cache_len - p
     key_pos = jnp.concatenate([positions, lengths[:, None] + jnp.arange(new, dtype=jnp.int32)[None]], axis=1)

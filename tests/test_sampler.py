@@ -68,8 +68,10 @@ def test_a_row_does_not_depend_on_its_batch(tiny):
     prompts = _prompts(np.random.default_rng(2), tiny.config.vocab_size, [4, 11, 6, 20])
     kw = dict(max_new_tokens=10, temperature=0.8, top_k=20, seed=9, stop=[])
     batched = sj_jax.generate(tiny, prompts, **kw)
-    split = sj_jax.generate(tiny, prompts, batch_size=1, **kw)
+    calls = []
+    split = sj_jax.generate(tiny, prompts, batch_size=1, progress=lambda rows, new: calls.append((rows, new)), **kw)
     assert batched.token_ids == split.token_ids
+    assert calls == [(1, 10)] * len(prompts)  # one report a batch: its rows and new tokens
     np.testing.assert_allclose(sum(batched.logprobs, []), sum(split.logprobs, []), rtol=1e-5, atol=1e-6)
 
 
