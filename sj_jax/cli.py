@@ -92,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--max-new-tokens", type=int)
     gen.add_argument("--json", action="store_true", help="print the result as one JSON line")
     gen.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. dtype=bfloat16")
+    for kind, what in (("sft", "supervised fine-tuning on the assistant turns"),
+                       ("jsft", "judge-augmented SFT: instruction and judgment examples (SPEC 1.1)"),
+                       ("dpo", "DPO on prompt/chosen/rejected pairs against the frozen initial model")):
+        tr = sub.add_parser(kind, help=what)
+        tr.add_argument("--config", help=f"YAML file of TrainConfig fields (see configs/{kind}.yaml)")
+        tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.learning_rate=1e-5 steps=20")
     info = sub.add_parser("info", help="print a model's architecture and parameter count")
     info.add_argument("model", nargs="?", default=DEFAULT_MODEL)
     args = ap.parse_args(argv)
@@ -119,6 +125,16 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"user: {r['prompt']}\nassistant: {sample['text']}")
                         print(f"[{len(sample['token_ids'])} tokens, "
                               f"{'stopped at end of turn' if sample['finished'] else 'cut'}]", file=sys.stderr)
+        elif args.command in ("sft", "jsft", "dpo"):
+            from sj_jax.train.config import TrainConfig
+            from sj_jax.train.trainer import train
+
+            result = train(args.command, load_yaml(TrainConfig, args.config, list(args.overrides)))
+            if result.preempted:
+                print(f"stopped at step {result.steps} on request; run the same command to resume", file=sys.stderr)
+            else:
+                print(f"done: {result.steps} steps, final loss {result.last_loss:.4f}; report: {result.report}",
+                      file=sys.stderr)
         elif args.command == "info":
             import sj_jax
 

@@ -1,0 +1,102 @@
+"""Batches with static, bucketed shapes, and a data iterator whose position a checkpoint can hold.
+
+SFT batches are right-padded to a length bucket. DPO batches lay each pair out as
+`[pairs, 2 (chosen, rejected), prompt_bucket + response_bucket]`: the prompt left-padded so it ends
+at the same column in every row, the response right-padded after it, so the log-probs of every
+response live in the last `response_bucket` positions (the output projection runs there only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from sj_jax.data.examples import PairExample, SFTExample
+
+
+def length_bucket(n: int, cap: int, minimum: int = 16) -> int:
+    """The smallest power of two >= n (at least `minimum`), but never above `cap`."""
+    b = minimum
+    while b < n:
+        b *= 2
+    return min(b, max(cap, n))
+
+
+def collate_sft(examples: Sequence[SFTExample], max_length: int, pad_id: int) -> dict[str, np.ndarray]:
+    """int32 `input_ids`, `attention_mask`, `loss_mask` `[batch, T]`, right-padded."""
+    t = length_bucket(max(len(e.input_ids) for e in examples), max_length)
+    b = len(examples)
+    ids = np.full((b, t), pad_id, np.int32)
+    att = np.zeros((b, t), np.int32)
+    loss = np.zeros((b, t), np.int32)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n], att[i, :n], loss[i, :n] = e.input_ids, 1, e.loss_mask
+    return {"input_ids": ids, "attention_mask": att, "loss_mask": loss}
+
+
+def collate_pairs(pairs: Sequence[PairExample], max_prompt: int, max_response: int,
+                  pad_id: int) -> tuple[dict[str, np.ndarray], int]:
+    """(`[pairs, 2, P + R]` int32 arrays, R): prompts left-padded to P, responses right-padded to R."""
+    p = length_bucket(max(len(x.prompt_ids) for x in pairs), max_prompt)
+    r = length_bucket(max(max(len(x.chosen_ids), len(x.rejected_ids)) for x in pairs), max_response)
+    n = len(pairs)
+    ids = np.full((n, 2, p + r), pad_id, np.int32)
+    att = np.zeros((n, 2, p + r), np.int32)
+    loss = np.zeros((n, 2, p + r), np.int32)
+    for i, x in enumerate(pairs):
+        lp = len(x.prompt_ids)
+        for j, resp in enumerate((x.chosen_ids, x.rejected_ids)):
+            ids[i, j, p - lp:p] = x.prompt_ids
+            ids[i, j, p:p + len(resp)] = resp
+            att[i, j, p - lp:p + len(resp)] = 1
+            loss[i, j, p:p + len(resp)] = 1
+    return {"input_ids": ids, "attention_mask": att, "loss_mask": loss}, r
+
+
+@dataclasses.dataclass
+class EpochIterator:
+    """Indices of `batch` examples at a time over `n` examples, reshuffled each epoch from `seed`.
+
+    The position (`epoch`, `offset`) is all a checkpoint needs: the order is a pure function of
+    (seed, epoch). The last incomplete batch of an epoch is skipped so every step has one shape.
+    """
+
+    n: int
+    batch: int
+    seed: int = 0
+    shuffle: bool = True
+    epoch: int = 0
+    offset: int = 0
+
+    def __post_init__(self):
+        if self.batch > self.n:
+            raise ValueError(f"batch of {self.batch} examples, but the data has only {self.n}")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n // self.batch
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.n)
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def next(self) -> np.ndarray:
+        if self.offset + self.batch > self.n:
+            self.epoch, self.offset = self.epoch + 1, 0
+        idx = self._order(self.epoch)[self.offset:self.offset + self.batch]
+        self.offset += self.batch
+        return idx
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset, "n": self.n, "batch": self.batch, "seed": self.seed}
+
+    def restore(self, state: dict) -> None:
+        for k in ("n", "batch", "seed"):
+            if state.get(k) != getattr(self, k):
+                raise ValueError(f"data position: saved {k}={state.get(k)} but this run has {getattr(self, k)} "
+                                 "(the data or batch size changed since the checkpoint)")
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])

@@ -1,0 +1,138 @@
+"""Turning JSONL rows into token-level training examples, with explicit truncation counts.
+
+SFT/JSFT rows: {"messages": [...]} (every assistant turn is trained), {"prompt", "response"} (one
+user turn and its answer), or {"judgment": {...}} (see `sj_jax.data.judgment`). DPO rows:
+{"prompt": str or messages, "chosen": str, "rejected": str}.
+Context is cut from the left; a response being trained or scored is never cut silently: DPO
+responses are cut from the right to `max_response_length` and counted, SFT examples whose last
+trained turn does not fit are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+from sj_jax.data.chat import assistant_spans, render, tokens_with_mask, turn_span
+from sj_jax.data.jsonl import DataError, read_jsonl
+
+
+@dataclasses.dataclass
+class DataReport:
+    """What was read, and what truncation did to it."""
+
+    rows: int = 0
+    examples: int = 0
+    truncated_context: int = 0  # context cut from the left
+    truncated_response: int = 0  # dpo: response cut from the right
+    dropped_too_long: int = 0  # the trained part alone does not fit
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTExample:
+    input_ids: np.ndarray  # int32 [len]
+    loss_mask: np.ndarray  # int32 [len]
+
+
+@dataclasses.dataclass(frozen=True)
+class PairExample:
+    prompt_ids: np.ndarray  # int32 [prompt]
+    chosen_ids: np.ndarray  # int32 [response], through the end-of-turn token
+    rejected_ids: np.ndarray
+
+
+def _messages_of(row: dict, where: str) -> list[dict]:
+    if "messages" in row:
+        if not isinstance(row["messages"], list) or not row["messages"]:
+            raise DataError(f"{where}: field 'messages' must be a non-empty list")
+        return row["messages"]
+    if "prompt" in row and "response" in row:
+        for f in ("prompt", "response"):
+            if not isinstance(row[f], str) or not row[f].strip():
+                raise DataError(f"{where}: field {f!r} must be a non-empty string")
+        return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
+    raise DataError(f"{where}: expected 'messages', 'prompt'+'response' or 'judgment'")
+
+
+def sft_example(tokenizer: Any, row: dict, where: str, max_length: int, report: DataReport,
+                judgment: Callable[[Any, dict, str], tuple[str, list]] | None = None) -> SFTExample | None:
+    """One tokenised example, cut to `max_length` from the left; None (and counted) if the last
+    trained span does not fit."""
+    if "judgment" in row:
+        if judgment is None:
+            raise DataError(f"{where}: judgment rows need a judge template")
+        text, spans = judgment(tokenizer, row["judgment"], where)
+    else:
+        text, spans = assistant_spans(tokenizer, _messages_of(row, where), where)
+    ids, mask = tokens_with_mask(tokenizer, text, spans)
+    if len(ids) > max_length:
+        last_span_start = int(np.flatnonzero(mask)[-1]) if mask.any() else 0
+        # the last trained span starts at the first masked token after an unmasked one, scanning back
+        k = last_span_start
+        while k > 0 and mask[k - 1]:
+            k -= 1
+        cut = len(ids) - max_length
+        if cut > k:
+            report.dropped_too_long += 1
+            return None
+        ids, mask = ids[cut:], mask[cut:]
+        report.truncated_context += 1
+    if not mask.any():
+        raise DataError(f"{where}: no token to train on after rendering")
+    report.examples += 1
+    return SFTExample(ids, mask)
+
+
+def _prompt_messages(row: dict, where: str) -> list[dict]:
+    p = row["prompt"]
+    if isinstance(p, str):
+        if not p.strip():
+            raise DataError(f"{where}: field 'prompt' is empty")
+        return [{"role": "user", "content": p}]
+    if isinstance(p, list) and p:
+        return p
+    raise DataError(f"{where}: field 'prompt' must be a string or a list of messages")
+
+
+def _response_ids(tokenizer: Any, messages: list[dict], response: str, where: str) -> np.ndarray:
+    full = messages + [{"role": "assistant", "content": response}]
+    text, (s, e) = turn_span(tokenizer, full, len(messages), where)
+    return np.asarray(tokenizer(text[s:e], add_special_tokens=False)["input_ids"], np.int32)
+
+
+def pair_example(tokenizer: Any, row: dict, where: str, max_prompt: int, max_response: int,
+                 report: DataReport) -> PairExample:
+    for f in ("prompt", "chosen", "rejected"):
+        if f not in row:
+            raise DataError(f"{where}: missing field {f!r}")
+    for f in ("chosen", "rejected"):
+        if not isinstance(row[f], str) or not row[f].strip():
+            raise DataError(f"{where}: field {f!r} must be a non-empty string")
+    messages = _prompt_messages(row, where)
+    prompt = np.asarray(tokenizer(render(tokenizer, messages, add_generation_prompt=True),
+                                  add_special_tokens=False)["input_ids"], np.int32)
+    if len(prompt) > max_prompt:
+        prompt = prompt[-max_prompt:]
+        report.truncated_context += 1
+    out = []
+    for f in ("chosen", "rejected"):
+        r = _response_ids(tokenizer, messages, row[f], f"{where} ({f})")
+        if len(r) > max_response:
+            r = r[:max_response]
+            report.truncated_response += 1
+        out.append(r)
+    report.examples += 1
+    return PairExample(prompt, out[0], out[1])
+
+
+def load_examples(path: str, build: Callable[[dict, str], Any], report: DataReport) -> list:
+    """Every row of a JSONL file through `build(row, "file:line")`, dropping the Nones it counts."""
+    rows = read_jsonl(path)
+    report.rows += len(rows)
+    out = [build(row, f"{path}:{n}") for n, row in rows]
+    return [x for x in out if x is not None]

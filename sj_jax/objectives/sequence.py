@@ -1,0 +1,30 @@
+"""Summed log-probabilities of the masked tokens of each sequence, under a model's parameters."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from sj_jax.model import Transformer
+from sj_jax.model_config import ModelConfig
+from sj_jax.objectives.logprobs import DEFAULT_CHUNK, head_weight, token_logprobs
+
+
+def sequence_logprobs(cfg: ModelConfig, params: dict, input_ids: jax.Array, attention_mask: jax.Array,
+                      loss_mask: jax.Array, *, last: int | None = None, chunk: int = DEFAULT_CHUNK):
+    """Per-sequence (sum, count) of log p(token) over the tokens where `loss_mask` is 1.
+
+    input_ids, attention_mask, loss_mask: `[batch, seq]` (loss_mask[b, t] = 1: token t is a target,
+    predicted from position t - 1; position 0 is never a target). `last`: only the last `last`
+    positions may be targets (responses laid out at the end, as the DPO batches are): the output
+    projection then runs on those positions only; the caller guarantees loss_mask is 0 elsewhere.
+    Returns float32 `sum [batch]` and `count [batch]`.
+    """
+    h = Transformer(cfg).apply({"params": params}, input_ids, attention_mask, method=Transformer.hidden_states)
+    t = input_ids.shape[1]
+    start = 1 if last is None else t - last
+    h = h[:, start - 1:t - 1]
+    targets = input_ids[:, start:]
+    mask = loss_mask[:, start:].astype(jnp.float32)
+    lp = token_logprobs(h, head_weight(params, cfg.tie_word_embeddings), targets, chunk=chunk)
+    return jnp.sum(lp * mask, axis=1), jnp.sum(mask, axis=1)

@@ -1,0 +1,90 @@
+"""The configuration of a training run (`sj-jax sft|jsft|dpo`): one frozen dataclass tree, read from YAML."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from sj_jax.judge.template import DEFAULT_TEMPLATE, JudgeTemplate
+from sj_jax.registry import DEFAULT_MODEL
+from sj_jax.sharding import MeshConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with a schedule, global-norm clipping and in-step gradient accumulation."""
+
+    learning_rate: float = 1e-5
+    schedule: Literal["cosine", "constant", "linear"] = "cosine"  # after the warm-up
+    warmup_ratio: float = 0.03  # of the total steps; used when warmup_steps is None
+    warmup_steps: int | None = None
+    min_lr_ratio: float = 0.0  # cosine/linear end at learning_rate * min_lr_ratio
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float = 1.0  # 0 = off
+    grad_accum: int = 1  # micro-batches per optimizer step, accumulated inside one jitted step
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters; off by default. With LoRA, the DPO reference is the base weights, adapter off."""
+
+    enabled: bool = False
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOConfig:
+    beta: float = 0.1
+    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
+    label_smoothing: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Local JSONL. sft/jsft: {"messages": [...]} or {"prompt", "response"} or {"judgment": {...}} rows;
+    dpo: {"prompt", "chosen", "rejected"} rows (prompt: a string or a list of messages)."""
+
+    train_file: str = ""
+    max_length: int = 1024  # sft/jsft: whole example; longer ones are cut from the left of the context
+    max_prompt_length: int = 512  # dpo: prompts are cut from the left
+    max_response_length: int = 512  # dpo: responses are cut from the right
+    shuffle: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 100  # steps; 0 = only at the end and on SIGTERM
+    keep: int = 3
+    async_save: bool = True
+    resume: bool = True  # continue from the latest complete checkpoint in output_dir/checkpoints
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One run. `steps` = optimizer steps (0: `epochs` passes over the data)."""
+
+    model: str = DEFAULT_MODEL
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16
+    param_dtype: str = "float32"  # master weights
+    remat: Literal["none", "full", "dots"] = "none"
+    output_dir: str = "runs/train"
+    seed: int = 0
+    batch_size: int = 8  # examples (dpo: pairs) per micro-batch, over all devices
+    steps: int = 0
+    epochs: float = 1.0
+    log_every: int = 1
+    logprob_chunk: int = 8192  # vocabulary chunk of the output projection
+    nan_policy: Literal["halt", "skip"] = "halt"  # skip: drop the update, halt after max_nonfinite in a row
+    max_nonfinite: int = 3
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    lora: LoraConfig = LoraConfig()
+    dpo: DPOConfig = DPOConfig()
+    judge: JudgeTemplate = DEFAULT_TEMPLATE  # jsft: the text of judgment examples
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    mesh: MeshConfig = MeshConfig()

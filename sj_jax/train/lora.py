@@ -1,0 +1,69 @@
+"""LoRA: low-rank adapters on the scanned layer kernels, merged into the base weights before a forward.
+
+Merging (W + alpha/r * A B) keeps the model code unchanged and costs one small matmul per kernel per
+step; the base weights are never differentiated. The adapter tree mirrors the kernels it adapts:
+`layers/attn/q/{a [L, in, r], b [L, r, out]}` where in/out are the kernel's flattened input/output
+axes. B starts at zero, so the adapted model starts exactly at the base model (and a DPO reference
+that is "the base with the adapter off" starts equal to the policy).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from sj_jax.errors import ConfigError
+from sj_jax.train.config import LoraConfig
+
+# kernel name -> (its module path under layers, number of input axes after the layer axis)
+_TARGETS = {
+    "q": (("attn", "q"), 1), "k": (("attn", "k"), 1), "v": (("attn", "v"), 1), "o": (("attn", "o"), 2),
+    "gate": (("mlp", "gate"), 1), "up": (("mlp", "up"), 1), "down": (("mlp", "down"), 1),
+}
+
+
+def _kernel(params: dict, path: tuple[str, ...]) -> jax.Array:
+    node = params["layers"]
+    for p in path:
+        node = node[p]
+    return node["kernel"]
+
+
+def init_lora(cfg: LoraConfig, params: dict, key: jax.Array) -> dict:
+    """Adapters for `cfg.targets`: a ~ N(0, 1/in) float32, b = 0."""
+    if cfg.rank < 1:
+        raise ConfigError(f"lora.rank: must be >= 1, got {cfg.rank}")
+    unknown = [t for t in cfg.targets if t not in _TARGETS]
+    if unknown:
+        raise ConfigError(f"lora.targets: unknown {unknown}; known: {', '.join(_TARGETS)}")
+    adapters: dict = {}
+    for i, name in enumerate(cfg.targets):
+        path, n_in = _TARGETS[name]
+        w = _kernel(params, path)
+        layers, d_in = w.shape[0], math.prod(w.shape[1:1 + n_in])
+        d_out = math.prod(w.shape[1 + n_in:])
+        a = jax.random.normal(jax.random.fold_in(key, i), (layers, d_in, cfg.rank), jnp.float32) / math.sqrt(d_in)
+        adapters[name] = {"a": a, "b": jnp.zeros((layers, cfg.rank, d_out), jnp.float32)}
+    return adapters
+
+
+def merge(cfg: LoraConfig, base: dict, adapters: dict) -> dict:
+    """The base params with every adapted kernel replaced by W + alpha/rank * A B (in W's dtype)."""
+    scale = cfg.alpha / cfg.rank
+    layers = jax.tree.map(lambda x: x, base["layers"])  # a fresh container tree; leaves shared
+    for name, ab in adapters.items():
+        path, _ = _TARGETS[name]
+        node = layers
+        for p in path:
+            node = node[p]
+        w = node["kernel"]
+        delta = jnp.einsum("lir,lro->lio", ab["a"], ab["b"]).reshape(w.shape)
+        node["kernel"] = (jax.lax.stop_gradient(w) + scale * delta).astype(w.dtype)
+    return {**base, "layers": layers}
+
+
+def num_adapter_params(adapters: dict) -> int:
+    return sum(x.size for x in jax.tree.leaves(adapters))
+

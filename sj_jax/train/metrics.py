@@ -1,0 +1,100 @@
+"""Where a run's numbers go: a JSONL file a user can plot, TensorBoard when it is installed, and the
+end-of-run report (a markdown table and a loss plot)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to `path`. On resume, lines past the restored step
+    are dropped first, so the file reads as one uninterrupted run."""
+
+    def __init__(self, path: Path, resume_step: int = 0):
+        self.path = Path(path)
+        kept = []
+        if resume_step > 0 and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= resume_step:
+                        kept.append(line)
+                except ValueError:
+                    break  # a line cut by the kill; everything after it is stale too
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self._f = open(self.path, "a", encoding="utf-8")
+        self._tb = _tensorboard(self.path.parent / "tensorboard")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._f.write(json.dumps(row) + "\n")
+        self._f.flush()
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        self._f.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _tensorboard(folder: Path):
+    try:
+        from tensorboardX import SummaryWriter  # type: ignore
+    except ImportError:
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # type: ignore
+        except ImportError:
+            return None
+    return SummaryWriter(str(folder))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def write_report(out_dir: Path, title: str, rows: list[dict], summary: dict[str, Any],
+                 keys: tuple[str, ...] = ("loss",)) -> Path:
+    """`report.md` (a summary table and the metrics at a few steps) and `loss.png` when matplotlib is there."""
+    out_dir = Path(out_dir)
+    lines = [f"# {title}", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in summary.items()]
+    if rows:
+        cols = ["step"] + [k for k in rows[-1] if k != "step" and isinstance(rows[-1][k], (int, float))]
+        picks = sorted({rows[int(i * (len(rows) - 1) / 4)]["step"] for i in range(5)})
+        by_step = {r["step"]: r for r in rows}
+        lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for s in picks:
+            r = by_step[s]
+            lines.append("| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        present = [k for k in keys if rows and k in rows[0]]
+        if present:
+            fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 3.5), squeeze=False)
+            for ax, k in zip(axes[0], present):
+                ax.plot([r["step"] for r in rows], [r[k] for r in rows])
+                ax.set_xlabel("step")
+                ax.set_title(k)
+            fig.tight_layout()
+            fig.savefig(out_dir / "metrics.png", dpi=100)
+            plt.close(fig)
+            lines += ["", "![metrics](metrics.png)"]
+    except ImportError:
+        pass
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

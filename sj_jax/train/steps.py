@@ -1,0 +1,130 @@
+"""Jitted, sharded train steps for SFT/JSFT and DPO: pure functions of (state, frozen weights, batch).
+
+state = {"params": trainable tree (full weights, or LoRA adapters), "opt_state", "step": int32,
+"rng": uint32 key data}. `frozen` holds what is never trained: the base weights under LoRA (also the
+DPO reference, adapter off), or the reference copy for full-weight DPO, or None.
+
+A batch carries a leading micro-batch axis `[grad_accum, ...]`; the gradients of the micro-batches
+are averaged inside the one jitted step (a `lax.scan`), then clipped and applied once. A step whose
+loss or gradient is not finite applies nothing: params and optimizer moments stay as they were, and
+the metrics say so (`nonfinite` = 1), so the trainer's NaN policy decides what happens next.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sj_jax.model_config import ModelConfig
+from sj_jax.objectives.dpo import dpo_loss
+from sj_jax.objectives.sequence import sequence_logprobs
+from sj_jax.objectives.sft import sft_loss
+from sj_jax.train import lora
+from sj_jax.train.config import DPOConfig, LoraConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """Everything static about a step (part of the jit key)."""
+
+    kind: Literal["sft", "dpo"]
+    model: ModelConfig
+    lora: LoraConfig = LoraConfig()
+    dpo: DPOConfig = DPOConfig()
+    chunk: int = 8192
+    response_len: int | None = None  # dpo: responses occupy the last `response_len` positions
+
+
+def policy_params(spec: StepSpec, trainable: Any, frozen: Any) -> dict:
+    return lora.merge(spec.lora, frozen, trainable) if spec.lora.enabled else trainable
+
+
+def reference_params(spec: StepSpec, frozen: Any) -> dict:
+    """The DPO reference: the base weights (adapter off) under LoRA, else the frozen copy."""
+    return frozen
+
+
+def pair_logprobs(spec: StepSpec, params: dict, micro: dict) -> tuple[jax.Array, jax.Array]:
+    """Summed response log-probs and token counts, each `[pairs, 2]` (chosen, rejected), of a
+    micro-batch `[pairs, 2, seq]`."""
+    m, two, t = micro["input_ids"].shape
+    flat = {k: micro[k].reshape(m * two, t) for k in ("input_ids", "attention_mask", "loss_mask")}
+    logp, count = sequence_logprobs(spec.model, params, flat["input_ids"], flat["attention_mask"],
+                                    flat["loss_mask"], last=spec.response_len, chunk=spec.chunk)
+    return logp.reshape(m, two), count.reshape(m, two)
+
+
+def loss_and_metrics(spec: StepSpec, trainable: Any, frozen: Any, micro: dict):
+    """(loss, metrics) of one micro-batch; the gradient flows into `trainable` only."""
+    params = policy_params(spec, trainable, frozen)
+    if spec.kind == "sft":
+        return sft_loss(spec.model, params, micro, chunk=spec.chunk)
+    policy, count = pair_logprobs(spec, params, micro)
+    if "ref_logps" in micro:
+        ref = micro["ref_logps"]
+    else:
+        ref = jax.lax.stop_gradient(pair_logprobs(spec, reference_params(spec, frozen), micro)[0])
+    loss, metrics = dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=spec.dpo.beta,
+                             loss_type=spec.dpo.loss_type, label_smoothing=spec.dpo.label_smoothing,
+                             chosen_lengths=count[:, 0], rejected_lengths=count[:, 1])
+    return loss, {"loss": loss, **metrics}
+
+
+def train_step(spec: StepSpec, tx: optax.GradientTransformation, schedule, state: dict, frozen: Any, batch: dict):
+    """One optimizer step over `batch` (leading axis: micro-batches). Returns (state, metrics)."""
+    grad_fn = jax.value_and_grad(lambda p, micro: loss_and_metrics(spec, p, frozen, micro), has_aux=True)
+    n_micro = jax.tree.leaves(batch)[0].shape[0]
+
+    def accumulate(carry, micro):
+        grads, metrics = carry
+        (_, m), g = grad_fn(state["params"], micro)
+        return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, metrics, m)), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"])
+    first_metrics = jax.eval_shape(lambda: grad_fn(state["params"], jax.tree.map(lambda x: x[0], batch))[0][1])
+    init = (zeros, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first_metrics))
+    (grads, metrics), _ = jax.lax.scan(accumulate, init, batch)
+    grads = jax.tree.map(lambda g: g / n_micro, grads)
+    metrics = jax.tree.map(lambda x: x / n_micro, metrics)
+    if "tokens" in metrics:
+        metrics["tokens"] = metrics["tokens"] * n_micro  # a count, not a mean
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    new_state = {
+        "params": keep(params, state["params"]),
+        "opt_state": keep(opt_state, state["opt_state"]),
+        "step": state["step"] + 1,
+        "rng": state["rng"],
+    }
+    metrics = {**metrics, "grad_norm": grad_norm, "lr": schedule(state["step"]),
+               "nonfinite": 1.0 - finite.astype(jnp.float32)}
+    return new_state, metrics
+
+
+def batch_shardings(mesh: Mesh, batch: dict) -> dict:
+    """Micro-batch rows over (data, fsdp); the micro-batch axis and the rest replicated."""
+    def one(x):
+        return NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp"), *([None] * (x.ndim - 2))))
+
+    return jax.tree.map(one, batch)
+
+
+def compile_step(spec: StepSpec, tx, schedule, mesh: Mesh, state: dict, frozen: Any, batch: dict):
+    """`train_step` jitted with the shardings the arrays already have (state donated)."""
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        lambda s, f, b: train_step(spec, tx, schedule, s, f, b),
+        in_shardings=(state_sh, frozen_sh, batch_shardings(mesh, batch)),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,),
+    )
