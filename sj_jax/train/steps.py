@@ -117,10 +117,23 @@ def batch_shardings(mesh: Mesh, batch: dict) -> dict:
     return jax.tree.map(one, batch)
 
 
+def mesh_shardings(tree: Any, mesh: Mesh) -> Any:
+    """Each leaf's own `NamedSharding` on `mesh`, or replicated over `mesh` (scalars such as the
+    step and Adam's count, which jit otherwise leaves on one device)."""
+    def one(x):
+        s = getattr(x, "sharding", None)
+        if isinstance(s, NamedSharding) and s.mesh == mesh:
+            return s
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree.map(one, tree)
+
+
 def compile_step(spec: StepSpec, tx, schedule, mesh: Mesh, state: dict, frozen: Any, batch: dict):
-    """`train_step` jitted with the shardings the arrays already have (state donated)."""
-    state_sh = jax.tree.map(lambda x: x.sharding, state)
-    frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
+    """`train_step` jitted with the shardings the arrays have on `mesh` (state donated). Place the
+    state with `jax.device_put(state, mesh_shardings(state, mesh))` first."""
+    state_sh = mesh_shardings(state, mesh)
+    frozen_sh = mesh_shardings(frozen, mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(
         lambda s, f, b: train_step(spec, tx, schedule, s, f, b),

@@ -33,7 +33,7 @@ from sj_jax.train.config import TrainConfig
 from sj_jax.train.metrics import MetricsLog, read_metrics, write_report
 from sj_jax.train.optim import learning_rate_schedule, make_optimizer
 from sj_jax.train.preemption import PreemptionGuard
-from sj_jax.train.steps import StepSpec, compile_step
+from sj_jax.train.steps import StepSpec, compile_step, mesh_shardings
 
 Kind = Literal["sft", "jsft", "dpo"]
 
@@ -92,7 +92,7 @@ def init_state(kind: Kind, cfg: TrainConfig, model: Model, tx):
         trainable, frozen = model.params, None
     state = {"params": trainable, "opt_state": jax.jit(tx.init)(trainable), "step": jnp.int32(0),
              "rng": jax.random.key_data(key)}
-    return state, frozen
+    return jax.device_put(state, mesh_shardings(state, model.mesh)), frozen
 
 
 def _abstract(tree):

@@ -1,0 +1,113 @@
+"""One DPO optimizer step on SmolLM2-135M-Instruct, float32, CPU: sj_jax and TRL's DPOTrainer, one run.
+
+    python -m benchmarks.dpo_step [--pairs 4] [--rounds 3] [--json out.json]
+
+The work (both sides): `pairs` preference pairs a step, prompt 64 + response 64 tokens each, sigmoid
+DPO with beta 0.1, the reference's log-probs computed on the fly, AdamW at lr 1e-6, gradients clipped
+to norm 1. TRL gets exactly the same token ids (`benchmarks.trl_dpo`). Before timing, both sides'
+log-probs are checked against each other, and both first losses against log 2. Timed in alternation;
+printed as step time, tokens/s, the ratio, and sj_jax's MFU against a measured JAX matmul peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import sj_jax  # noqa: E402
+from benchmarks.common import alternate, forward_flops, jax_matmul_peak, write_json  # noqa: E402
+from benchmarks.trl_dpo import TRLDPOStep, load_torch_model_and_tokenizer, make_pairs  # noqa: E402
+from sj_jax.config import from_dict  # noqa: E402
+from sj_jax.registry import DEFAULT_MODEL  # noqa: E402
+from sj_jax.train.config import TrainConfig  # noqa: E402
+from sj_jax.train.optim import learning_rate_schedule, make_optimizer  # noqa: E402
+from sj_jax.train.steps import StepSpec, compile_step  # noqa: E402
+from sj_jax.train.trainer import init_state  # noqa: E402
+
+
+def sj_batch(pairs: list[dict]) -> dict[str, np.ndarray]:
+    """`[1 micro-batch, pairs, 2, P + R]` int32, responses in the last R positions (no padding here)."""
+    ids = np.asarray([[p["prompt_ids"] + p["chosen_ids"], p["prompt_ids"] + p["rejected_ids"]] for p in pairs],
+                     np.int32)[None]
+    loss = np.zeros_like(ids)
+    loss[..., len(pairs[0]["prompt_ids"]):] = 1
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": loss}
+
+
+class SJDPOStep:
+    """sj_jax's DPO step on the same work: full-weight policy, frozen reference, the trainer's own step."""
+
+    def __init__(self, pairs: list[dict], *, beta: float = 0.1, lr: float = 1e-6, remat: str = "none"):
+        self.model = sj_jax.load_model(DEFAULT_MODEL, tokenizer=None, remat=remat)
+        cfg = from_dict(TrainConfig, {"dpo": {"beta": beta}, "remat": remat, "optim": {
+            "learning_rate": lr, "schedule": "constant", "warmup_steps": 0, "clip_norm": 1.0}})
+        self.tx = make_optimizer(cfg.optim, 1 << 20)
+        self.state, self.frozen = init_state("dpo", cfg, self.model, self.tx)
+        self.batch = sj_batch(pairs)
+        spec = StepSpec("dpo", self.model.config, dpo=cfg.dpo, response_len=len(pairs[0]["chosen_ids"]))
+        self.fn = compile_step(spec, self.tx, learning_rate_schedule(cfg.optim, 1 << 20), self.model.mesh,
+                               self.state, self.frozen, self.batch)
+
+    def step(self) -> dict[str, float]:
+        self.state, metrics = self.fn(self.state, self.frozen, self.batch)
+        return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def main() -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--remat", default="none", choices=["none", "full", "dots"])
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+
+    torch_model, tok = load_torch_model_and_tokenizer()
+    pairs = make_pairs(tok, args.pairs)
+    trl = TRLDPOStep(torch_model, tok, pairs)
+    sj = SJDPOStep(pairs, remat=args.remat)
+
+    # Same numbers first: the reference log-probs TRL computes, and the first losses (policy == reference).
+    trl_chosen, trl_rejected = trl.logps("reference")
+    first_sj, first_trl = sj.step(), trl.step()
+    for name, m in (("sj_jax", first_sj), ("TRL", first_trl)):
+        assert abs(m["loss"] - math.log(2)) < 1e-5, (name, m["loss"])
+    logp_err = abs(first_sj["logps/chosen"] - float(np.mean(trl_chosen))) / abs(float(np.mean(trl_chosen)))
+    assert logp_err < 1e-4, (first_sj["logps/chosen"], float(np.mean(trl_chosen)))
+
+    secs = alternate({"sj_jax": sj.step, "trl": trl.step}, args.rounds)
+    tokens = trl.tokens_per_step  # policy tokens of a step: 2 * pairs * (P + R)
+    seq = tokens // (2 * args.pairs)
+    # Model FLOPs, as MFU counts them: policy forward + backward (3x) and the reference forward (1x),
+    # over every token and the full vocabulary head, whatever shortcut an implementation takes.
+    flops = 4 * forward_flops(sj.model.config, 2 * args.pairs, seq)
+    peak = jax_matmul_peak()
+    res = {
+        "work": f"DPO step, SmolLM2-135M float32, {args.pairs} pairs x (64 prompt + 64 response) tokens, beta 0.1, "
+                "reference on the fly",
+        "device": str(jax.devices()[0]), "remat": args.remat,
+        "sj_jax_s_per_step": secs["sj_jax"], "trl_s_per_step": secs["trl"],
+        "sj_jax_tokens_per_s": tokens / secs["sj_jax"], "trl_tokens_per_s": tokens / secs["trl"],
+        "ratio_sj_jax_over_trl": secs["trl"] / secs["sj_jax"],
+        "model_gflop_per_step": flops / 1e9, "jax_matmul_peak_gflops": peak,
+        "sj_jax_mfu": flops / secs["sj_jax"] / 1e9 / peak, "trl_mfu": flops / secs["trl"] / 1e9 / peak,
+        "logps_chosen_rel_err_vs_trl": logp_err,
+    }
+    print(res["work"] + f"  ({res['device']})")
+    for name in ("sj_jax", "trl"):
+        print(f"  {name:7s}: {res[f'{name}_s_per_step']:6.2f} s/step  {res[f'{name}_tokens_per_s']:6.0f} tokens/s  "
+              f"MFU {100 * res[f'{name}_mfu']:.0f}% of the JAX matmul peak {peak:.0f} GFLOP/s")
+    print(f"  ratio sj_jax / TRL: {res['ratio_sj_jax_over_trl']:.2f}x  "
+          f"(model FLOPs {res['model_gflop_per_step']:.0f} GFLOP a step)")
+    write_json(args.json, res)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The pairwise judge prompt: a template from config, rendered through the tokenizer's chat template.
+
+A judge prompt is [system, user] rendered with the model's own chat template and its generation
+prompt, followed by the template's assistant prefix, which ends right before the verdict. The
+verdict is one token, " A" or " B" by default. JSFT's judgment examples use the very same text
+(`render_prompt` + the verdict string), so the judge is asked exactly what it was trained on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+from typing import Any, Sequence
+
+from sj_jax.errors import ConfigError
+
+PLACEHOLDERS = ("context", "response_a", "response_b")
+
+
+class VerdictTokenError(ConfigError):
+    """A verdict string is not exactly one token after the assistant prefix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Principle:
+    """A judging criterion: its `name` and the system message that asks for it."""
+
+    name: str
+    system: str
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeTemplate:
+    """The judge's text. `user` holds the placeholders {context}, {response_a}, {response_b} (each
+    exactly where it is shown; `{{`/`}}` for literal braces); `assistant_prefix` ends right before
+    the verdict; `verdict_a` / `verdict_b` must each be one token in that place."""
+
+    system: str
+    user: str
+    assistant_prefix: str
+    verdict_a: str = " A"
+    verdict_b: str = " B"
+
+    def __post_init__(self):
+        for name in ("system", "user", "assistant_prefix", "verdict_a", "verdict_b"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"judge.{name}: expected a string, got {getattr(self, name)!r}")
+        found = []
+        try:
+            fields = list(string.Formatter().parse(self.user))
+        except ValueError as e:
+            raise ConfigError(f"judge.user: malformed placeholder: {e} (write {{{{ and }}}} for literal braces)")
+        for _, field, spec, conversion in fields:
+            if field is None:
+                continue
+            if field not in PLACEHOLDERS:
+                allowed = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+                raise ConfigError(f"judge.user: unknown placeholder {{{field}}}; allowed: {allowed}")
+            if spec or conversion:
+                raise ConfigError(f"judge.user: placeholder {{{field}}} must be plain (no format spec or conversion)")
+            found.append(field)
+        for p in PLACEHOLDERS:
+            if found.count(p) != 1:
+                what = "is missing" if p not in found else f"appears {found.count(p)} times"
+                every = ", ".join("{" + q + "}" for q in PLACEHOLDERS)
+                raise ConfigError(f"judge.user: placeholder {{{p}}} {what}; each of {every} must appear once")
+        if not self.verdict_a or not self.verdict_b:
+            raise ConfigError("judge.verdict_a/verdict_b: verdict strings must not be empty")
+        if self.verdict_a == self.verdict_b:
+            raise ConfigError(f"judge.verdict_b: equals verdict_a ({self.verdict_a!r})")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "judge") -> "JudgeTemplate":
+        """Builds a template from a config mapping; unknown keys are rejected by name."""
+        from sj_jax.config import from_dict
+
+        return from_dict(cls, data, where)
+
+
+DEFAULT_TEMPLATE = JudgeTemplate(
+    system=("You are a fair and careful judge. You compare two responses to the same conversation and "
+            "decide which one is more helpful, correct and relevant to the user's request."),
+    user=("Here is a conversation context and two candidate responses.\n\n"
+          "[Context]\n{context}\n\n"
+          "[Response A]\n{response_a}\n\n"
+          "[Response B]\n{response_b}\n\n"
+          "Which response is better? Answer with A or B."),
+    assistant_prefix="After comparing both responses, the better one is Response",
+)
+
+# The principles of the SELF-JUDGE paper's principle-aware ablation, one system message each.
+DEFAULT_PRINCIPLES = (
+    Principle("helpfulness", "You are a fair judge. Decide which response is more helpful: it addresses the "
+                             "user's request fully and usefully."),
+    Principle("honesty", "You are a fair judge. Decide which response is more honest: it is candid about what "
+                         "it knows and does not know, and does not mislead."),
+    Principle("truthfulness", "You are a fair judge. Decide which response is more truthful: its statements are "
+                              "factually correct and free of fabrication."),
+    Principle("instruction_following", "You are a fair judge. Decide which response follows the user's "
+                                       "instructions more closely, including every stated constraint."),
+)
+
+
+def as_principles(principles: Sequence[Any] | None, template: JudgeTemplate) -> tuple[Principle, ...]:
+    """`Principle`s from `Principle`s or (name, system) pairs; None means the template's own system."""
+    if principles is None:
+        return (Principle("default", template.system),)
+    if isinstance(principles, (str, bytes)) or len(principles) == 0:
+        raise ConfigError("principles: expected a non-empty list of (name, system message) pairs")
+    out = []
+    for i, p in enumerate(principles):
+        if not isinstance(p, Principle):
+            if not (isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(s, str) for s in p)):
+                raise ConfigError(f"principles[{i}]: expected (name, system message), got {p!r}")
+            p = Principle(*p)
+        out.append(p)
+    names = [p.name for p in out]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise ConfigError(f"principles: the name {dup!r} appears twice")
+    return tuple(out)
+
+
+def render_prompt(tokenizer: Any, template: JudgeTemplate, context: str, response_a: str, response_b: str,
+                  principle: Principle | None = None) -> str:
+    """The judge prompt text, up to and including the assistant prefix (the verdict comes next).
+
+    `principle` replaces the template's system message with its own.
+    """
+    system = template.system if principle is None else principle.system
+    user = template.user.format(context=context, response_a=response_a, response_b=response_b)
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return head + template.assistant_prefix
+
+
+def encode(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of rendered chat text. No special tokens are added: the chat template wrote any BOS."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def verdict_token_ids(tokenizer: Any, template: JudgeTemplate) -> tuple[int, int]:
+    """The token ids of (verdict_a, verdict_b), each checked to be exactly one token in context.
+
+    In context means: the tokens of prompt + verdict are the prompt's tokens and one more. A verdict
+    that merges with the prefix or splits in two raises `VerdictTokenError` naming the string and
+    what it tokenises to, in context and alone.
+    """
+    prompt = render_prompt(tokenizer, template, "Context.", "First response.", "Second response.")
+    base = encode(tokenizer, prompt)
+    ids = []
+    for field in ("verdict_a", "verdict_b"):
+        verdict = getattr(template, field)
+        full = encode(tokenizer, prompt + verdict)
+        alone = encode(tokenizer, verdict)
+        if full[:len(base)] != base or len(full) != len(base) + 1:
+            tail = full[len(_common_prefix(base, full)):]
+            raise VerdictTokenError(
+                f"judge.{field}: {verdict!r} is not exactly one token after the assistant prefix "
+                f"{template.assistant_prefix[-30:]!r}: the prompt's last token(s) and the verdict tokenise to "
+                f"{tokenizer.convert_ids_to_tokens(tail)} (ids {tail}); alone it is "
+                f"{tokenizer.convert_ids_to_tokens(alone)} (ids {alone}). Choose a verdict string (usually with "
+                "a leading space) that is one token after the prefix."
+            )
+        ids.append(full[-1])
+    if ids[0] == ids[1]:
+        raise VerdictTokenError(f"judge.verdict_b: {template.verdict_b!r} is the same token as verdict_a")
+    return ids[0], ids[1]
+
+
+def _common_prefix(a: list[int], b: list[int]) -> list[int]:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]

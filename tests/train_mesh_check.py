@@ -1,0 +1,88 @@
+"""Run as a subprocess by test_train_sharding.py: SFT, DPO and LoRA-DPO train steps on fake 8-device
+CPU meshes vs one device. Prints one JSON line: per mesh and kind, the losses and the largest
+relative parameter difference from the single-device run, and the specs the state really got."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sj_jax import MeshConfig, ModelConfig, init_model  # noqa: E402
+from sj_jax.config import from_dict  # noqa: E402
+from sj_jax.train.config import TrainConfig  # noqa: E402
+from sj_jax.train.optim import learning_rate_schedule, make_optimizer  # noqa: E402
+from sj_jax.train.steps import StepSpec, compile_step  # noqa: E402
+from sj_jax.train.trainer import init_state  # noqa: E402
+
+CFG = ModelConfig(model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=96, num_layers=2,
+                  num_heads=8, num_kv_heads=4, head_dim=8, tie_word_embeddings=False)
+MESHES = {"single": None, "data2_fsdp2_tensor2": MeshConfig(data=2, fsdp=2, tensor=2),
+          "fsdp8": MeshConfig(data=1, fsdp=8, tensor=1)}
+
+
+def _batches(kind: str, n: int = 3):
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        shape = (2, 8, 2, 20) if kind != "sft" else (2, 8, 20)
+        ids = rng.integers(0, CFG.vocab_size, shape).astype(np.int32)
+        att = np.ones_like(ids)
+        loss = np.zeros_like(ids)
+        loss[..., 12:] = 1
+        att[..., :2] = 0
+        out.append({"input_ids": ids, "attention_mask": att, "loss_mask": loss})
+    return out
+
+
+def run(kind: str, mesh_cfg):
+    devices = jax.devices()[:1] if mesh_cfg is None else None
+    from sj_jax.sharding import make_mesh
+
+    mesh = make_mesh(mesh_cfg or MeshConfig(), devices)
+    model = init_model(CFG, seed=1, mesh=mesh)
+    cfg = from_dict(TrainConfig, {"optim": {"learning_rate": 1e-2, "warmup_steps": 0, "grad_accum": 2,
+                                            # Adam turns float noise in a near-zero gradient into a
+                                            # full-size step; eps keeps the comparison meaningful
+                                            "eps": 1e-4},
+                                  "lora": {"enabled": kind == "lora", "rank": 4}})
+    tx, sched = make_optimizer(cfg.optim, 10), learning_rate_schedule(cfg.optim, 10)
+    state, frozen = init_state("sft" if kind == "sft" else "dpo", cfg, model, tx)
+    spec = StepSpec("sft" if kind == "sft" else "dpo", CFG, lora=cfg.lora, response_len=None if kind == "sft" else 8)
+    batches = _batches(kind)
+    step = compile_step(spec, tx, sched, mesh, state, frozen, batches[0])
+    losses = []
+    for b in batches:
+        state, m = step(state, frozen, b)
+        losses.append(float(m["loss"]))
+    params = jax.tree.map(np.asarray, state["params"])
+    spec_of = None
+    if kind != "lora":
+        spec_of = [list(s) if isinstance(s, tuple) else s for s in state["params"]["layers"]["mlp"]["up"]["kernel"].sharding.spec]
+        while spec_of and spec_of[-1] is None:
+            spec_of.pop()
+    return losses, params, spec_of
+
+
+def main() -> dict:
+    assert len(jax.devices()) == 8
+    out = {}
+    for kind in ("sft", "dpo", "lora"):
+        ref_losses, ref_params, _ = run(kind, None)
+        for name, mcfg in MESHES.items():
+            if mcfg is None:
+                continue
+            losses, params, spec = run(kind, mcfg)
+            rel = max(float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
+                      for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))
+            out[f"{kind}/{name}"] = {"losses": losses, "ref_losses": ref_losses, "param_rel_diff": rel, "up_spec": spec}
+    return out
+
+
+if __name__ == "__main__":
+    print("RESULT " + json.dumps(main()))
