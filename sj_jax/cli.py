@@ -37,20 +37,13 @@ class GenerateConfig:
 
 def read_prompts(path: str) -> list[str]:
     """The "prompt" field of each line of a JSONL file; errors name the file and line."""
+    from sj_jax.data.jsonl import read_jsonl
+
     prompts = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise ConfigError(f"{path}:{n}: not valid JSON: {e}") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"]:
-                raise ConfigError(f"{path}:{n}: expected an object with a non-empty string field \"prompt\"")
-            prompts.append(row["prompt"])
-    if not prompts:
-        raise ConfigError(f"{path}: no prompts")
+    for n, row in read_jsonl(path):
+        if not isinstance(row.get("prompt"), str) or not row["prompt"]:
+            raise ConfigError(f"{path}:{n}: expected an object with a non-empty string field \"prompt\"")
+        prompts.append(row["prompt"])
     return prompts
 
 

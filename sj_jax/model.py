@@ -11,6 +11,7 @@ Parameter tree (L = layers, E = hidden, H/K = query/kv heads, D = head dim, F = 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -55,10 +56,11 @@ class Projection(nn.Module):
         dtype = _DTYPES[self.config.dtype]
         kernel = _param(self, "kernel", self.in_shape + self.out_shape, self.axes).astype(dtype)
         n_in = len(self.in_shape)
-        y = jax.lax.dot_general(
-            x.astype(dtype), kernel,
-            ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())),
-        )
+        lead = x.shape[:x.ndim - n_in]
+        # One 2-D matmul over flattened axes: with multi-axis dot_generals, XLA's CPU backward
+        # transposes operands through slow strided copies (forward + backward 5.4 s vs 3.7 s, SmolLM2, 8 x 128).
+        d_in = math.prod(self.in_shape)
+        y = (x.reshape(-1, d_in).astype(dtype) @ kernel.reshape(d_in, -1)).reshape(lead + self.out_shape)
         if self.use_bias:
             bias = _param(self, "bias", self.out_shape, self.axes[n_in:], nn.initializers.zeros)
             y = y + bias.astype(dtype)

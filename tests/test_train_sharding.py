@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 
+@pytest.mark.slow
 def test_sharded_train_steps_equal_single_device():
     script = Path(__file__).with_name("train_mesh_check.py")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sj_jax import ModelConfig, init_model
-from sj_jax.train import lora
+from sj_jax.train import lora, steps
 from sj_jax.train.config import DPOConfig, LoraConfig, OptimConfig
 from sj_jax.train.optim import learning_rate_schedule, make_optimizer
 from sj_jax.train.steps import StepSpec, compile_step
@@ -98,7 +98,9 @@ def test_every_loss_type_runs_in_the_step(loss_type):
     assert all(np.isfinite(m["loss"]) for m in metrics)
 
 
-def test_gradient_accumulation_equals_one_big_batch():
+@pytest.mark.parametrize("unroll", [4, 1])  # unrolled micro-batches, and the lax.scan path
+def test_gradient_accumulation_equals_one_big_batch(unroll, monkeypatch):
+    monkeypatch.setattr(steps, "UNROLL_MICRO_BATCHES", unroll)
     model = init_model(TINY, seed=3)
     big = _pairs(np.random.default_rng(3), accum=1, micro=4)
     split = {k: v.reshape((2, 2) + v.shape[2:]) for k, v in big.items()}
@@ -150,3 +152,16 @@ def test_warmup_then_cosine_schedule():
     assert float(lr(100)) == pytest.approx(0.0, abs=1e-6)
     const = learning_rate_schedule(OptimConfig(learning_rate=2.0, warmup_steps=10, schedule="constant"), 50)
     assert float(const(3)) == pytest.approx(0.6) and float(const(40)) == 2.0
+
+
+def test_bfloat16_compute_over_float32_master_weights():
+    """bf16 compute, fp32 params and moments: the loss tracks float32's and the weights stay float32."""
+    fp32 = init_model(TINY, seed=6)
+    bf16_cfg = TINY.replace(dtype="bfloat16", param_dtype="float32")
+    batch = _sft(np.random.default_rng(6))
+    s32, m32 = _run(StepSpec("sft", TINY), fp32, [batch] * 3)
+    s16, m16 = _run(StepSpec("sft", bf16_cfg), fp32, [batch] * 3)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(s16["params"]))
+    for a, b in zip(m16, m32):
+        assert a["loss"] == pytest.approx(b["loss"], rel=2e-2)
+    assert m16[-1]["loss"] < m16[0]["loss"]

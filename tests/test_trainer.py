@@ -76,6 +76,7 @@ def _final_params(out: Path, kind_state):
     return state, meta
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["jsft", "dpo"])
 def test_stop_and_resume_gives_the_same_run(kind, tiny_folder, data, tmp_path):
     train_file = data["dpo" if kind == "dpo" else "sft"]

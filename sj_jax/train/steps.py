@@ -28,6 +28,9 @@ from sj_jax.train import lora
 from sj_jax.train.config import DPOConfig, LoraConfig
 
 
+UNROLL_MICRO_BATCHES = 4  # up to this many micro-batches are unrolled in the step; more are scanned
+
+
 @dataclasses.dataclass(frozen=True)
 class StepSpec:
     """Everything static about a step (part of the jit key)."""
@@ -85,10 +88,18 @@ def train_step(spec: StepSpec, tx: optax.GradientTransformation, schedule, state
         (_, m), g = grad_fn(state["params"], micro)
         return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, metrics, m)), None
 
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"])
-    first_metrics = jax.eval_shape(lambda: grad_fn(state["params"], jax.tree.map(lambda x: x[0], batch))[0][1])
-    init = (zeros, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first_metrics))
-    (grads, metrics), _ = jax.lax.scan(accumulate, init, batch)
+    if n_micro <= UNROLL_MICRO_BATCHES:
+        # Unrolled: a lax.scan around the model's own layer scan cost 1.6 s of a 5.3 s SmolLM2 DPO step on CPU.
+        grads = metrics = None
+        for i in range(n_micro):
+            (_, m), g = grad_fn(state["params"], jax.tree.map(lambda x, i=i: x[i], batch))
+            grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+            metrics = m if metrics is None else jax.tree.map(jnp.add, metrics, m)
+    else:
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state["params"])
+        first_metrics = jax.eval_shape(lambda: grad_fn(state["params"], jax.tree.map(lambda x: x[0], batch))[0][1])
+        init = (zeros, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first_metrics))
+        (grads, metrics), _ = jax.lax.scan(accumulate, init, batch)
     grads = jax.tree.map(lambda g: g / n_micro, grads)
     metrics = jax.tree.map(lambda x: x / n_micro, metrics)
     if "tokens" in metrics:
