@@ -33,7 +33,7 @@ from benchmarks.trl_dpo import TRLDPOStep, load_torch_model_and_tokenizer, make_
 from sj_jax.config import from_dict  # noqa: E402
 from sj_jax.registry import DEFAULT_MODEL  # noqa: E402
 from sj_jax.train.config import TrainConfig  # noqa: E402
-from sj_jax.train.optim import learning_rate_schedule, make_optimizer  # noqa: E402
+from sj_jax.train.optim import make_optimizer  # noqa: E402
 from sj_jax.train.steps import StepSpec, compile_step  # noqa: E402
 from sj_jax.train.trainer import init_state  # noqa: E402
 
@@ -54,11 +54,11 @@ class SJDPOStep:
         self.model = sj_jax.load_model(DEFAULT_MODEL, tokenizer=None, remat=remat)
         cfg = from_dict(TrainConfig, {"dpo": {"beta": beta}, "remat": remat, "optim": {
             "learning_rate": lr, "schedule": "constant", "warmup_steps": 0, "clip_norm": 1.0}})
-        self.tx = make_optimizer(cfg.optim, 1 << 20)
+        self.tx, schedule = make_optimizer(cfg.optim, 1 << 20)
         self.state, self.frozen = init_state("dpo", cfg, self.model, self.tx)
         self.batch = sj_batch(pairs)
         spec = StepSpec("dpo", self.model.config, dpo=cfg.dpo, response_len=len(pairs[0]["chosen_ids"]))
-        self.fn = compile_step(spec, self.tx, learning_rate_schedule(cfg.optim, 1 << 20), self.model.mesh,
+        self.fn = compile_step(spec, self.tx, schedule, self.model.mesh,
                                self.state, self.frozen, self.batch)
 
     def step(self) -> dict[str, float]:
@@ -82,7 +82,7 @@ def _worker(side: str, n_pairs: int, remat: str, conn) -> None:
         # Model FLOPs, as MFU counts them: policy forward + backward (3x) and the reference forward
         # (1x), over every token and the full vocabulary head, whatever shortcut an implementation takes.
         conn.send({"flops": 4 * forward_flops(runner.model.config, 2 * n_pairs, seq)})
-    while (cmd := conn.recv()) != "stop":
+    while conn.recv() != "stop":
         t0 = time.perf_counter()
         metrics = runner.step()
         conn.send((time.perf_counter() - t0, metrics))

@@ -45,7 +45,7 @@ def _copy(tree):
 
 
 def _run(spec, model, batches, trainable=None, frozen=None, opt=OPT):
-    tx, sched = make_optimizer(opt, 10), learning_rate_schedule(opt, 10)
+    tx, sched = make_optimizer(opt, 10)
     trainable = jax.tree.map(jnp.copy, model.params) if trainable is None else trainable
     state = _state(tx, trainable)
     step = compile_step(spec, tx, sched, model.mesh, state, frozen, batches[0])
@@ -123,7 +123,7 @@ def test_sft_step_learns_and_reports_tokens():
 
 def test_a_nonfinite_gradient_leaves_params_and_moments_untouched():
     model = init_model(TINY, seed=5)
-    tx, sched = make_optimizer(OPT, 10), learning_rate_schedule(OPT, 10)
+    tx, sched = make_optimizer(OPT, 10)
     batch = _sft(np.random.default_rng(5))
     state = _state(tx, jax.tree.map(jnp.copy, model.params))
     step = compile_step(StepSpec("sft", TINY), tx, sched, model.mesh, state, None, batch)

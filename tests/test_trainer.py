@@ -3,11 +3,10 @@
 import json
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
-from sj_jax import ModelConfig, init_model, load_model, save_hf
+from sj_jax import ModelConfig, init_model, save_hf
 from sj_jax.cli import main
 from sj_jax.config import from_dict
 from sj_jax.tokenizer import load_tokenizer
@@ -66,14 +65,6 @@ def _cfg(folder, train_file, out, **kw) -> TrainConfig:
 
 def _losses(path: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
-
-
-def _final_params(out: Path, kind_state):
-    ck = Checkpointer(out / "checkpoints")
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), kind_state)
-    state, meta = ck.restore(target=target)
-    ck.close()
-    return state, meta
 
 
 @pytest.mark.slow

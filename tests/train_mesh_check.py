@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 
@@ -16,7 +15,7 @@ import numpy as np  # noqa: E402
 from sj_jax import MeshConfig, ModelConfig, init_model  # noqa: E402
 from sj_jax.config import from_dict  # noqa: E402
 from sj_jax.train.config import TrainConfig  # noqa: E402
-from sj_jax.train.optim import learning_rate_schedule, make_optimizer  # noqa: E402
+from sj_jax.train.optim import make_optimizer  # noqa: E402
 from sj_jax.train.steps import StepSpec, compile_step  # noqa: E402
 from sj_jax.train.trainer import init_state  # noqa: E402
 
@@ -51,7 +50,7 @@ def run(kind: str, mesh_cfg):
                                             # full-size step; eps keeps the comparison meaningful
                                             "eps": 1e-4},
                                   "lora": {"enabled": kind == "lora", "rank": 4}})
-    tx, sched = make_optimizer(cfg.optim, 10), learning_rate_schedule(cfg.optim, 10)
+    tx, sched = make_optimizer(cfg.optim, 10)
     state, frozen = init_state("sft" if kind == "sft" else "dpo", cfg, model, tx)
     spec = StepSpec("sft" if kind == "sft" else "dpo", CFG, lora=cfg.lora, response_len=None if kind == "sft" else 8)
     batches = _batches(kind)

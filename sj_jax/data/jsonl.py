@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from sj_jax.errors import ConfigError
 
@@ -38,11 +38,3 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
-
-
-def iter_field_errors(where: str, row: dict, fields: dict[str, type]) -> Iterator[str]:
-    for name, tp in fields.items():
-        if name not in row:
-            yield f"{where}: missing field {name!r}"
-        elif not isinstance(row[name], tp):
-            yield f"{where}: field {name!r} must be {tp.__name__}, got {type(row[name]).__name__}"

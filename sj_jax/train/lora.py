@@ -63,7 +63,3 @@ def merge(cfg: LoraConfig, base: dict, adapters: dict) -> dict:
         node["kernel"] = (jax.lax.stop_gradient(w) + scale * delta).astype(w.dtype)
     return {**base, "layers": layers}
 
-
-def num_adapter_params(adapters: dict) -> int:
-    return sum(x.size for x in jax.tree.leaves(adapters))
-

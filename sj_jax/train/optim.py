@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import optax
 
 from sj_jax.errors import ConfigError
@@ -34,21 +35,19 @@ def learning_rate_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), after], [warm])
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int, trainable_mask=None) -> optax.GradientTransformation:
-    """AdamW (decoupled weight decay on `trainable_mask` leaves, default: every matrix) after clipping."""
+def _decay_mask(params):
+    # Norm scales and biases are not decayed, as in most recipes.
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(AdamW after clipping, with decoupled weight decay on every matrix; its learning-rate schedule)."""
     if cfg.grad_accum < 1:
         raise ConfigError(f"optim.grad_accum: must be >= 1, got {cfg.grad_accum}")
     schedule = learning_rate_schedule(cfg, total_steps)
-    decay_mask = trainable_mask
-    if decay_mask is None:
-        # Norm scales and biases are not decayed, as in most recipes.
-        def decay_mask(params):
-            import jax
-
-            return jax.tree.map(lambda p: p.ndim >= 2, params)
     parts = []
     if cfg.clip_norm > 0:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
     parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                             mask=decay_mask))
-    return optax.chain(*parts)
+                             mask=_decay_mask))
+    return optax.chain(*parts), schedule

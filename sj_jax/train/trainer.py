@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sj_jax.api import Model, load_model
 from sj_jax.config import save_yaml, to_dict
@@ -31,7 +30,7 @@ from sj_jax.train import lora
 from sj_jax.train.checkpoint import Checkpointer
 from sj_jax.train.config import TrainConfig
 from sj_jax.train.metrics import MetricsLog, read_metrics, write_report
-from sj_jax.train.optim import learning_rate_schedule, make_optimizer
+from sj_jax.train.optim import make_optimizer
 from sj_jax.train.preemption import PreemptionGuard
 from sj_jax.train.steps import StepSpec, compile_step, mesh_shardings
 
@@ -114,8 +113,7 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
     rows_per_step = cfg.batch_size * cfg.optim.grad_accum
     it = EpochIterator(len(examples), rows_per_step, cfg.seed, cfg.data.shuffle)
     total = cfg.steps or int(cfg.epochs * it.steps_per_epoch)
-    tx = make_optimizer(cfg.optim, total)
-    schedule = learning_rate_schedule(cfg.optim, total)
+    tx, schedule = make_optimizer(cfg.optim, total)
     state, frozen = init_state(kind, cfg, model, tx)
 
     ckpt = Checkpointer(out / "checkpoints", max_to_keep=cfg.checkpoint.keep, save_every=cfg.checkpoint.every,
@@ -125,7 +123,7 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
     if cfg.checkpoint.resume and ckpt.latest_step() is not None:
         state, meta = ckpt.restore(target=_abstract(state))
         it.restore(meta["data"])
-        start = int(meta["step"])
+        start = int(state["step"])
         print(f"resumed from step {start} ({ckpt.latest_step()} in {out / 'checkpoints'})", file=sys.stderr)
     log = MetricsLog(out / "metrics.jsonl", resume_step=start)
     pad_id = model.tokenizer.pad_token_id
@@ -168,7 +166,7 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
             bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
             stop = guard.should_stop(step + 1) or (stop_at_step is not None and step + 1 >= stop_at_step)
             if ckpt.should_save(step + 1) or stop or step + 1 == total:
-                ckpt.save(step + 1, state, {"step": step + 1, "data": it.state()}, force=True)
+                ckpt.save(step + 1, state, {"data": it.state()}, force=True)
             if stop and step + 1 < total:
                 preempted = True
                 break
