@@ -47,12 +47,25 @@ def batch_bucket(rows: int, multiple: int) -> int:
     return -(-b // multiple) * multiple
 
 
+def left_pad(prompts: list, length: int, rows: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """int32 `ids, mask [rows, length]`: each token-id prompt right-aligned, so every row's last
+    token is at -1. Rows past `len(prompts)` are fillers holding one token, so that no attention row
+    is empty; their outputs are never read."""
+    ids = np.full((rows, length), pad_id, np.int32)
+    mask = np.zeros((rows, length), np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, length - len(p):] = p
+        mask[i, length - len(p):] = 1
+    mask[len(prompts):, -1] = 1
+    return ids, mask
+
+
 def unstack_layers(layers: Any, num_layers: int) -> list[Any]:
     """Per-layer parameter trees from the scanned `[layers, ...]` tree."""
     return [jax.tree.map(lambda a, i=i: a[i], layers) for i in range(num_layers)]
 
 
-def _run_layers(cfg, layer_params, x, positions, key_positions, mask, cache, index):
+def run_layers(cfg, layer_params, x, positions, key_positions, mask, cache, index):
     """All layers over x `[batch, seq, embed]`, reading and writing the cache at slot `index`."""
     cos, sin = rotary_tables(positions, cfg.rope, cfg.head_dim)
     pos_diff = None
@@ -103,7 +116,7 @@ def prefill(cfg: ModelConfig, params: dict, layer_params: list, ids: jax.Array, 
     causal = jnp.arange(cache_len)[None, :] <= jnp.arange(p)[:, None]  # [prompt, cache_len]
     attn_mask = (causal[None] & valid[:, None, :])[:, None]
     x = model.apply({"params": params}, ids, method=Transformer.embed_ids)
-    x, cache = _run_layers(cfg, layer_params, x, positions, key_pos, attn_mask, cache, 0)
+    x, cache = run_layers(cfg, layer_params, x, positions, key_pos, attn_mask, cache, 0)
     logits = model.apply({"params": params}, x[:, -1], method=Transformer.head)
     return logits, cache
 
@@ -117,7 +130,7 @@ def decode_step(cfg: ModelConfig, params: dict, layer_params: list, cache: dict,
     cache = {**cache, "valid": valid}
     x = model.apply({"params": params}, tokens[:, None], method=Transformer.embed_ids)
     positions = cache["pos"][:, None]
-    x, cache = _run_layers(cfg, layer_params, x, positions, cache["key_pos"], valid[:, None, None, :], cache, index)
+    x, cache = run_layers(cfg, layer_params, x, positions, cache["key_pos"], valid[:, None, None, :], cache, index)
     logits = model.apply({"params": params}, x[:, 0], method=Transformer.head)
     return logits, {**cache, "pos": cache["pos"] + 1, "index": index + 1}
 
@@ -209,12 +222,7 @@ def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *,
     plen = prompt_bucket(longest, max_new_tokens, cfg.max_position_embeddings)
     data_size = mesh.shape["data"] * mesh.shape["fsdp"]
     b = batch_bucket(rows, data_size)
-    ids = np.full((b, plen), pad_id, np.int32)
-    mask = np.zeros((b, plen), np.int32)
-    for i, p in enumerate(prompts):
-        ids[i, plen - len(p):] = p
-        mask[i, plen - len(p):] = 1
-    mask[rows:, -1] = 1  # filler rows: one token, so that no attention row is empty; never read
+    ids, mask = left_pad(prompts, plen, b, pad_id)
     active = np.arange(b) < rows
     base = jax.random.key(seed)
     keys = jax.vmap(lambda r: jax.random.fold_in(base, r))(jnp.asarray(list(row_ids) + [-1] * (b - rows), jnp.int32))

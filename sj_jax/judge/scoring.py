@@ -150,12 +150,7 @@ def verdict_probs(model: Model, prompts: Sequence[Sequence[int]], verdict_ids: t
         rows = order[start:start + batch_size]
         t = length_bucket(max(len(prompts[i]) for i in rows), cfg.max_position_embeddings)
         b = batch_bucket(len(rows), multiple)
-        ids = np.full((b, t), pad, np.int32)
-        mask = np.zeros((b, t), np.int32)
-        for r, i in enumerate(rows):
-            ids[r, t - len(prompts[i]):] = prompts[i]
-            mask[r, t - len(prompts[i]):] = 1
-        mask[len(rows):, -1] = 1  # filler rows: one token, so that no attention row is empty; never read
+        ids, mask = sampler.left_pad([prompts[i] for i in rows], t, b, pad)
         fn, x_shard = compiled_verdict_logprobs(cfg, mesh, (b, t))
         # Dispatch every batch before reading any back, so host work overlaps device work.
         pending.append((rows, fn(model.params, jax.device_put(ids, x_shard), jax.device_put(mask, x_shard), vids)))
@@ -188,7 +183,7 @@ def _forward_shared(cfg, kv_sharding, params, prefix_ids, prefix_mask, suffix_id
     mask = (causal[None] & valid[:, None, :])[:, None]
     module = Transformer(cfg)
     x = module.apply({"params": params}, suffix_ids, method=Transformer.embed_ids)
-    x, _ = sampler._run_layers(cfg, layers, x, pos, key_pos, mask, {"k": k, "v": v}, p)
+    x, _ = sampler.run_layers(cfg, layers, x, pos, key_pos, mask, {"k": k, "v": v}, p)
     logits = module.apply({"params": params}, x[:, -1], method=Transformer.head)
     return jax.nn.log_softmax(logits, axis=-1)[:, verdict_ids]
 
@@ -236,17 +231,9 @@ def verdict_probs_shared(model: Model, prompts: Sequence[Sequence[int]], verdict
         pl = length_bucket(max(shared[g] for g in chunk), cfg.max_position_embeddings)
         sl = length_bucket(max(rest[g] for g in chunk), cfg.max_position_embeddings)
         b = batch_bucket(len(chunk), multiple)
-        pre_ids, pre_mask = np.full((b, pl), pad, np.int32), np.zeros((b, pl), np.int32)
-        suf_ids, suf_mask = np.full((2 * b, sl), pad, np.int32), np.zeros((2 * b, sl), np.int32)
-        for r, g in enumerate(chunk):
-            n = shared[g]
-            if n:
-                pre_ids[r, pl - n:], pre_mask[r, pl - n:] = prompts[2 * g][:n], 1
-            for o in range(2):
-                tail = prompts[2 * g + o][n:]
-                suf_ids[2 * r + o, sl - len(tail):], suf_mask[2 * r + o, sl - len(tail):] = tail, 1
-        pre_mask[len(chunk):, -1] = 1  # filler rows: one token each, so that no attention row is empty
-        suf_mask[2 * len(chunk):, -1] = 1
+        pre_ids, pre_mask = sampler.left_pad([prompts[2 * g][:shared[g]] for g in chunk], pl, b, pad)
+        suf_ids, suf_mask = sampler.left_pad(
+            [prompts[2 * g + o][shared[g]:] for g in chunk for o in range(2)], sl, 2 * b, pad)
         fn, pre_shard, suf_shard = compiled_shared_verdict_logprobs(cfg, mesh, (b, pl, sl))
         pending.append((chunk, fn(model.params, jax.device_put(pre_ids, pre_shard), jax.device_put(pre_mask, pre_shard),
                                   jax.device_put(suf_ids, suf_shard), jax.device_put(suf_mask, suf_shard), vids)))
