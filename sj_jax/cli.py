@@ -91,6 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         tr = sub.add_parser(kind, help=what)
         tr.add_argument("--config", help=f"YAML file of TrainConfig fields (see configs/{kind}.yaml)")
         tr.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.learning_rate=1e-5 steps=20")
+    data = sub.add_parser("data", help="datasets: build the task suite and local datasets into training files")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    build = data_sub.add_parser("build", help="write prompts, SFT/JSFT/pair files and a summary (configs/data.yaml)")
+    build.add_argument("--config", help="YAML file of DataBuildConfig fields (see configs/data.yaml)")
+    build.add_argument("overrides", nargs="*", help="key=value overrides, e.g. output_dir=data2 tasks.test=50")
+    ev = sub.add_parser("eval-tasks", help="policy accuracy on task problems and judge accuracy on known-label pairs")
+    ev.add_argument("--config", help="YAML file of EvalTasksConfig fields (see configs/eval_tasks.yaml)")
+    ev.add_argument("overrides", nargs="*", help="key=value overrides, e.g. limit=20 pairs_file=''")
     info = sub.add_parser("info", help="print a model's architecture and parameter count")
     info.add_argument("model", nargs="?", default=DEFAULT_MODEL)
     args = ap.parse_args(argv)
@@ -128,6 +136,18 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"done: {result.steps} steps, final loss {result.last_loss:.4f}; report: {result.report}",
                       file=sys.stderr)
+        elif args.command == "data":
+            from sj_jax.data.build import DataBuildConfig, build as build_data
+
+            build_data(load_yaml(DataBuildConfig, args.config, list(args.overrides)),
+                       log=lambda m: print(m, file=sys.stderr))
+        elif args.command == "eval-tasks":
+            from sj_jax.tasks.report import EvalTasksConfig, evaluate, markdown
+
+            result = evaluate(load_yaml(EvalTasksConfig, args.config, list(args.overrides)),
+                              log=lambda m: print(m, file=sys.stderr))
+            print(markdown(result))
+            print(f"per-row results: {result['out']}", file=sys.stderr)
         elif args.command == "info":
             import sj_jax
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,18 @@ def load_tokenizer(path: str | Path) -> Any:
 
 def end_of_turn_ids(tokenizer: Any) -> list[int]:
     """Token ids that end an assistant turn: EOS and the chat template's end-of-turn marker."""
-    ids = {tokenizer.eos_token_id}
-    for marker in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<|endoftext|>"):
-        tid = tokenizer.convert_tokens_to_ids(marker)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id and marker in tokenizer.get_vocab():
-            ids.add(tid)
-    return sorted(i for i in ids if i is not None)
+    cached = _EOT_CACHE.get(tokenizer)
+    if cached is None or cached[0] != tokenizer.eos_token_id:
+        # get_vocab builds the whole vocabulary dict (~10 ms); data building asks once per example.
+        vocab = tokenizer.get_vocab()
+        ids = {tokenizer.eos_token_id}
+        for marker in ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<|endoftext|>"):
+            tid = vocab.get(marker)
+            if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+                ids.add(tid)
+        cached = (tokenizer.eos_token_id, sorted(i for i in ids if i is not None))
+        _EOT_CACHE[tokenizer] = cached
+    return list(cached[1])
+
+
+_EOT_CACHE: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()

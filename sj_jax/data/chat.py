@@ -70,3 +70,10 @@ def tokens_with_mask(tokenizer: Any, text: str, spans: Sequence[Span]) -> tuple[
     for s, e in spans:
         mask |= ((offsets[:, 0] < e) & (offsets[:, 1] > s)).astype(np.int32)
     return ids, mask
+
+
+def context_text(prompt: str | Sequence[dict]) -> str:
+    """The judge's context for a prompt: the text itself, or a conversation as "Role: content" blocks."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
