@@ -88,6 +88,14 @@ def smollm2_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_path):
+    """The real SmolLM2 tokenizer and chat template, loaded once (5 s) for the whole session."""
+    from sj_jax.tokenizer import load_tokenizer
+
+    return load_tokenizer(smollm2_path)
+
+
+@pytest.fixture(scope="session")
 def smollm2(smollm2_path):
     import sj_jax
 

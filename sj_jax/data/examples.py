@@ -77,7 +77,7 @@ def sft_example(tokenizer: Any, row: dict, where: str, max_length: int, report: 
         while k > 0 and mask[k - 1]:
             k -= 1
         cut = len(ids) - max_length
-        if cut > k:
+        if cut >= k:  # the first trained token needs at least one token before it
             report.dropped_too_long += 1
             return None
         ids, mask = ids[cut:], mask[cut:]

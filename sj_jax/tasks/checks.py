@@ -77,8 +77,8 @@ def check_text_nocase(answer: str, response: str) -> bool:
 
 _INT_ANY = re.compile(r"(?<![\w.])[+-]?\d+(?!\w)(?!\.\d)")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-_INT_LIST = re.compile(r"[+-]?\d+(?:\s*,\s*[+-]?\d+)+")
-_WORD_LIST = re.compile(r"[A-Za-z]+(?:\s*,\s*(?:and\s+)?[A-Za-z]+)+")
+_INT_LIST = re.compile(r"[+-]?\d+(?:\s*,\s*[+-]?\d+)*")
+_WORD_LIST = re.compile(r"[A-Za-z]+(?:\s*,\s*(?:and\s+)?[A-Za-z]+)*")
 _AND = re.compile(r"^and\s+", re.IGNORECASE)
 
 
