@@ -74,6 +74,9 @@ def _generate(cfg: GenerateConfig) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Everything sj-jax reads is local; never let transformers or datasets look up a hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     ap = argparse.ArgumentParser(prog="sj-jax", description="On-policy self-judgment in JAX/Flax.")
     sub = ap.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="sample chat completions (default: greedy, SmolLM2-135M-Instruct)")

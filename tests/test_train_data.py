@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sj_jax.config import load_yaml
-from sj_jax.data.batches import EpochIterator, collate_pairs, length_bucket
+from sj_jax.data.batches import EpochIterator, collate_pairs, collate_sft, length_bucket
 from sj_jax.data.examples import DataReport, load_examples, pair_example, sft_example
 from sj_jax.data.jsonl import DataError, read_jsonl
 from sj_jax.train.config import TrainConfig
@@ -105,3 +105,64 @@ def test_iterator_resumes_exactly_and_reshuffles_each_epoch():
 def test_shipped_configs_load(name):
     cfg = load_yaml(TrainConfig, f"configs/{name}.yaml")
     assert cfg.data.train_file.endswith(".jsonl")
+
+
+def test_length_grouping_cuts_padding_keeps_a_permutation_and_resumes():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(8, 300, size=200)
+    plain = EpochIterator(200, 8, seed=1)
+    grouped = EpochIterator(200, 8, seed=1, lengths=lengths, group=8)
+
+    def waste(it):
+        batches = [it.next() for _ in range(it.steps_per_epoch)]
+        padded = sum(int(lengths[b].max()) * len(b) for b in batches)  # padding to the longest
+        return 1 - lengths[np.concatenate(batches)].sum() / padded, np.concatenate(batches)
+
+    w_plain, _ = waste(plain)
+    w_grouped, order = waste(grouped)
+    assert sorted(order) == list(range(200)) and w_grouped < w_plain / 3, (w_plain, w_grouped)
+    saved = grouped.state()
+    rest = [grouped.next() for _ in range(30)]
+    again = EpochIterator(200, 8, seed=1, lengths=lengths, group=8)
+    again.restore(saved)
+    for a, b in zip(rest, [again.next() for _ in range(30)]):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="length grouping"):
+        EpochIterator(200, 8, seed=1).restore(saved)
+
+
+def test_padded_batches_score_each_example_as_if_alone(tok):
+    """Right-padded SFT rows and left-padded DPO prompts: masks and positions leave every
+    sequence's log-probs what they are unpadded, in a batch of one."""
+    import jax.numpy as jnp
+
+    from sj_jax import ModelConfig, init_model
+    from sj_jax.objectives.sequence import sequence_logprobs
+
+    cfg = ModelConfig(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2,
+                      num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=512)
+    params = init_model(cfg, seed=3).params
+    report = DataReport()
+    rows = [{"prompt": "What is 2 + 2?", "response": "4"},
+            {"messages": [{"role": "user", "content": "Name three colors, please."},
+                          {"role": "assistant", "content": "Red, green and blue."}]}]
+    sft = [sft_example(tok, r, f"f:{i}", 128, report) for i, r in enumerate(rows)]
+    batch = collate_sft(sft, 128, pad_id=0)
+    got = sequence_logprobs(cfg, params, *(jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask", "loss_mask")))
+    for i, e in enumerate(sft):
+        one = sequence_logprobs(cfg, params, jnp.asarray(e.input_ids)[None], jnp.ones((1, len(e.input_ids)), jnp.int32),
+                                jnp.asarray(e.loss_mask)[None])
+        np.testing.assert_allclose(got[0][i], one[0][0], rtol=1e-5)
+        assert got[1][i] == one[1][0]
+    pairs = [pair_example(tok, {"prompt": p, "chosen": c, "rejected": r}, "f", 64, 64, report)
+             for p, c, r in [("Hi", "Hello there, friend.", "Go away."), ("What is 2+2? Think hard.", "4", "5")]]
+    batch, r = collate_pairs(pairs, 64, 64, pad_id=0)
+    flat = {k: jnp.asarray(v.reshape(-1, v.shape[-1])) for k, v in batch.items()}
+    got = sequence_logprobs(cfg, params, flat["input_ids"], flat["attention_mask"], flat["loss_mask"], last=r)
+    for i, x in enumerate(pairs):
+        for j, resp in enumerate((x.chosen_ids, x.rejected_ids)):
+            ids = np.concatenate([x.prompt_ids, resp])
+            mask = np.r_[np.zeros(len(x.prompt_ids), np.int32), np.ones(len(resp), np.int32)]
+            one = sequence_logprobs(cfg, params, jnp.asarray(ids)[None], jnp.ones((1, len(ids)), jnp.int32),
+                                    jnp.asarray(mask)[None])
+            np.testing.assert_allclose(got[0][2 * i + j], one[0][0], rtol=1e-5)

@@ -24,6 +24,13 @@ def length_bucket(n: int, cap: int, minimum: int = 16) -> int:
     return min(b, max(cap, n))
 
 
+def example_length(e: SFTExample | PairExample) -> int:
+    """Tokens the example occupies in a batch row (a pair: prompt and its longer response)."""
+    if isinstance(e, PairExample):
+        return len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids))
+    return len(e.input_ids)
+
+
 def collate_sft(examples: Sequence[SFTExample], max_length: int, pad_id: int) -> dict[str, np.ndarray]:
     """int32 `input_ids`, `attention_mask`, `loss_mask` `[batch, T]`, right-padded."""
     t = length_bucket(max(len(e.input_ids) for e in examples), max_length)
@@ -62,6 +69,9 @@ class EpochIterator:
 
     The position (`epoch`, `offset`) is all a checkpoint needs: the order is a pure function of
     (seed, epoch). The last incomplete batch of an epoch is skipped so every step has one shape.
+    With `lengths` (tokens per example), each window of `group` batches of the shuffled order is
+    sorted by length before it is cut into batches, and those batches are shuffled: a batch then
+    holds examples of similar length, so its length bucket wastes little on padding.
     """
 
     n: int
@@ -70,10 +80,14 @@ class EpochIterator:
     shuffle: bool = True
     epoch: int = 0
     offset: int = 0
+    lengths: Sequence[int] | None = None
+    group: int = 16
 
     def __post_init__(self):
         if self.batch > self.n:
             raise ValueError(f"batch of {self.batch} examples, but the data has only {self.n}")
+        if self.lengths is not None and len(self.lengths) != self.n:
+            raise ValueError(f"lengths: {len(self.lengths)} values for {self.n} examples")
 
     @property
     def steps_per_epoch(self) -> int:
@@ -82,7 +96,20 @@ class EpochIterator:
     def _order(self, epoch: int) -> np.ndarray:
         if not self.shuffle:
             return np.arange(self.n)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(self.n)
+        if self.lengths is None:
+            return order
+        lengths = np.asarray(self.lengths)
+        window = self.batch * self.group
+        out = []
+        for start in range(0, self.n, window):
+            chunk = order[start:start + window]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            batches = [chunk[i:i + self.batch] for i in range(0, len(chunk), self.batch)]
+            full = [b for b in batches if len(b) == self.batch]
+            out += [full[i] for i in rng.permutation(len(full))] + [b for b in batches if len(b) < self.batch]
+        return np.concatenate(out)
 
     def next(self) -> np.ndarray:
         if self.offset + self.batch > self.n:
@@ -92,11 +119,16 @@ class EpochIterator:
         return idx
 
     def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "offset": self.offset, "n": self.n, "batch": self.batch, "seed": self.seed}
+        return {"epoch": self.epoch, "offset": self.offset, "n": self.n, "batch": self.batch, "seed": self.seed,
+                "group": self.group if self.lengths is not None else 0}
 
     def restore(self, state: dict) -> None:
         for k in ("n", "batch", "seed"):
             if state.get(k) != getattr(self, k):
                 raise ValueError(f"data position: saved {k}={state.get(k)} but this run has {getattr(self, k)} "
                                  "(the data or batch size changed since the checkpoint)")
+        group = self.group if self.lengths is not None else 0
+        if state.get("group", 0) != group:
+            raise ValueError(f"data position: saved with length grouping {state.get('group', 0)} but this run has "
+                             f"{group} (data.group_by_length changed since the checkpoint)")
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])

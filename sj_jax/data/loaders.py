@@ -115,6 +115,21 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """Local files only: without offline mode `load_dataset` makes a network look-up first."""
+    import datasets.config as dconf
+
+    saved = {k: getattr(dconf, k) for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if hasattr(dconf, k)}
+    for k in saved:
+        setattr(dconf, k, True)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(dconf, k, v)
+
+
 def _load_dataset(builder: str, path: Path) -> Any:
     """The whole file as one in-memory `datasets.Dataset`. The builder writes an Arrow file even
     with `keep_in_memory`; it goes to a temporary cache removed on return, so nothing is left in
@@ -130,7 +145,7 @@ def _load_dataset(builder: str, path: Path) -> Any:
             # Otherwise rows with a string `type` and a free-form `message` are taken for agent
             # traces and rewritten (or fail when the optional converter is not installed).
             kwargs["parse_agent_traces"] = False
-    with tempfile.TemporaryDirectory(prefix="sj_jax_datasets_") as cache, _quiet_datasets():
+    with tempfile.TemporaryDirectory(prefix="sj_jax_datasets_") as cache, _quiet_datasets(), _offline():
         # data_files is a glob pattern: a path with [ ] * ? must be escaped to name itself.
         return datasets.load_dataset(builder, data_files=glob.escape(str(path.resolve())), split="train",
                                      keep_in_memory=True, cache_dir=cache, **kwargs)

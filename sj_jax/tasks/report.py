@@ -18,8 +18,8 @@ from sj_jax.tasks.families import FAMILIES
 class EvalTasksConfig:
     model: str = DEFAULT_MODEL
     dtype: str = "float32"
-    prompts_file: str = "data/prompts_test.jsonl"  # problem rows; "" = skip the policy evaluation
-    pairs_file: str = "data/pairs_test.jsonl"  # pair rows; "" = skip the judge evaluation
+    prompts_file: str | None = "data/prompts_test.jsonl"  # problem rows; "" or null = skip the policy evaluation
+    pairs_file: str | None = "data/pairs_test.jsonl"  # pair rows; "" or null = skip the judge evaluation
     limit: int = 0  # first N rows per task (0 = all)
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0 = greedy
@@ -91,6 +91,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append("")
     if "judge" in result:
         for by in ("by_subset", "by_corruption"):
+            if set(result["judge"][by]) <= {"", "all"}:
+                continue  # rows without that field (e.g. a RewardBench file has no corruption kinds)
             lines += [f"| {by[3:]} | n | judge accuracy |", "|---|---|---|"]
             for t, v in result["judge"][by].items():
                 lines.append(f"| {t or '-'} | {v['n']} | {v['accuracy']:.3f} |")

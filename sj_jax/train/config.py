@@ -54,6 +54,7 @@ class DataConfig:
     max_prompt_length: int = 512  # dpo: prompts are cut from the left
     max_response_length: int = 512  # dpo: responses are cut from the right
     shuffle: bool = True
+    group_by_length: bool = False  # batch examples of similar length together (less padding; seeded, resumable)
 
 
 @dataclasses.dataclass(frozen=True)

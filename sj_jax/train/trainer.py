@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from sj_jax.api import Model, load_model
 from sj_jax.config import save_yaml, to_dict
-from sj_jax.data.batches import EpochIterator, collate_pairs, collate_sft
+from sj_jax.data.batches import EpochIterator, collate_pairs, collate_sft, example_length
 from sj_jax.data.examples import DataReport, load_examples, pair_example, sft_example
 from sj_jax.data.judgment import judgment_text
 from sj_jax.errors import SJError
@@ -111,7 +111,8 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
     examples, report = load_data(kind, cfg, model.tokenizer)
     (out / "data_report.json").write_text(json.dumps(report.as_dict(), indent=1))
     rows_per_step = cfg.batch_size * cfg.optim.grad_accum
-    it = EpochIterator(len(examples), rows_per_step, cfg.seed, cfg.data.shuffle)
+    lengths = [example_length(e) for e in examples] if cfg.data.group_by_length else None
+    it = EpochIterator(len(examples), rows_per_step, cfg.seed, cfg.data.shuffle, lengths=lengths)
     total = cfg.steps or int(cfg.epochs * it.steps_per_epoch)
     tx, schedule = make_optimizer(cfg.optim, total)
     state, frozen = init_state(kind, cfg, model, tx)
