@@ -133,8 +133,9 @@ def test_own_wrong_samples_make_checked_pairs(smollm2):
     assert stats.pairs == len(pairs) <= stats.wrong - stats.duplicate
     assert stats.wrong > 0  # SmolLM2 never gives the bare answer to these (measured: 0 of 800)
     for p in pairs:
-        assert p["corruption"] == "model_sample" and p["rejected"].strip()
-        assert not check(p["task"], p["chosen"], p["rejected"])
+        assert p["rejected"].strip() and not check(p["task"], p["chosen"], p["rejected"])
+        format_only = check(p["task"], p["chosen"], p["rejected"], strict=False)
+        assert p["corruption"] == ("model_sample_format" if format_only else "model_sample")
 
 
 @pytest.mark.slow

@@ -26,7 +26,7 @@ from sj_jax.data.summary import pair_lengths, sft_lengths
 from sj_jax.errors import ConfigError
 from sj_jax.judge.template import DEFAULT_TEMPLATE, JudgeTemplate
 from sj_jax.registry import DEFAULT_MODEL
-from sj_jax.tasks.families import FLAWS
+from sj_jax.tasks.families import FLAWS, MODEL_KINDS
 from sj_jax.tasks.suite import SPLITS, TaskSuiteConfig, build_split, sft_row, split_pairs
 
 
@@ -40,8 +40,8 @@ class PairsConfig:
 
     def __post_init__(self):
         for c in self.corruptions:
-            if c not in FLAWS or c == "model_sample":
-                known = ", ".join(k for k in FLAWS if k != "model_sample")
+            if c not in FLAWS or c in MODEL_KINDS:
+                known = ", ".join(k for k in FLAWS if k not in MODEL_KINDS)
                 raise ConfigError(f"pairs.corruptions: unknown corruption {c!r}; known: {known}")
         if self.per_problem < 1:
             raise ConfigError("pairs.per_problem: must be >= 1")

@@ -28,9 +28,12 @@ FLAWS = {
     "wrong_operation": "applies the wrong operation",
     "wrong_field": "gives the value of a different field",
     "model_sample": "is wrong",
+    "model_sample_format": "states the answer, but not in the requested format",
 }
 # Corruptions that only break the requested format: the lenient check accepts them.
-FORMAT_ONLY = frozenset({"format_broken"})
+FORMAT_ONLY = frozenset({"format_broken", "model_sample_format"})
+# Wrong answers the model itself wrote (sampled, then checked), not made by code.
+MODEL_KINDS = frozenset({"model_sample", "model_sample_format"})
 
 
 @dataclasses.dataclass(frozen=True)
