@@ -490,9 +490,34 @@ def test_unknown_format_option_extension_and_missing_file(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n\n")
     with pytest.raises(DataError, match=r"empty\.jsonl: no rows"):
         load_alpaca(tmp_path / "empty.jsonl")
-    (tmp_path / "alpaca_data.json").write_text(json.dumps([{"instruction": "a", "output": "b"}], indent=2))
-    with pytest.raises(DataError, match=r"alpaca_data\.json: a JSON array, not JSON Lines"):
-        load_alpaca(tmp_path / "alpaca_data.json")
+
+
+
+def test_a_json_array_file_reads_like_json_lines_with_item_lines(tmp_path, tok):
+    """The Stanford Alpaca release is one JSON array (alpaca_data.json), indented."""
+    items = [{"instruction": "Name a color.", "input": "", "output": "Blue."},
+             {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}]
+    path = tmp_path / "alpaca_data.json"
+    path.write_text(json.dumps(items, indent=4))
+    text = path.read_text()
+    lines = [text[:text.index(json.dumps(it["instruction"]))].count("\n") for it in items]  # the "instruction" key's line
+    got = read_rows(path)
+    assert [r for _, r in got] == items
+    assert [w for w, _ in got] == [f"{path}:{n}" for n in lines]  # each object's "{" is one line up
+    rows, report = load_alpaca(path)
+    assert report.kept == 2 and rows[1]["messages"][0]["content"] == "Add the numbers.\n\n2 and 3"
+    for i, row in enumerate(rows):
+        sft_example(tok, row, f"a:{i}", 256, DataReport())
+    bad = tmp_path / "bad.json"
+    for body, line, match in [('[\n {"a": 1},\n {"a": \n]', 3, "not valid JSON"),
+                              ('[\n {"a": 1},\n 5\n]', 3, "expected a JSON object"),
+                              ('[\n {"a": 1},\n]', 3, "a trailing comma"),
+                              ('[\n {"a": 1}\n {"a": 2}]', 3, "expected ',' or ']'"),
+                              ('[\n {"a": 1}\n', 3, "the JSON array is not closed"),
+                              ('[{"a": 1}]\n[{"a": 2}]', 2, "text after the end")]:
+        bad.write_text(body)
+        with pytest.raises(DataError, match=rf"bad\.json:{line}: {match}"):
+            read_rows(bad)
 
 
 def test_rows_that_look_like_agent_traces_are_read_as_they_are(tmp_path):

@@ -1,5 +1,5 @@
 """Public preference and SFT data sets -> our canonical rows, read through `datasets` from local
-JSON Lines (`.jsonl`/`.json`) or Parquet files, offline.
+JSON Lines (`.jsonl`/`.json`), JSON arrays (`.json`) or Parquet files, offline.
 
 Canonical rows (plain, JSON-serialisable dicts):
 - SFT: `{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...], "id": str}`,
@@ -54,7 +54,8 @@ class _Row:
 
 def read_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     """`(where, row)` for every row of a JSON Lines (`.jsonl`/`.json`: one object per line, blank
-    lines allowed) or Parquet file, read with `datasets`. `where` is `"file:line"` (1-based) or
+    lines allowed), JSON-array (`.json`: one array of objects) or Parquet file, read with
+    `datasets`. `where` is `"file:line"` (1-based; for an array, the line its object starts on) or
     `"file:row N"` (0-based). Fields a row lacks come back as None, as `datasets` fills them."""
     return [(r.where, r.row) for r in _read(path)]
 
@@ -78,22 +79,70 @@ def _read(path: str | Path) -> list[_Row]:
     raise DataError(f"{path}: unknown file type {path.suffix!r}; expected one of {known}")
 
 
+def _json_array(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line where the item starts, item) for a file holding one JSON array of objects (e.g. the
+    Stanford Alpaca release); errors name the line."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad_line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{bad_line}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    decoder = json.JSONDecoder()
+
+    def skip(pos: int) -> int:
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        return pos
+
+    def line(pos: int) -> int:
+        return text.count("\n", 0, pos) + 1
+
+    pos = skip(text.index("[") + 1)
+    items: list[tuple[int, dict[str, Any]]] = []
+    while pos < len(text) and text[pos] != "]":
+        try:
+            item, end = decoder.raw_decode(text, pos)
+        except ValueError as e:
+            raise DataError(f"{path}:{line(pos)}: not valid JSON inside the array: {e.msg}") from None
+        if not isinstance(item, dict):
+            raise DataError(f"{path}:{line(pos)}: expected a JSON object in the array, got {type(item).__name__}")
+        items.append((line(pos), item))
+        pos = skip(end)
+        if pos >= len(text):
+            break  # reported as not closed below
+        if text[pos] == ",":
+            pos = skip(pos + 1)
+            if pos < len(text) and text[pos] == "]":
+                raise DataError(f"{path}:{line(pos)}: a trailing comma before the end of the JSON array")
+        elif text[pos] != "]":
+            raise DataError(f"{path}:{line(pos)}: expected ',' or ']' in the JSON array")
+    if pos >= len(text):
+        raise DataError(f"{path}:{line(pos)}: the JSON array is not closed")
+    if skip(pos + 1) < len(text):
+        raise DataError(f"{path}:{line(skip(pos + 1))}: text after the end of the JSON array")
+    if not items:
+        raise DataError(f"{path}: no rows")
+    return items
+
+
 def _read_json_lines(path: Path) -> list[_Row]:
+    """JSON Lines, or one JSON array of objects."""
     with open(path, "rb") as f:
-        if f.read(4096).lstrip()[:1] == b"[":
-            raise DataError(f"{path}: a JSON array, not JSON Lines; write one object per line")
+        is_array = f.read(4096).lstrip()[:1] == b"["
     # A Python pass first: it gives the line numbers, names malformed and non-UTF-8 lines, and
     # rejects a field whose type changes, which `datasets` does not always report: past its first
     # chunk such a change can silently turn values into JSON text ('x' -> '"x"', 5 -> '5').
-    parsed = read_jsonl(path)
+    parsed = _json_array(path) if is_array else read_jsonl(path)
     _check_field_types(path, parsed)
     try:
         rows = _load_dataset("json", path).to_list()
     except Exception as e:  # noqa: BLE001 - datasets raises many types; each becomes a located DataError
         raise _explain_json_failure(path, parsed, e) from e
     if len(rows) != len(parsed):
-        raise DataError(f"{path}: datasets read {len(rows)} rows from {len(parsed)} non-blank lines; "
-                        "expected one JSON object per line")
+        raise DataError(f"{path}: datasets read {len(rows)} rows from {len(parsed)} "
+                        f"{'array items' if is_array else 'non-blank lines'}; expected one JSON object per "
+                        f"{'item' if is_array else 'line'}")
     return [_Row(f"{path}:{n}", n, row) for (n, _), row in zip(parsed, rows)]
 
 
