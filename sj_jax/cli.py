@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 
 from sj_jax.config import load_yaml, to_dict
 from sj_jax.errors import ConfigError, SJError
@@ -49,20 +48,12 @@ def read_prompts(path: str) -> list[str]:
 
 def _generate(cfg: GenerateConfig) -> list[dict]:
     import sj_jax
-    from tqdm import tqdm
+    from sj_jax.progress import sampling_bar
 
     prompts = read_prompts(cfg.prompts_file) if cfg.prompts_file else [cfg.prompt]
     model = sj_jax.load_model(cfg.model, dtype=cfg.dtype, mesh=cfg.mesh)
     rows = len(prompts) * cfg.num_samples
-    with tqdm(total=rows, unit="sample", disable=rows <= cfg.batch_size, file=sys.stderr) as bar:
-        clock = [time.perf_counter()]
-
-        def progress(done: int, new_tokens: int) -> None:
-            now = time.perf_counter()
-            bar.update(done)
-            bar.set_postfix(new_tok_per_s=f"{new_tokens / (now - clock[0]):.0f}")
-            clock[0] = now
-
+    with sampling_bar(rows, enabled=rows > cfg.batch_size) as progress:
         g = sj_jax.generate(model, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                             top_p=cfg.top_p, top_k=cfg.top_k, num_samples=cfg.num_samples, seed=cfg.seed,
                             chat=cfg.chat, batch_size=cfg.batch_size, progress=progress)

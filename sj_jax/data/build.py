@@ -168,15 +168,18 @@ def build(cfg: DataBuildConfig, log=print) -> dict[str, Any]:
 
     if cfg.own_samples.enabled:
         from sj_jax.api import load_model
+        from sj_jax.progress import sampling_bar
         from sj_jax.tasks.own_samples import own_wrong_pairs
 
         o = cfg.own_samples
         model = load_model(cfg.model)
         chosen = _spread(splits["train"].rows, o.problems, cfg.seed)
         log(f"own samples: {o.samples} per problem for {len(chosen)} train problems ...")
-        own, stats = own_wrong_pairs(model, chosen, samples=o.samples, per_problem=o.per_problem,
-                                     temperature=o.temperature, top_p=o.top_p, max_new_tokens=o.max_new_tokens,
-                                     seed=cfg.seed, batch_size=o.batch_size)
+        with sampling_bar(len(chosen) * o.samples) as progress:
+            own, stats = own_wrong_pairs(model, chosen, samples=o.samples, per_problem=o.per_problem,
+                                         temperature=o.temperature, top_p=o.top_p,
+                                         max_new_tokens=o.max_new_tokens, seed=cfg.seed, batch_size=o.batch_size,
+                                         progress=progress)
         files["pairs_train"] = files["pairs_train"] + own
         summary["own_samples"] = stats.as_dict()
         log(f"own samples: {stats.as_dict()}")

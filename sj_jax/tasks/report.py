@@ -51,6 +51,7 @@ def read_rows(path: str, fields: tuple[str, ...], limit: int) -> list[dict]:
 def evaluate(cfg: EvalTasksConfig, log=print) -> dict[str, Any]:
     """Runs the configured evaluations; returns (and writes to `cfg.out`) tables and per-row results."""
     from sj_jax.api import load_model
+    from sj_jax.progress import sampling_bar
     from sj_jax.tasks.evaluate import judge_accuracy, policy_accuracy
 
     if not cfg.prompts_file and not cfg.pairs_file:
@@ -60,8 +61,9 @@ def evaluate(cfg: EvalTasksConfig, log=print) -> dict[str, Any]:
     if cfg.prompts_file:
         rows = read_rows(cfg.prompts_file, ("prompt", "answer", "task"), cfg.limit)
         log(f"policy: {len(rows)} problems from {cfg.prompts_file} ...")
-        ev = policy_accuracy(model, rows, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                             top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.batch_size)
+        with sampling_bar(len(rows), what="problem") as progress:
+            ev = policy_accuracy(model, rows, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                 top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.batch_size, progress=progress)
         result["policy"] = {"by_task": ev.table("task"), "by_difficulty": ev.table("difficulty"),
                             "cut": int(sum(not f for f in ev.finished)),
                             "rows": [{"id": r.get("id"), "task": r["task"], "answer": r["answer"], "response": t,
