@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -132,7 +132,7 @@ def compiled_verdict_logprobs(cfg: ModelConfig, mesh: Mesh, shape: tuple[int, in
 
 
 def verdict_probs(model: Model, prompts: Sequence[Sequence[int]], verdict_ids: tuple[int, int],
-                  batch_size: int = 16) -> np.ndarray:
+                  batch_size: int = 16, progress: Callable[[int], None] | None = None) -> np.ndarray:
     """float64 `[len(prompts), 2]`: p(verdict_a), p(verdict_b) after each token-id prompt.
 
     Prompts are sorted by length and run `batch_size` at a time, each batch left-padded to its
@@ -157,6 +157,8 @@ def verdict_probs(model: Model, prompts: Sequence[Sequence[int]], verdict_ids: t
     out = np.empty((len(prompts), 2), np.float64)
     for rows, logp in pending:
         out[rows] = np.exp(np.asarray(logp, np.float64)[:len(rows)])
+        if progress is not None:
+            progress(len(rows))
     return out
 
 
@@ -206,7 +208,7 @@ def compiled_shared_verdict_logprobs(cfg: ModelConfig, mesh: Mesh, shape: tuple[
 
 
 def verdict_probs_shared(model: Model, prompts: Sequence[Sequence[int]], verdict_ids: tuple[int, int],
-                         batch_size: int = 16) -> np.ndarray:
+                         batch_size: int = 16, progress: Callable[[int], None] | None = None) -> np.ndarray:
     """As `verdict_probs`, for prompts that come in twos (rows 2g and 2g + 1: a pair's two orders):
     the tokens both share from the start are run once, and each order's rest over their KV cache.
 
@@ -240,6 +242,8 @@ def verdict_probs_shared(model: Model, prompts: Sequence[Sequence[int]], verdict
     out = np.empty((groups, 2, 2), np.float64)
     for chunk, logp in pending:
         out[chunk] = np.exp(np.asarray(logp, np.float64)[:2 * len(chunk)]).reshape(len(chunk), 2, 2)
+        if progress is not None:
+            progress(2 * len(chunk))
     return out.reshape(len(prompts), 2)
 
 
@@ -277,13 +281,14 @@ def judge_prompts(model: Model, contexts: Sequence[str], responses_a: Sequence[s
 def judge_pairs_detailed(model: Model, contexts: Sequence[str], responses_a: Sequence[str],
                          responses_b: Sequence[str], *, template: JudgeTemplate | None = None,
                          principles: Sequence[Any] | None = None, batch_size: int = 16,
-                         share_prefix: bool = True) -> Judgments:
+                         share_prefix: bool = True, progress: Callable[[int], None] | None = None) -> Judgments:
     """Judges each (context, a, b) in both orders under each principle; returns every probability.
 
     principles: `Principle`s or (name, system message) pairs, each asked with its own system
     message; None asks once with the template's system message. batch_size: prompts per forward
     pass (each pair makes 2 x principles prompts). share_prefix: run the tokens both orders share
     (system, context, up to the first response) once, through a KV cache; same numbers, less work.
+    progress: called with the number of prompts scored as each batch comes back.
     """
     template = DEFAULT_TEMPLATE if template is None else template
     if model.tokenizer is None:
@@ -298,13 +303,14 @@ def judge_pairs_detailed(model: Model, contexts: Sequence[str], responses_a: Seq
     if not prompts:
         return Judgments(np.zeros((0, len(plist), 2, 2)), tuple(p.name for p in plist))
     run = verdict_probs_shared if share_prefix else verdict_probs
-    probs = run(model, prompts, verdict_ids, batch_size)
+    probs = run(model, prompts, verdict_ids, batch_size, progress)
     return Judgments(probs.reshape(n, len(plist), 2, 2), tuple(p.name for p in plist))
 
 
 def judge_pairs(model: Model, contexts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str], *,
                 template: JudgeTemplate | None = None, principles: Sequence[Any] | None = None,
-                batch_size: int = 16, share_prefix: bool = True) -> np.ndarray:
+                batch_size: int = 16, share_prefix: bool = True,
+                progress: Callable[[int], None] | None = None) -> np.ndarray:
     """float64 `[pairs]`: the probability that responses_a[i] is better than responses_b[i].
 
     Both orders averaged (swapping a and b gives 1 - p); with principles, a majority vote whose
@@ -312,4 +318,5 @@ def judge_pairs(model: Model, contexts: Sequence[str], responses_a: Sequence[str
     (`majority_probability`). p > 0.5 prefers a, p < 0.5 prefers b, 0.5 is no preference.
     """
     return judge_pairs_detailed(model, contexts, responses_a, responses_b, template=template,
-                                principles=principles, batch_size=batch_size, share_prefix=share_prefix).prob_first
+                                principles=principles, batch_size=batch_size, share_prefix=share_prefix,
+                                progress=progress).prob_first

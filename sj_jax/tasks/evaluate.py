@@ -58,14 +58,16 @@ def policy_accuracy(model: Model, rows: Sequence[dict], *, max_new_tokens: int =
 
 
 def judge_accuracy(model: Model, pairs: Sequence[dict], *, template: JudgeTemplate | None = None,
-                   principles: Sequence[Any] | None = None, batch_size: int = 16) -> tuple[Accuracy, np.ndarray]:
+                   principles: Sequence[Any] | None = None, batch_size: int = 16,
+                   progress: Callable[[int], None] | None = None) -> tuple[Accuracy, np.ndarray]:
     """(accuracy, p(chosen > rejected) per pair) of the model as a pairwise judge on rows
     {"prompt", "chosen", "rejected", "subset"?}. Both orders are averaged inside `judge_pairs`, so a
     pair counts as correct when p > 0.5; an exact tie (p == 0.5) counts as wrong."""
     if not pairs:
         raise ValueError("pairs: no pairs to judge")
     p = judge_pairs(model, [context_text(r["prompt"]) for r in pairs], [r["chosen"] for r in pairs],
-                    [r["rejected"] for r in pairs], template=template, principles=principles, batch_size=batch_size)
+                    [r["rejected"] for r in pairs], template=template, principles=principles, batch_size=batch_size,
+                    progress=progress)
     groups = {"subset": [r.get("subset", "all") for r in pairs],
               "corruption": [r.get("corruption", "") for r in pairs]}
     return Accuracy({"accuracy": [bool(x > 0.5) for x in p]}, groups), p

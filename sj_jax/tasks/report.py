@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,8 @@ def read_rows(path: str, fields: tuple[str, ...], limit: int) -> list[dict]:
 
 def evaluate(cfg: EvalTasksConfig, log=print) -> dict[str, Any]:
     """Runs the configured evaluations; returns (and writes to `cfg.out`) tables and per-row results."""
+    from tqdm import tqdm
+
     from sj_jax.api import load_model
     from sj_jax.progress import sampling_bar
     from sj_jax.tasks.evaluate import judge_accuracy, policy_accuracy
@@ -73,7 +76,9 @@ def evaluate(cfg: EvalTasksConfig, log=print) -> dict[str, Any]:
     if cfg.pairs_file:
         pairs = read_rows(cfg.pairs_file, ("prompt", "chosen", "rejected"), cfg.limit)
         log(f"judge: {len(pairs)} pairs from {cfg.pairs_file} ...")
-        acc, p = judge_accuracy(model, pairs, template=cfg.judge, batch_size=cfg.judge_batch_size)
+        with tqdm(total=2 * len(pairs), unit="prompt", file=sys.stderr) as bar:  # both orders of each pair
+            acc, p = judge_accuracy(model, pairs, template=cfg.judge, batch_size=cfg.judge_batch_size,
+                                    progress=bar.update)
         result["judge"] = {"by_subset": acc.table("subset"), "by_corruption": acc.table("corruption"),
                            "p_chosen": [float(x) for x in p]}
     out = Path(cfg.out or Path(cfg.prompts_file or cfg.pairs_file).with_name(
