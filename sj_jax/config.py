@@ -113,7 +113,11 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             raise ConfigError(f"{prefix}{name}: required key is missing")
     try:
         return cls(**kwargs)
-    except ConfigError:
+    except ConfigError as e:
+        # A class's own validation names its field ("format: ..."); put it under this key. Messages
+        # that already name the full key are left as they are.
+        if where and not str(e).startswith(where):
+            raise ConfigError(f"{where}.{e}") from None
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where or cls.__name__}: {e}") from e

@@ -105,11 +105,22 @@ def test_the_trainer_reads_the_built_files(built, smollm2_tokenizer):
     ("tasks.tset=3", "tasks.tset: unknown key"),
     ("pairs.corruptions=[off_by_two]", "pairs.corruptions: unknown corruption 'off_by_two'"),
     ("jsft.principles=[kindness]", "jsft.principles: unknown principle 'kindness'"),
-    ("sources=[{format: alpacca, path: x.jsonl}]", "alpacca"),
+    ("sources=[{format: alpacca, path: x.jsonl}]", "sources[0].format: unknown data format 'alpacca'"),
+    ("sources=[{format: alpaca, path: x.jsonl, use: pairs}]", "sources[0].use: 'alpaca' has no pairs"),
+    ("sources=[{format: alpaca, path: nowhere.jsonl}]", "sources[0].path: nowhere.jsonl: no such file"),
 ])
 def test_bad_config_is_named(override, match, tmp_path, capsys):
     assert main(["data", "build", "--config", "configs/data.yaml", f"output_dir={tmp_path}", override]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_an_sft_format_source_gives_instruction_rows(tmp_path, smollm2_path):
+    alpaca = tmp_path / "alpaca.json"
+    alpaca.write_text(json.dumps([{"instruction": "Name a color.", "input": "", "output": "Blue."}], indent=1))
+    summary = build(tmp_path / "out", f"sources=[{{format: alpaca, path: {alpaca}}}]", "tasks.families=[uppercase]")
+    sft = read(tmp_path / "out" / "sft_train.jsonl")
+    assert len(sft) == 7 and sft[-1]["messages"][-1]["content"] == "Blue."
+    assert summary["sources"][0]["kept"] == 1
 
 
 def test_bad_source_line_is_named_and_nothing_is_half_written(tmp_path, capsys, smollm2_path):

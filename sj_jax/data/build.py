@@ -67,9 +67,20 @@ class SourceConfig:
 
     format: str
     path: str
-    use: Literal["sft", "pairs", "both", "eval"] = "both"  # sft: chosen responses as instruction rows
+    # sft: instruction rows (a preference format's chosen responses); pairs: preference pairs (judgment
+    # rows and offline DPO); both: whatever the format gives; eval: a judge eval set, eval_<name>.jsonl.
+    use: Literal["sft", "pairs", "both", "eval"] = "both"
     name: str = ""  # eval: written as eval_<name>.jsonl (default: the file's stem)
     options: dict = dataclasses.field(default_factory=dict)  # passed to the loader
+
+    def __post_init__(self):
+        from sj_jax.data.loaders import FORMATS, PAIR_FORMATS
+
+        fmt = self.format.strip().lower().replace("-", "_")
+        if fmt not in FORMATS:
+            raise ConfigError(f"format: unknown data format {self.format!r}; known: {', '.join(sorted(FORMATS))}")
+        if self.use in ("pairs", "eval") and fmt not in PAIR_FORMATS:
+            raise ConfigError(f"use: {self.format!r} has no pairs for use {self.use!r}; use 'sft'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,21 +127,17 @@ def _load_sources(cfg: DataBuildConfig, summary: dict) -> tuple[list[dict], list
     """(sft rows, pair rows, eval sets) from the configured sources."""
     if not cfg.sources:
         return [], [], {}
-    from sj_jax.data.loaders import load_source, pairs_to_sft
+    from sj_jax.data.loaders import PAIR_FORMATS, load_source, pairs_to_sft
 
     sft, pairs, evals = [], [], {}
-    for i, src in enumerate(cfg.sources):
+    for src in cfg.sources:
         rows, report = load_source(src.format, src.path, **src.options)
-        is_pairs = bool(rows) and "chosen" in rows[0]
+        is_pairs = src.format.strip().lower().replace("-", "_") in PAIR_FORMATS
         entry = {"format": src.format, "path": src.path, "use": src.use, **report.as_dict()}
         if src.use == "eval":
-            if not is_pairs:
-                raise ConfigError(f"sources[{i}]: use 'eval' needs a preference format, not {src.format!r}")
             evals[src.name or Path(src.path).stem] = rows
         else:
-            if src.use in ("pairs", "both"):
-                if not is_pairs:
-                    raise ConfigError(f"sources[{i}]: {src.format!r} has no pairs; use 'sft'")
+            if src.use in ("pairs", "both") and is_pairs:
                 pairs += rows
             if src.use in ("sft", "both"):
                 sft += pairs_to_sft(rows) if is_pairs else rows
@@ -154,6 +161,9 @@ def build(cfg: DataBuildConfig, log=print) -> dict[str, Any]:
     from sj_jax.registry import resolve
 
     start = time.perf_counter()
+    for i, src in enumerate(cfg.sources):  # before minutes of work, not after
+        if not Path(src.path).is_file():
+            raise ConfigError(f"sources[{i}].path: {src.path}: no such file")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"config": to_dict(cfg), "sources": [], "files": {}}

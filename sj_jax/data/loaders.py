@@ -696,6 +696,8 @@ FORMATS: dict[str, Callable[..., tuple[list[dict], LoadReport]]] = {
     "alpaca": load_alpaca,
     "messages": load_messages,
 }
+# Formats whose rows are preference pairs; the others give SFT rows.
+PAIR_FORMATS = frozenset({"hh_rlhf", "ultrafeedback", "rewardbench"})
 
 
 def load_source(format: str, path: str | Path, **options: Any) -> tuple[list[dict], LoadReport]:
