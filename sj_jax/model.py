@@ -150,8 +150,18 @@ class DecoderLayer(nn.Module):
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
-    """int32 `[batch, seq]` positions counting real tokens only (padding on either side takes 0)."""
-    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+    """int32 `[batch, seq]` positions counting real tokens only (padding on either side takes 0).
+
+    `mask` may hold segment ids instead of 1s (packed rows: 1 1 1 2 2 3 0 0): each segment then
+    counts from 0. Ids must not decrease along a row; a 0/1 mask is one segment.
+    """
+    seg = mask.astype(jnp.int32)
+    valid = seg > 0
+    count = jnp.cumsum(valid.astype(jnp.int32), axis=1)  # real tokens up to and including t
+    before = jnp.concatenate([jnp.zeros_like(seg[:, :1]), jax.lax.cummax(seg, axis=1)[:, :-1]], axis=1)
+    start = valid & (seg > before)  # the first token of each segment
+    base = jax.lax.cummax(jnp.where(start, count - 1, 0), axis=1)
+    return jnp.maximum(count - 1 - base, 0)
 
 
 _REMAT_POLICIES = {
@@ -192,16 +202,21 @@ class Transformer(nn.Module):
         """Final-norm hidden states `[batch, seq, embed]` (compute dtype) for int32 `input_ids: [batch, seq]`.
 
         `attention_mask` (1 = token, 0 = padding) may pad on either side; positions count real tokens.
+        Packed rows give segment ids instead of 1s (1 1 2 2 2 0): a token attends only to its own
+        segment, and each segment's positions start at 0 (`positions_from_mask`).
         """
         c = self.config
         b, t = input_ids.shape
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), jnp.int32)
-        valid = attention_mask.astype(bool)
+        seg = attention_mask.astype(jnp.int32)
+        valid = seg > 0
         if positions is None:
-            positions = positions_from_mask(valid)
+            positions = positions_from_mask(seg)
         causal = jnp.tril(jnp.ones((t, t), bool))
-        mask = causal[None, None] & valid[:, None, None, :]
+        # Padding queries (segment 0) keep seeing every real key, as with a plain 0/1 mask.
+        same = (seg[:, :, None] == seg[:, None, :]) | (seg[:, :, None] == 0)
+        mask = causal[None, None] & valid[:, None, None, :] & same[:, None]
         pos_diff = None
         if any(c.sliding_windows):
             pos_diff = positions[:, :, None] - positions[:, None, :]

@@ -143,3 +143,15 @@ def test_masks_cover_exactly_the_assistant_turn_and_the_verdict(data):
     ex = sft_example(tok, {"judgment": {**j, "rationale": "4 is right."}}, "row", 512, report,
                      judgment=lambda t, r, w: judgment_text(t, DEFAULT_TEMPLATE, r, w))
     assert tok.decode(ex.input_ids[ex.loss_mask == 1]) == " B\n4 is right.<|im_end|>"
+
+
+def test_packed_jsft_run_trains_on_packed_rows(tiny_folder, data, tmp_path):
+    cfg = _cfg(tiny_folder, data["sft"], tmp_path / "packed", steps=3, **{"data.packing": True,
+                                                                           "data.group_by_length": True})
+    result = train("jsft", cfg, progress=False)
+    report = json.loads((tmp_path / "packed" / "data_report.json").read_text())
+    packing = report["packing"]
+    assert packing["examples"] == report["examples"] == 24 and packing["rows"] < 24 and packing["fill"] > 0.5
+    assert result.steps == 3 and np.isfinite(result.last_loss)
+    with pytest.raises(Exception, match="data.packing: packs SFT/JSFT examples"):
+        train("dpo", _cfg(tiny_folder, data["dpo"], tmp_path / "dpo", **{"data.packing": True}), progress=False)

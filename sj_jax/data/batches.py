@@ -32,7 +32,8 @@ def example_length(e: SFTExample | PairExample) -> int:
 
 
 def collate_sft(examples: Sequence[SFTExample], max_length: int, pad_id: int) -> dict[str, np.ndarray]:
-    """int32 `input_ids`, `attention_mask`, `loss_mask` `[batch, T]`, right-padded."""
+    """int32 `input_ids`, `attention_mask`, `loss_mask` `[batch, T]`, right-padded. A packed
+    example's attention mask holds its segment ids (see `sj_jax.data.packing`)."""
     t = length_bucket(max(len(e.input_ids) for e in examples), max_length)
     b = len(examples)
     ids = np.full((b, t), pad_id, np.int32)
@@ -40,7 +41,8 @@ def collate_sft(examples: Sequence[SFTExample], max_length: int, pad_id: int) ->
     loss = np.zeros((b, t), np.int32)
     for i, e in enumerate(examples):
         n = len(e.input_ids)
-        ids[i, :n], att[i, :n], loss[i, :n] = e.input_ids, 1, e.loss_mask
+        ids[i, :n], loss[i, :n] = e.input_ids, e.loss_mask
+        att[i, :n] = 1 if e.segment_ids is None else e.segment_ids
     return {"input_ids": ids, "attention_mask": att, "loss_mask": loss}
 
 

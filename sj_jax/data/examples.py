@@ -37,6 +37,7 @@ class DataReport:
 class SFTExample:
     input_ids: np.ndarray  # int32 [len]
     loss_mask: np.ndarray  # int32 [len]
+    segment_ids: np.ndarray | None = None  # int32 [len], 1, 2, ... per packed example; None = one example
 
 
 @dataclasses.dataclass(frozen=True)

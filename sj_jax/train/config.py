@@ -55,6 +55,7 @@ class DataConfig:
     max_response_length: int = 512  # dpo: responses are cut from the right
     shuffle: bool = True
     group_by_length: bool = False  # batch examples of similar length together (less padding; seeded, resumable)
+    packing: bool = False  # sft/jsft: several examples per max_length row, each attending to itself only
 
 
 @dataclasses.dataclass(frozen=True)

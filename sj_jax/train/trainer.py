@@ -24,6 +24,7 @@ from sj_jax.config import save_yaml, to_dict
 from sj_jax.data.batches import EpochIterator, collate_pairs, collate_sft, example_length
 from sj_jax.data.examples import DataReport, load_examples, pair_example, sft_example
 from sj_jax.data.judgment import judgment_text
+from sj_jax.data.packing import pack
 from sj_jax.errors import SJError
 from sj_jax.sharding import make_mesh
 from sj_jax.train import lora
@@ -109,7 +110,13 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
         model = load_model(cfg.model, dtype=cfg.dtype, param_dtype=cfg.param_dtype, mesh=mesh, remat=cfg.remat)
     mesh = model.mesh
     examples, report = load_data(kind, cfg, model.tokenizer)
-    (out / "data_report.json").write_text(json.dumps(report.as_dict(), indent=1))
+    data_report = report.as_dict()
+    if cfg.data.packing:
+        if kind == "dpo":
+            raise SJError("data.packing: packs SFT/JSFT examples; DPO pairs keep one pair a row")
+        examples, packed = pack(examples, cfg.data.max_length)
+        data_report["packing"] = packed.as_dict()  # batch_size now counts packed rows
+    (out / "data_report.json").write_text(json.dumps(data_report, indent=1))
     rows_per_step = cfg.batch_size * cfg.optim.grad_accum
     lengths = [example_length(e) for e in examples] if cfg.data.group_by_length else None
     it = EpochIterator(len(examples), rows_per_step, cfg.seed, cfg.data.shuffle, lengths=lengths)
@@ -145,7 +152,7 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
                 steps[key] = compile_step(spec, tx, schedule, mesh, state, frozen, batch)
             state, metrics = steps[key](state, frozen, batch)
             m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            tokens_done += int(batch["attention_mask"].sum())
+            tokens_done += int((batch["attention_mask"] > 0).sum())
             elapsed = time.perf_counter() - t0
             row = {"step": step + 1, **m, "tokens_per_s": tokens_done / elapsed, "elapsed_s": elapsed}
             if m["nonfinite"]:
