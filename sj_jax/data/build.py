@@ -74,9 +74,9 @@ class SourceConfig:
     options: dict = dataclasses.field(default_factory=dict)  # passed to the loader
 
     def __post_init__(self):
-        from sj_jax.data.loaders import FORMATS, PAIR_FORMATS
+        from sj_jax.data.loaders import FORMATS, PAIR_FORMATS, format_name
 
-        fmt = self.format.strip().lower().replace("-", "_")
+        fmt = format_name(self.format)
         if fmt not in FORMATS:
             raise ConfigError(f"format: unknown data format {self.format!r}; known: {', '.join(sorted(FORMATS))}")
         if self.use in ("pairs", "eval") and fmt not in PAIR_FORMATS:
@@ -127,12 +127,12 @@ def _load_sources(cfg: DataBuildConfig, summary: dict) -> tuple[list[dict], list
     """(sft rows, pair rows, eval sets) from the configured sources."""
     if not cfg.sources:
         return [], [], {}
-    from sj_jax.data.loaders import PAIR_FORMATS, load_source, pairs_to_sft
+    from sj_jax.data.loaders import PAIR_FORMATS, format_name, load_source, pairs_to_sft
 
     sft, pairs, evals = [], [], {}
     for src in cfg.sources:
         rows, report = load_source(src.format, src.path, **src.options)
-        is_pairs = src.format.strip().lower().replace("-", "_") in PAIR_FORMATS
+        is_pairs = format_name(src.format) in PAIR_FORMATS
         entry = {"format": src.format, "path": src.path, "use": src.use, **report.as_dict()}
         if src.use == "eval":
             evals[src.name or Path(src.path).stem] = rows

@@ -60,17 +60,21 @@ def _messages_of(row: dict, where: str) -> list[dict]:
     raise DataError(f"{where}: expected 'messages', 'prompt'+'response' or 'judgment'")
 
 
-def sft_example(tokenizer: Any, row: dict, where: str, max_length: int, report: DataReport,
-                judgment: Callable[[Any, dict, str], tuple[str, list]] | None = None) -> SFTExample | None:
-    """One tokenised example, cut to `max_length` from the left; None (and counted) if the last
-    trained span does not fit."""
+def sft_tokens(tokenizer: Any, row: dict, where: str,
+               judgment: Callable[[Any, dict, str], tuple[str, list]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The whole example, not yet cut: int32 ids and 0/1 loss mask `[len]`."""
     if "judgment" in row:
         if judgment is None:
             raise DataError(f"{where}: judgment rows need a judge template")
         text, spans = judgment(tokenizer, row["judgment"], where)
     else:
         text, spans = assistant_spans(tokenizer, _messages_of(row, where), where)
-    ids, mask = tokens_with_mask(tokenizer, text, spans)
+    return tokens_with_mask(tokenizer, text, spans)
+
+
+def cut_sft(ids: np.ndarray, mask: np.ndarray, where: str, max_length: int, report: DataReport) -> SFTExample | None:
+    """The example cut to `max_length` from the left; None (and counted) if the last trained span
+    does not fit."""
     if len(ids) > max_length:
         last_span_start = int(np.flatnonzero(mask)[-1]) if mask.any() else 0
         # the last trained span starts at the first masked token after an unmasked one, scanning back
@@ -87,6 +91,13 @@ def sft_example(tokenizer: Any, row: dict, where: str, max_length: int, report: 
         raise DataError(f"{where}: no token to train on after rendering")
     report.examples += 1
     return SFTExample(ids, mask)
+
+
+def sft_example(tokenizer: Any, row: dict, where: str, max_length: int, report: DataReport,
+                judgment: Callable[[Any, dict, str], tuple[str, list]] | None = None) -> SFTExample | None:
+    """One tokenised example, cut to `max_length` from the left; None (and counted) if the last
+    trained span does not fit."""
+    return cut_sft(*sft_tokens(tokenizer, row, where, judgment), where, max_length, report)
 
 
 def _prompt_messages(row: dict, where: str) -> list[dict]:
@@ -106,8 +117,8 @@ def _response_ids(tokenizer: Any, messages: list[dict], response: str, where: st
     return np.asarray(tokenizer(text[s:e], add_special_tokens=False)["input_ids"], np.int32)
 
 
-def pair_example(tokenizer: Any, row: dict, where: str, max_prompt: int, max_response: int,
-                 report: DataReport) -> PairExample:
+def pair_tokens(tokenizer: Any, row: dict, where: str) -> PairExample:
+    """The whole pair, not yet cut."""
     for f in ("prompt", "chosen", "rejected"):
         if f not in row:
             raise DataError(f"{where}: missing field {f!r}")
@@ -117,18 +128,30 @@ def pair_example(tokenizer: Any, row: dict, where: str, max_prompt: int, max_res
     messages = _prompt_messages(row, where)
     prompt = np.asarray(tokenizer(render(tokenizer, messages, add_generation_prompt=True),
                                   add_special_tokens=False)["input_ids"], np.int32)
+    chosen, rejected = (_response_ids(tokenizer, messages, row[f], f"{where} ({f})") for f in ("chosen", "rejected"))
+    return PairExample(prompt, chosen, rejected)
+
+
+def cut_pair(pair: PairExample, max_prompt: int, max_response: int, report: DataReport) -> PairExample:
+    """The prompt cut from the left to `max_prompt`, each response from the right to `max_response`; counted."""
+    prompt = pair.prompt_ids
     if len(prompt) > max_prompt:
         prompt = prompt[-max_prompt:]
         report.truncated_context += 1
     out = []
-    for f in ("chosen", "rejected"):
-        r = _response_ids(tokenizer, messages, row[f], f"{where} ({f})")
+    for r in (pair.chosen_ids, pair.rejected_ids):
         if len(r) > max_response:
             r = r[:max_response]
             report.truncated_response += 1
         out.append(r)
     report.examples += 1
     return PairExample(prompt, out[0], out[1])
+
+
+def pair_example(tokenizer: Any, row: dict, where: str, max_prompt: int, max_response: int,
+                 report: DataReport) -> PairExample:
+    """One tokenised pair, cut to the limits (see `cut_pair`)."""
+    return cut_pair(pair_tokens(tokenizer, row, where), max_prompt, max_response, report)
 
 
 def load_examples(path: str, build: Callable[[dict, str], Any], report: DataReport) -> list:

@@ -416,10 +416,12 @@ def _sft_conversation(messages: list[dict[str, str]], label: str) -> list[dict[s
     return messages
 
 
-def _load(path: str | Path, strict: bool, convert: Callable[[_Row, str], list[dict]]) -> tuple[list[dict], LoadReport]:
-    """Every row through `convert(row, file stem)`; a `_Skip` is counted (or raised when strict)."""
+def _load(path: str | Path, strict: bool, convert: Callable[[_Row, str], list[dict]],
+          report: LoadReport | None = None) -> tuple[list[dict], LoadReport]:
+    """Every row through `convert(row, file stem)`; a `_Skip` is counted (or raised when strict).
+    `report`: one `convert` also counts into (skips below the row level)."""
     stem = Path(path).stem
-    report = LoadReport()
+    report = LoadReport() if report is None else report
     out: list[dict] = []
     for r in _read(path):
         report.rows += 1
@@ -582,17 +584,8 @@ def load_ultrafeedback(path: str | Path, pairs: str = "all", seed: int = 0,
     identical_pair, tied_score (never an error: ties are no defect of the data)."""
     if pairs not in UF_PAIRINGS:
         raise DataError(f"ultrafeedback: pairs={pairs!r}; expected one of {', '.join(UF_PAIRINGS)}")
-    stem = Path(path).stem
     report = LoadReport()
-    out: list[dict] = []
-    for r in _read(path):
-        report.rows += 1
-        try:
-            out.extend(_uf_pairs(r, stem, pairs, seed, report, strict))
-        except _Skip as skip:
-            _skip_or_raise(report, skip, r.where, strict)
-    report.kept = len(out)
-    return out, report
+    return _load(path, strict, lambda r, stem: _uf_pairs(r, stem, pairs, seed, report, strict), report)
 
 
 def _uf_pairs(r: _Row, stem: str, pairs: str, seed: int, report: LoadReport, strict: bool) -> list[dict]:
@@ -700,10 +693,15 @@ FORMATS: dict[str, Callable[..., tuple[list[dict], LoadReport]]] = {
 PAIR_FORMATS = frozenset({"hh_rlhf", "ultrafeedback", "rewardbench"})
 
 
+def format_name(format: str) -> str:
+    """The `FORMATS` key a format is written as (`-` may stand for `_`: "hh-rlhf")."""
+    return format.strip().lower().replace("-", "_")
+
+
 def load_source(format: str, path: str | Path, **options: Any) -> tuple[list[dict], LoadReport]:
-    """`FORMATS[format](path, **options)` (`-` may stand for `_`: "hh-rlhf"); an unknown format or
-    option is a `DataError` listing the known ones."""
-    name = format.strip().lower().replace("-", "_")
+    """`FORMATS[format_name(format)](path, **options)`; an unknown format or option is a
+    `DataError` listing the known ones."""
+    name = format_name(format)
     if name not in FORMATS:
         raise DataError(f"unknown data format {format!r}; known formats: {', '.join(sorted(FORMATS))}")
     loader = FORMATS[name]

@@ -10,8 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sj_jax.data.chat import assistant_spans, render, tokens_with_mask
-from sj_jax.data.examples import DataReport, pair_example, sft_example
+from sj_jax.data.examples import DataReport, cut_pair, cut_sft, pair_tokens, sft_tokens
 from sj_jax.data.judgment import judgment_text
 from sj_jax.judge.template import JudgeTemplate
 
@@ -39,14 +38,9 @@ def sft_lengths(tokenizer: Any, rows: Sequence[dict], max_length: int, template:
     judge = lambda tok, row, w: judgment_text(tok, template, row, w)  # noqa: E731
     for i, row in enumerate(rows):
         w = f"{where}:{i + 1}"
-        if "judgment" in row:
-            text, spans = judge(tokenizer, row["judgment"], w)
-        else:
-            sft_messages = row.get("messages") or [{"role": "user", "content": row["prompt"]},
-                                                   {"role": "assistant", "content": row["response"]}]
-            text, spans = assistant_spans(tokenizer, sft_messages, w)
-        lengths.append(len(tokens_with_mask(tokenizer, text, spans)[0]))
-        sft_example(tokenizer, row, w, max_length, report, judgment=judge)
+        ids, mask = sft_tokens(tokenizer, row, w, judgment=judge)
+        lengths.append(len(ids))
+        cut_sft(ids, mask, w, max_length, report)
     return {"tokens": _stats(lengths), "truncation": report.as_dict()}
 
 
@@ -56,11 +50,8 @@ def pair_lengths(tokenizer: Any, rows: Sequence[dict], max_prompt: int, max_resp
     report = DataReport(rows=len(rows))
     prompts, responses = [], []
     for i, row in enumerate(rows):
-        w = f"{where}:{i + 1}"
-        msgs = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
-        prompts.append(len(tokenizer(render(tokenizer, msgs, add_generation_prompt=True),
-                                     add_special_tokens=False)["input_ids"]))
-        full = pair_example(tokenizer, row, w, 1 << 30, 1 << 30, DataReport())
+        full = pair_tokens(tokenizer, row, f"{where}:{i + 1}")
+        prompts.append(len(full.prompt_ids))
         responses += [len(full.chosen_ids), len(full.rejected_ids)]
-        pair_example(tokenizer, row, w, max_prompt, max_response, report)
+        cut_pair(full, max_prompt, max_response, report)
     return {"prompt_tokens": _stats(prompts), "response_tokens": _stats(responses), "truncation": report.as_dict()}

@@ -102,6 +102,8 @@ def _abstract(tree):
 def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_step: int | None = None,
           progress: bool = True) -> RunResult:
     """Runs (or resumes) a training run; `stop_at_step` ends it early as a preemption would."""
+    if cfg.data.packing and kind == "dpo":  # before the model and data load, not after
+        raise SJError("data.packing: packs SFT/JSFT examples; DPO pairs keep one pair a row")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
@@ -112,8 +114,6 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
     examples, report = load_data(kind, cfg, model.tokenizer)
     data_report = report.as_dict()
     if cfg.data.packing:
-        if kind == "dpo":
-            raise SJError("data.packing: packs SFT/JSFT examples; DPO pairs keep one pair a row")
         examples, packed = pack(examples, cfg.data.max_length)
         data_report["packing"] = packed.as_dict()  # batch_size now counts packed rows
     (out / "data_report.json").write_text(json.dumps(data_report, indent=1))
