@@ -19,7 +19,9 @@ from sj_jax.model import Transformer
 from sj_jax.model_config import SUPPORTED_MODEL_TYPES, ModelConfig, from_hf_config, to_hf_config_kwargs
 from sj_jax.registry import resolve
 from sj_jax.sharding import MeshConfig, batch_sharding, logical_sharding, make_mesh, param_shardings
-from sj_jax.tokenizer import load_tokenizer
+from sj_jax.cache import cache_root
+from sj_jax.tokenizer import gguf_tokenizer, load_tokenizer
+from sj_jax.weights.dequant_cache import CachedGGUFSource, gguf_source
 from sj_jax.weights.gguf_io import GGUFSource
 from sj_jax.weights.loader import abstract_params, export_tensors, load_params
 from sj_jax.weights.safetensors_io import SafetensorsSource, save_safetensors
@@ -89,9 +91,12 @@ def load_model(
     folder or GGUF; an error if there is none), a folder, or None (no tokenizer).
     """
     path = resolve(path_or_name)
+    fields = None
     if path.suffix == ".gguf":
-        source: Any = GGUFSource(path)
-        cfg = source.model_config()
+        root = cache_root()
+        source: Any = gguf_source(path, None if root is None else root / "weights")
+        gguf = source if isinstance(source, GGUFSource) else source.gguf
+        cfg, fields = gguf.model_config(), gguf.file.fields
     elif path.is_dir():
         cfg = read_hf_config(path)
         source = SafetensorsSource(path)
@@ -103,8 +108,12 @@ def load_model(
         raise ConfigError(f"load_model: {e}") from None
     mesh = _resolve_mesh(mesh)
     params = load_params(cfg, source, mesh)
+    if isinstance(source, CachedGGUFSource):
+        source.save()
     tok = None
-    if tokenizer is not None:
+    if tokenizer == "auto" and fields is not None:
+        tok = gguf_tokenizer(path, fields)
+    elif tokenizer is not None:
         tok = load_tokenizer(path if tokenizer == "auto" else tokenizer)
     return Model(cfg, params, tok, mesh, str(path))
 
@@ -112,6 +121,7 @@ def load_model(
 def init_model(cfg: ModelConfig, *, seed: int = 0, mesh: Mesh | MeshConfig | None = None,
                tokenizer: Any = None) -> Model:
     """A randomly initialised model (normal(0.02) kernels), built directly in its sharded layout."""
+    cache_root()  # the first model of a process configures the compilation cache
     mesh = _resolve_mesh(mesh)
     shardings = param_shardings(abstract_params(cfg), mesh)
     ids = jnp.zeros((1, 1), jnp.int32)

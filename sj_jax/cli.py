@@ -8,6 +8,7 @@ import json
 import os
 import sys
 
+from sj_jax.cache import configure_caches
 from sj_jax.config import load_yaml, to_dict
 from sj_jax.errors import ConfigError, SJError
 from sj_jax.registry import DEFAULT_MODEL
@@ -32,6 +33,7 @@ class GenerateConfig:
     seed: int = 0
     batch_size: int = 64  # rows (prompts x samples) per compiled batch; samples do not depend on it
     mesh: MeshConfig = MeshConfig(data=1)
+    cache_dir: str | None = "auto"  # compiled executables and dequantised weights; "off" = none (sj_jax.cache)
 
 
 def read_prompts(path: str) -> list[str]:
@@ -43,7 +45,16 @@ def read_prompts(path: str) -> list[str]:
         if not isinstance(row.get("prompt"), str) or not row["prompt"]:
             raise ConfigError(f"{path}:{n}: expected an object with a non-empty string field \"prompt\"")
         prompts.append(row["prompt"])
+    if not prompts:
+        raise ConfigError(f"{path}: no prompts in the file (expected one {{\"prompt\": ...}} per line)")
     return prompts
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes end in one line (and exit 2), like every other error of the command line."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _generate(cfg: GenerateConfig) -> list[dict]:
@@ -63,12 +74,20 @@ def _generate(cfg: GenerateConfig) -> list[dict]:
     return results
 
 
+def _configured(cfg):
+    """The command's config, after pointing the caches where its `cache_dir` says."""
+    configure_caches(cfg.cache_dir)
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Everything sj-jax reads is local; never let transformers or datasets look up a hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    ap = argparse.ArgumentParser(prog="sj-jax", description="On-policy self-judgment in JAX/Flax.")
+    # transformers announces at import that it found no PyTorch; sj_jax never needs it at run time.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    ap = _Parser(prog="sj-jax", description="On-policy self-judgment in JAX/Flax.")
     sub = ap.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="sample chat completions (default: greedy, SmolLM2-135M-Instruct)")
     gen.add_argument("--config", help="YAML file of GenerateConfig fields (see configs/generate.yaml)")
@@ -104,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 value = getattr(args, flag)
                 if value is not None:
                     overrides.append(f"{key}={json.dumps(value)}")
-            cfg = load_yaml(GenerateConfig, args.config, overrides)
+            cfg = _configured(load_yaml(GenerateConfig, args.config, overrides))
             results = _generate(cfg)
             if cfg.out:
                 with open(cfg.out, "w", encoding="utf-8") as f:
@@ -124,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             from sj_jax.train.config import TrainConfig
             from sj_jax.train.trainer import train
 
-            result = train(args.command, load_yaml(TrainConfig, args.config, list(args.overrides)))
+            result = train(args.command, _configured(load_yaml(TrainConfig, args.config, list(args.overrides))))
             if result.preempted:
                 print(f"stopped at step {result.steps} on request; run the same command to resume", file=sys.stderr)
             else:
@@ -133,18 +152,19 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "data":
             from sj_jax.data.build import DataBuildConfig, build as build_data
 
-            build_data(load_yaml(DataBuildConfig, args.config, list(args.overrides)),
+            build_data(_configured(load_yaml(DataBuildConfig, args.config, list(args.overrides))),
                        log=lambda m: print(m, file=sys.stderr))
         elif args.command == "eval-tasks":
             from sj_jax.tasks.report import EvalTasksConfig, evaluate, markdown
 
-            result = evaluate(load_yaml(EvalTasksConfig, args.config, list(args.overrides)),
+            result = evaluate(_configured(load_yaml(EvalTasksConfig, args.config, list(args.overrides))),
                               log=lambda m: print(m, file=sys.stderr))
             print(markdown(result))
             print(f"per-row results: {result['out']}", file=sys.stderr)
         elif args.command == "info":
             import sj_jax
 
+            configure_caches("auto")
             model = sj_jax.load_model(args.model, tokenizer=None)
             print(json.dumps({**to_dict(model.config), "num_params": model.config.num_params}, indent=1))
     except SJError as e:

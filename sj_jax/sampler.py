@@ -65,6 +65,19 @@ def unstack_layers(layers: Any, num_layers: int) -> list[Any]:
     return [jax.tree.map(lambda a, i=i: a[i], layers) for i in range(num_layers)]
 
 
+@functools.lru_cache(maxsize=64)
+def _traced_layer(cfg: ModelConfig):
+    """One decoder layer as a jitted function. Called inside the prefill and decode jits, it is traced
+    once for all layers (the unrolled layers share its jaxpr), so a start traces one layer, not 30;
+    XLA inlines the calls, so the compiled program is the unrolled one."""
+    layer = DecoderLayer(cfg)
+
+    def apply(p, x, window, cos, sin, mask, pos_diff, cache):
+        return layer.apply({"params": p}, x, window, cos, sin, mask, pos_diff, cache)
+
+    return jax.jit(apply)
+
+
 def run_layers(cfg, layer_params, x, positions, key_positions, mask, cache, index):
     """All layers over x `[batch, seq, embed]`, reading and writing the cache at slot `index`."""
     cos, sin = rotary_tables(positions, cfg.rope, cfg.head_dim)
@@ -72,10 +85,10 @@ def run_layers(cfg, layer_params, x, positions, key_positions, mask, cache, inde
     if any(cfg.sliding_windows):
         pos_diff = positions[:, :, None] - key_positions[:, None, :]
     ks, vs = [], []
-    layer = DecoderLayer(cfg)
+    layer = _traced_layer(cfg)
     for i, p in enumerate(layer_params):
-        x, (k, v) = layer.apply({"params": p}, x, jnp.int32(cfg.sliding_windows[i]), cos, sin, mask, pos_diff,
-                                (cache["k"][i], cache["v"][i], index))
+        x, (k, v) = layer(p, x, jnp.int32(cfg.sliding_windows[i]), cos, sin, mask, pos_diff,
+                          (cache["k"][i], cache["v"][i], jnp.asarray(index, jnp.int32)))
         ks.append(k)
         vs.append(v)
     return x, {**cache, "k": tuple(ks), "v": tuple(vs)}

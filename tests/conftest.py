@@ -8,6 +8,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# One compilation cache (and weights cache) for the whole session, subprocesses included: they
+# inherit the variable. A fresh folder, so that a run measures what CI measures.
+_OWN_CACHE = "SJ_JAX_CACHE_DIR" not in os.environ
+if _OWN_CACHE:
+    os.environ["SJ_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="sj_jax_test_cache_")
+
 import importlib.util  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -15,6 +24,17 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def pytest_configure(config):
+    from sj_jax.cache import configure_caches
+
+    configure_caches("auto")
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ["SJ_JAX_CACHE_DIR"], ignore_errors=True)
 
 
 def relative_error(ours, ref, mask=None) -> float:

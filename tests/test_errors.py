@@ -259,7 +259,7 @@ def test_truncated_gguf_names_the_file(tmp_path, keep):
 def test_gguf_with_bad_magic_names_the_file(tmp_path):
     path = tmp_path / "garbage.gguf"
     path.write_bytes(np.random.default_rng(29).bytes(512))
-    with pytest.raises(WeightsError, match=rf"{re.escape(str(path))}: not a readable GGUF file"):
+    with pytest.raises(WeightsError, match=rf"{re.escape(str(path))}: not a GGUF file \(it does not start with the bytes .GGUF.\)"):
         sj_jax.load_model(path, tokenizer=None)
 
 

@@ -97,6 +97,7 @@ class DataBuildConfig:
     jsft: JSFTConfig = JSFTConfig()
     judge: JudgeTemplate = DEFAULT_TEMPLATE
     sources: tuple[SourceConfig, ...] = ()
+    cache_dir: str | None = "auto"  # compiled executables and dequantised weights; "off" = none (sj_jax.cache)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -30,6 +30,7 @@ class EvalTasksConfig:
     judge_batch_size: int = 16
     judge: JudgeTemplate = DEFAULT_TEMPLATE
     out: str = ""  # JSON results (default: next to prompts_file, eval_<model>.json)
+    cache_dir: str | None = "auto"  # compiled executables and dequantised weights; "off" = none (sj_jax.cache)
 
 
 def read_rows(path: str, fields: tuple[str, ...], limit: int) -> list[dict]:

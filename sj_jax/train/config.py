@@ -90,3 +90,4 @@ class TrainConfig:
     judge: JudgeTemplate = DEFAULT_TEMPLATE  # jsft: the text of judgment examples
     checkpoint: CheckpointConfig = CheckpointConfig()
     mesh: MeshConfig = MeshConfig()
+    cache_dir: str | None = "auto"  # compiled executables and dequantised weights; "off" = none (sj_jax.cache)

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from sj_jax.errors import WeightsError
+from sj_jax.errors import ConfigError, WeightsError
 from sj_jax.model_config import ModelConfig, RopeConfig
+from sj_jax.weights.gguf_reader import GGUFFile, TensorInfo
 
-_MAX_DIM = 1 << 31
 _MAX_COUNT = 1 << 20  # layers, heads, ... far above any real model
 
 _GLOBAL_NAMES = {
@@ -54,30 +54,17 @@ class GGUFSource:
     """A GGUF file's tensors under Hugging Face names, dequantised to float32 on demand."""
 
     def __init__(self, path: str | Path):
-        import gguf  # imported here: only GGUF users pay for it
-
         self.path = str(path)
         if not os.path.isfile(self.path):
             raise WeightsError(f"{self.path}: GGUF file not found")
-        try:
-            self.reader = gguf.GGUFReader(self.path)
-        except Exception as e:  # gguf raises ValueError, IndexError, struct errors ... on bad files
-            raise WeightsError(f"{self.path}: not a readable GGUF file (truncated or corrupt?): {e}") from None
-        self.arch = self.field("general.architecture")
+        self.file = GGUFFile(self.path)
+        self.arch = self.text("general.architecture")
         if self.arch not in _ARCH_TO_MODEL_TYPE:
             raise WeightsError(
                 f"{self.path}: general.architecture {self.arch!r} is not supported; supported: "
                 f"{', '.join(_ARCH_TO_MODEL_TYPE)}"
             )
-        size = os.path.getsize(self.path)
-        self._tensors: dict[str, Any] = {}
-        for t in self.reader.tensors:
-            dims = [int(d) for d in t.shape]
-            if len(dims) > 4 or any(d <= 0 or d >= _MAX_DIM for d in dims):
-                raise WeightsError(f"{self.path}: tensor {t.name} has absurd dimensions {dims}")
-            if t.data_offset + t.n_bytes > size:
-                raise WeightsError(f"{self.path}: tensor {t.name} runs past the end of the file (truncated?)")
-            self._tensors[self._hf_name(t.name)] = t
+        self._tensors: dict[str, TensorInfo] = {self._hf_name(t.name): t for t in self.file.tensors.values()}
         self._heads = self.count("attention.head_count")
         self._kv_heads = self.count("attention.head_count_kv", self._heads)
 
@@ -91,37 +78,67 @@ class GGUFSource:
         return name  # unknown names are kept; the loader reports them as unexpected
 
     def field(self, key: str, default: Any = ...) -> Any:
-        f = self.reader.fields.get(key)
-        if f is None:
+        if key not in self.file.fields:
             if default is ...:
                 raise WeightsError(f"{self.path}: metadata field {key} is missing")
             return default
-        try:
-            return f.contents()
-        except Exception as e:
-            raise WeightsError(f"{self.path}: metadata field {key} is unreadable: {e}") from None
+        return self.file.fields[key]
+
+    def text(self, key: str, default: Any = ...) -> Any:
+        """A string field (or `default`); another type is an error naming the field."""
+        v = self.field(key, default)
+        if v is not default and not isinstance(v, str):
+            raise WeightsError(f"{self.path}: metadata field {key} should be a string, not {type(v).__name__}")
+        return v
+
+    def number(self, key: str, default: Any = ...) -> float:
+        """A finite numeric field as float; another type is an error naming the field."""
+        v = self.field(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
+            raise WeightsError(f"{self.path}: metadata field {key} = {v!r} is not a finite number")
+        return float(v)
+
+    def token_id(self, key: str, vocab: int) -> int | None:
+        """A special token id field, or None when absent; it must lie inside the vocabulary."""
+        v = self.field(key, None)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= int(v) < vocab:
+            raise WeightsError(f"{self.path}: metadata field {key} = {v!r} is not a token id below {vocab}")
+        return int(v)
 
     def count(self, key: str, default: Any = ...) -> int:
         """An architecture integer (`{arch}.{key}`), bounded."""
         v = self.field(f"{self.arch}.{key}", default)
-        if not isinstance(v, (int, np.integer)) or not 0 < int(v) < _MAX_COUNT:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 < int(v) < _MAX_COUNT:
             raise WeightsError(f"{self.path}: metadata field {self.arch}.{key} = {v!r} is out of range")
         return int(v)
 
     def model_config(self) -> ModelConfig:
+        """The architecture the metadata describe; any inconsistency is an error naming the file."""
+        try:
+            return self._model_config()
+        except ConfigError as e:
+            raise WeightsError(f"{self.path}: the metadata describe no valid model: {e}") from None
+
+    def _model_config(self) -> ModelConfig:
         a = self.arch
         hidden = self.count("embedding_length")
         heads = self._heads
-        vocab = self.field(f"{a}.vocab_size", None)
-        if vocab is None:
-            vocab = len(self.reader.fields["tokenizer.ggml.tokens"].data)
-        kind = self.field(f"{a}.rope.scaling.type", "none")
-        factor = float(self.field(f"{a}.rope.scaling.factor", 1.0))
+        if f"{a}.vocab_size" in self.file.fields:
+            vocab = self.count("vocab_size")
+        else:
+            tokens = self.field("tokenizer.ggml.tokens")
+            if not isinstance(tokens, list) or not 0 < len(tokens) < _MAX_COUNT:
+                raise WeightsError(f"{self.path}: metadata field tokenizer.ggml.tokens is not a list of tokens")
+            vocab = len(tokens)
+        kind = self.text(f"{a}.rope.scaling.type", "none")
+        factor = self.number(f"{a}.rope.scaling.factor", 1.0)
         if kind not in ("none", "linear"):
             raise WeightsError(f"{self.path}: {a}.rope.scaling.type {kind!r} is not supported")
-        theta = float(self.field(f"{a}.rope.freq_base", 10000.0))
+        theta = self.number(f"{a}.rope.freq_base", 10000.0)
         rope = RopeConfig(theta=theta, kind="linear", factor=factor) if kind == "linear" else RopeConfig(theta=theta)
-        head_dim = self.count("attention.key_length", hidden // heads)
+        head_dim = self.count("attention.key_length", max(hidden // heads, 1))
         return ModelConfig(
             model_type=_ARCH_TO_MODEL_TYPE[a],
             vocab_size=int(vocab),
@@ -131,33 +148,36 @@ class GGUFSource:
             num_heads=heads,
             num_kv_heads=self._kv_heads,
             head_dim=head_dim,
-            rms_norm_eps=float(self.field(f"{a}.attention.layer_norm_rms_epsilon")),
+            rms_norm_eps=self.number(f"{a}.attention.layer_norm_rms_epsilon"),
             rope=rope,
             max_position_embeddings=self.count("context_length", 4096),
             tie_word_embeddings="lm_head.weight" not in self._tensors,
             qkv_bias=a == "qwen2",
-            bos_token_id=self.field("tokenizer.ggml.bos_token_id", None),
-            eos_token_id=self.field("tokenizer.ggml.eos_token_id", None),
-            pad_token_id=self.field("tokenizer.ggml.padding_token_id", None),
+            bos_token_id=self.token_id("tokenizer.ggml.bos_token_id", vocab),
+            eos_token_id=self.token_id("tokenizer.ggml.eos_token_id", vocab),
+            pad_token_id=self.token_id("tokenizer.ggml.padding_token_id", vocab),
         )
 
     def names(self) -> set[str]:
         return set(self._tensors)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(int(d) for d in reversed(self._tensors[name].shape))
+        return tuple(reversed(self._tensors[name].dims))
 
     def file_of(self, name: str) -> str:
         return self.path
 
     def get(self, name: str) -> np.ndarray:
         from gguf import quants
+        from gguf.constants import GGMLQuantizationType
 
         t = self._tensors[name]
         try:
-            w = np.asarray(quants.dequantize(t.data, t.tensor_type), np.float32).reshape(self.shape(name))
-        except Exception as e:
-            raise WeightsError(f"{self.path}: cannot dequantise tensor {t.name}: {e}") from None
+            raw = quants.dequantize(self.file.tensor_bytes(t), GGMLQuantizationType(t.type_code))
+        except NotImplementedError:
+            raise WeightsError(f"{self.path}: tensor {t.name} has type {t.type_name}, which cannot be "
+                               "dequantised here") from None
+        w = np.asarray(raw, np.float32).reshape(self.shape(name))
         if self.arch == "llama":
             if name.endswith("self_attn.q_proj.weight") or name.endswith("self_attn.q_proj.bias"):
                 w = _unpermute_rows(w, self._heads)
