@@ -45,8 +45,6 @@ def read_prompts(path: str) -> list[str]:
         if not isinstance(row.get("prompt"), str) or not row["prompt"]:
             raise ConfigError(f"{path}:{n}: expected an object with a non-empty string field \"prompt\"")
         prompts.append(row["prompt"])
-    if not prompts:
-        raise ConfigError(f"{path}: no prompts in the file (expected one {{\"prompt\": ...}} per line)")
     return prompts
 
 
@@ -168,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             model = sj_jax.load_model(args.model, tokenizer=None)
             print(json.dumps({**to_dict(model.config), "num_params": model.config.num_params}, indent=1))
     except SJError as e:
-        print(f"sj-jax: error: {e}", file=sys.stderr)
+        # one line, whatever the message quotes (a YAML parser's context, a library's own lines)
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"sj-jax: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,60 @@ def test_prompts_file_to_out_file_with_samples(smollm2, tmp_path):
             assert 1 <= len(s["token_ids"]) <= 8 and len(s["logprobs"]) == len(s["token_ids"])
             assert all(lp <= 0.0 for lp in s["logprobs"])
             assert s["text"] == smollm2.tokenizer.decode(s["token_ids"], skip_special_tokens=True)
+
+
+def _front_door_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (arguments, the start of the one line the command must end in)."""
+    empty = tmp / "empty.jsonl"
+    empty.write_text("")
+    no_weights = tmp / "no_weights"
+    no_weights.mkdir()
+    config_only = tmp / "config_only"
+    config_only.mkdir()
+    (config_only / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    not_gguf = tmp / "notes.gguf"
+    not_gguf.write_text("these are notes, not weights\n" * 10)
+    text = tmp / "notes.txt"
+    text.write_text("plain text\n")
+    return {
+        "no arguments": ([], "sj-jax: error: the following arguments are required: command (see sj-jax --help)"),
+        "unknown subcommand": (["frobnicate"], "sj-jax: error: argument command: invalid choice: 'frobnicate'"),
+        "unknown data subcommand": (["data", "shred"], "sj-jax data: error: argument data_command: invalid choice"),
+        "missing config file": (["generate", "--config", str(tmp / "nope.yaml")],
+                                f"sj-jax: error: {tmp / 'nope.yaml'}: config file not found"),
+        "missing train config": (["dpo", "--config", str(tmp / "nope.yaml")],
+                                 f"sj-jax: error: {tmp / 'nope.yaml'}: config file not found"),
+        "empty prompts file": (["generate", "--prompts-file", str(empty)],
+                               f"sj-jax: error: {empty}: the file holds no rows (expected one JSON object per line)"),
+        "folder without weights": (["generate", "--model", str(no_weights)],
+                                   f"sj-jax: error: {no_weights / 'config.json'}: missing"),
+        "config but no weights": (["info", str(config_only)], f"sj-jax: error: {config_only}: neither model.safetensors"),
+        "not a GGUF file": (["generate", "--model", str(not_gguf)],
+                            f"sj-jax: error: {not_gguf}: not a GGUF file (it does not start with the bytes 'GGUF')"),
+        "a file of another kind": (["info", str(text)],
+                                   f"sj-jax: error: {text}: expected a Hugging Face model folder or a .gguf file"),
+        "unknown model name": (["generate", "--model", "smollm9-1t"],
+                               "sj-jax: error: smollm9-1t: no such file or folder, and not a known model name"),
+        "unknown config key": (["generate", "max_new_tokns=3"], "sj-jax: error: max_new_tokns: unknown key"),
+    }
+
+
+def test_front_door_errors_are_one_line(tmp_path):
+    """Each mistake a new user makes at the command line ends in exit code 2 and one line on stderr
+    (run as the real command, in its own process, so nothing a library prints at import hides)."""
+    import os
+    import subprocess
+    import sys
+
+    cases = _front_door_cases(tmp_path)
+    env = {**os.environ, "SJ_JAX_CACHE_DIR": "off"}
+    procs = {name: subprocess.Popen([sys.executable, "-m", "sj_jax.cli", *args], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+             for name, (args, _) in cases.items()}
+    for name, proc in procs.items():
+        out, err = proc.communicate(timeout=120)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert proc.returncode == 2, (name, proc.returncode, err[-2000:])
+        assert out == "", (name, out)
+        assert len(lines) == 1, (name, lines)
+        assert lines[0].startswith(cases[name][1]), (name, lines[0])

@@ -90,7 +90,7 @@ def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
         if qtype == Q.F32:
             w.add_tensor(name, arr)
         else:
-            w.add_tensor(name, quants.quantize(arr, qtype), raw_shape=arr.shape, raw_dtype=qtype)
+            w.add_tensor(name, quants.quantize(arr, qtype), raw_dtype=qtype)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -36,5 +36,5 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
                 raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
             rows.append((n, row))
     if not rows:
-        raise DataError(f"{path}: no rows")
+        raise DataError(f"{path}: the file holds no rows (expected one JSON object per line)")
     return rows

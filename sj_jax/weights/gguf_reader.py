@@ -54,6 +54,7 @@ class TensorInfo:
     type_name: str
     offset: int
     n_bytes: int
+    info_pos: int  # where the tensor's info (its name's length) starts in the file
 
     @property
     def n_elements(self) -> int:
@@ -191,6 +192,7 @@ class GGUFFile:
         types = _ggml_types()
         infos = []
         for i in range(n_tensors):
+            info_pos = cur.pos
             name = cur.string(f"the name of tensor {i}")
             n_dims = cur.u32(f"the dimension count of {name}")
             if not 0 < n_dims <= _MAX_DIMS:
@@ -211,21 +213,30 @@ class GGUFFile:
                                f"(blocks of {block})")
             if rel % alignment:
                 raise cur.fail(f"tensor {name}: data offset {rel} is not a multiple of the alignment {alignment}")
-            infos.append((name, dims, code, tname, rel, n // block * bsize))
+            infos.append((name, dims, code, tname, rel, n // block * bsize, info_pos))
         data_start = -(-cur.pos // alignment) * alignment
         self.tensors: dict[str, TensorInfo] = {}
-        for name, dims, code, tname, rel, n_bytes in infos:
+        for name, dims, code, tname, rel, n_bytes, info_pos in infos:
             if name in self.tensors:
                 raise WeightsError(f"{self.path}: tensor {name} appears twice")
             start = data_start + rel
             if start + n_bytes > size:
                 raise WeightsError(f"{self.path}: tensor {name} ({n_bytes} bytes at offset {start}) runs past "
                                    f"the end of the file ({size} bytes; truncated?)")
-            self.tensors[name] = TensorInfo(name, dims, code, tname, start, n_bytes)
-        spans = sorted(self.tensors.values(), key=lambda t: t.offset)
-        for a, b in zip(spans, spans[1:]):
-            if b.offset < a.offset + a.n_bytes:
-                raise WeightsError(f"{self.path}: tensors {a.name} and {b.name} overlap in the file")
+            self.tensors[name] = TensorInfo(name, dims, code, tname, start, n_bytes, info_pos)
+        # Writers lay tensors end to end, each padded to the alignment. Holding files to that catches
+        # a corrupted type or dimension that still fits in the file (it changes a tensor's size).
+        end, prev = data_start, None
+        for t in sorted(self.tensors.values(), key=lambda t: t.offset):
+            if t.offset < end:
+                raise WeightsError(f"{self.path}: tensors {prev} and {t.name} overlap in the file")
+            if t.offset - end >= alignment:
+                raise WeightsError(f"{self.path}: {t.offset - end} unused bytes before tensor {t.name}: its "
+                                   "offset, or the size of the tensor before it, is corrupt")
+            end, prev = t.offset + t.n_bytes, t.name
+        if self.tensors and size - end >= alignment:
+            raise WeightsError(f"{self.path}: {size - end} bytes after the last tensor {prev}: a tensor's "
+                               "size or offset is corrupt")
 
     def tensor_bytes(self, info: TensorInfo) -> np.ndarray:
         """uint8 `[n_bytes]`: a read-only view of the tensor's data in the mapped file."""

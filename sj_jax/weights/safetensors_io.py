@@ -21,8 +21,9 @@ class SafetensorsSource:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        self.path = str(self.folder)
         index = self.folder / INDEX
+        # errors about the set of tensors name the file that lists them
+        self.path = str(index if index.exists() else self.folder / SINGLE)
         if index.exists():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
