@@ -141,3 +141,19 @@ REAL_TEXTS = [
     "Photosynthesis converts light energy into chemical energy stored in glucose. During this process, plants",
     "Q: What is 17 + 25?\nA:",
 ]
+
+
+# Tests that load the real SmolLM2 (ours or PyTorch's) run on one xdist worker, so that a session
+# loads each once; the rest spread over the other workers.
+_SMOLLM2_FIXTURES = {"smollm2", "smollm2_torch"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _SMOLLM2_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("smollm2"))
+
+
+def pytest_xdist_auto_num_workers(config):
+    # XLA already threads each worker's big matmuls; more workers than this only adds contention.
+    return max(1, min(os.cpu_count() or 1, 4))

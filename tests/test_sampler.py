@@ -40,10 +40,15 @@ def test_every_decode_step_equals_a_full_forward_over_the_prefix(tiny):
     layers = sampler.unstack_layers(tiny.params["layers"], cfg.num_layers)
     logits, cache = sampler.prefill(cfg, tiny.params, layers, jnp.asarray(ids), jnp.asarray(mask), plen + new)
     seqs = [list(p) for p in prompts]
+    width = max(len(p) for p in prompts) + new  # one right-padded shape for every step: one compile
     for step in range(new):
+        ids_full = np.zeros((len(seqs), width), np.int32)
+        mask_full = np.zeros_like(ids_full)
         for i, s in enumerate(seqs):
-            full = np.asarray(sj_jax.logits(tiny, [s]))[0, -1]
-            np.testing.assert_allclose(np.asarray(logits[i]), full, rtol=1e-5, atol=1e-5)
+            ids_full[i, :len(s)], mask_full[i, :len(s)] = s, 1
+        full = np.asarray(sj_jax.logits(tiny, ids_full, mask_full))
+        for i, s in enumerate(seqs):
+            np.testing.assert_allclose(np.asarray(logits[i]), full[i, len(s) - 1], rtol=1e-5, atol=1e-5)
         nxt = rng.integers(1, cfg.vocab_size, 3).astype(np.int32)  # random continuations, not greedy ones
         for i, s in enumerate(seqs):
             s.append(int(nxt[i]))

@@ -224,19 +224,21 @@ class GGUFFile:
                 raise WeightsError(f"{self.path}: tensor {name} ({n_bytes} bytes at offset {start}) runs past "
                                    f"the end of the file ({size} bytes; truncated?)")
             self.tensors[name] = TensorInfo(name, dims, code, tname, start, n_bytes, info_pos)
-        # Writers lay tensors end to end, each padded to the alignment. Holding files to that catches
-        # a corrupted type or dimension that still fits in the file (it changes a tensor's size).
-        end, prev = data_start, None
+        # Writers lay the tensors end to end, each starting at the next multiple of the alignment,
+        # with zero bytes between, and end the file with the last one (padded or not). Holding files
+        # to that catches what sizes alone cannot: a corrupted type or dimension that still fits in the
+        # file, or a byte inserted into padding, which would shift every tensor after it.
+        end, prev = cur.pos, "the header"
         for t in sorted(self.tensors.values(), key=lambda t: t.offset):
             if t.offset < end:
                 raise WeightsError(f"{self.path}: tensors {prev} and {t.name} overlap in the file")
-            if t.offset - end >= alignment:
-                raise WeightsError(f"{self.path}: {t.offset - end} unused bytes before tensor {t.name}: its "
-                                   "offset, or the size of the tensor before it, is corrupt")
-            end, prev = t.offset + t.n_bytes, t.name
-        if self.tensors and size - end >= alignment:
-            raise WeightsError(f"{self.path}: {size - end} bytes after the last tensor {prev}: a tensor's "
-                               "size or offset is corrupt")
+            if t.offset != -(-end // alignment) * alignment or any(self._map[end:t.offset]):
+                raise WeightsError(f"{self.path}: the bytes between {prev} and tensor {t.name} are not the "
+                                   "alignment's zero padding: an offset or a size is corrupt")
+            end, prev = t.offset + t.n_bytes, f"tensor {t.name}"
+        if self.tensors and (size not in (end, -(-end // alignment) * alignment) or any(self._map[end:size])):
+            raise WeightsError(f"{self.path}: {size - end} bytes follow the last tensor, which should end the "
+                               "file: a size or an offset is corrupt")
 
     def tensor_bytes(self, info: TensorInfo) -> np.ndarray:
         """uint8 `[n_bytes]`: a read-only view of the tensor's data in the mapped file."""
