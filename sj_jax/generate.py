@@ -91,7 +91,8 @@ def generate(
         chunk = rows[start:start + step]
         out = run(model.config, model.mesh, model.params, [ids[i] for i, _ in chunk],
                   max_new_tokens=max_new_tokens, sampling=sampling,
-                  row_ids=[i * num_samples + j for i, j in chunk], seed=seed, stop_ids=stop, pad_id=pad)
+                  row_ids=[i * num_samples + j for i, j in chunk], seed=seed, stop_ids=stop, pad_id=pad,
+                  min_rows=step if len(rows) > step else 0)
         for r, (i, j) in enumerate(chunk):
             n = int(out["lengths"][r])
             toks = out["tokens"][r, :n].tolist()

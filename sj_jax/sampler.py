@@ -227,14 +227,17 @@ def compiled(cfg: ModelConfig, mesh: Mesh, plan: DecodePlan):
 
 
 def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *, max_new_tokens: int,
-        sampling: SamplingConfig, row_ids: list[int], seed: int, stop_ids: list[int], pad_id: int) -> dict:
+        sampling: SamplingConfig, row_ids: list[int], seed: int, stop_ids: list[int], pad_id: int,
+        min_rows: int = 0) -> dict:
     """Generates for token-id prompts (one row each). Returns host arrays: `tokens` and `logprobs`
-    `[rows, max_new_tokens]`, `stopped` and the number of tokens per row `lengths` (stop included)."""
+    `[rows, max_new_tokens]`, `stopped` and the number of tokens per row `lengths` (stop included).
+    min_rows: compile for at least this many rows (the last, smaller batch of a run then reuses the
+    full batches' program instead of compiling its own)."""
     rows = len(prompts)
     longest = max(len(p) for p in prompts)
     plen = prompt_bucket(longest, max_new_tokens, cfg.max_position_embeddings)
     data_size = mesh.shape["data"] * mesh.shape["fsdp"]
-    b = batch_bucket(rows, data_size)
+    b = batch_bucket(max(rows, min_rows), data_size)
     ids, mask = left_pad(prompts, plen, b, pad_id)
     active = np.arange(b) < rows
     base = jax.random.key(seed)

@@ -135,6 +135,28 @@ def smollm2_torch(smollm2_path):
     ).eval()
 
 
+GREEDY_QUESTIONS = ["What is the capital of France?", "Write a short poem about the sea.",
+                    "Explain photosynthesis to a child in two sentences.", "List three prime numbers."]
+GREEDY_NEW_TOKENS = 64
+
+
+@pytest.fixture(scope="session")
+def smollm2_torch_greedy(smollm2_tokenizer, smollm2_torch) -> list[list[int]]:
+    """PyTorch `generate`'s greedy chat completions of GREEDY_QUESTIONS (new token ids, EOS included),
+    one prompt at a time: the oracle the sampler and the CLI are held to, computed once."""
+    import torch
+
+    out = []
+    for q in GREEDY_QUESTIONS:
+        ids = smollm2_tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                                    return_tensors="pt", return_dict=True)["input_ids"]
+        with torch.no_grad():
+            gen = smollm2_torch.generate(ids, max_new_tokens=GREEDY_NEW_TOKENS, do_sample=False, eos_token_id=[2],
+                                         pad_token_id=2)
+        out.append(gen[0, ids.shape[1]:].tolist())
+    return out
+
+
 REAL_TEXTS = [
     "The capital of France is Paris, and the capital of Germany is",
     "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
@@ -145,9 +167,10 @@ REAL_TEXTS = [
 
 # Tests that load the real SmolLM2 (ours or PyTorch's) run on one xdist worker, so that a session
 # loads each once; the rest spread over the other workers.
-_SMOLLM2_FIXTURES = {"smollm2", "smollm2_torch"}
+_SMOLLM2_FIXTURES = {"smollm2", "smollm2_torch", "smollm2_torch_greedy"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the markers
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if _SMOLLM2_FIXTURES & set(getattr(item, "fixturenames", ())):

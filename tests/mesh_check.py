@@ -53,7 +53,10 @@ def main(which: str) -> dict:
         mask[3, 5:] = 0
     else:
         load = lambda mesh: sj_jax.load_model("smollm2-135m-instruct", mesh=mesh)  # noqa: E731
-        tok = load(None).tokenizer
+        from sj_jax.registry import resolve
+        from sj_jax.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(resolve("smollm2-135m-instruct"))
         texts = ["The capital of France is Paris, and the capital of Germany is",
                  "def add(a, b):\n    return", "Water boils at", "Once upon a time, in a small village,"]
         enc = tok(texts, padding=True, return_tensors="np")
@@ -63,7 +66,10 @@ def main(which: str) -> dict:
     prompts = [row[m.astype(bool)].tolist() for row, m in zip(ids, mask)]
     gen_kw = dict(max_new_tokens=8, stop=[], chat=False)
     ref_greedy = sj_jax.generate(single, prompts, temperature=0.0, **gen_kw)
-    ref_sampled = sj_jax.generate(single, prompts, temperature=1.0, top_p=0.9, seed=5, **gen_kw)
+    # Sampling on meshes is checked on the tiny model; SmolLM2 checks the greedy path only (its
+    # unrolled 30 layers make each extra sampler compile on 8 devices costly).
+    sampled = which == "tiny"
+    ref_sampled = sj_jax.generate(single, prompts, temperature=1.0, top_p=0.9, seed=5, **gen_kw) if sampled else None
     valid = mask.astype(bool)
     out = {"devices": len(jax.devices())}
     for name, mcfg in MESHES.items():
@@ -78,8 +84,8 @@ def main(which: str) -> dict:
             "shards_per_param": len(model.params["layers"]["mlp"]["up"]["kernel"].addressable_shards),
             "greedy_equal": sj_jax.generate(model, prompts, temperature=0.0, **gen_kw).token_ids
             == ref_greedy.token_ids,
-            "sampled_equal": sj_jax.generate(model, prompts, temperature=1.0, top_p=0.9, seed=5, **gen_kw).token_ids
-            == ref_sampled.token_ids,
+            "sampled_equal": sampled and sj_jax.generate(model, prompts, temperature=1.0, top_p=0.9, seed=5,
+                                                         **gen_kw).token_ids == ref_sampled.token_ids,
         }
     return out
 

@@ -23,23 +23,21 @@ def test_bad_config_file_is_named(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_generate_greedy_equals_torch_generate(smollm2_torch, smollm2, capsys):
-    """The CLI's greedy chat completion is token for token PyTorch's greedy `generate`."""
-    import torch
+def test_generate_greedy_equals_torch_generate(smollm2, smollm2_torch_greedy, tmp_path, capsys):
+    """The CLI's greedy chat completions are token for token PyTorch's greedy `generate`."""
+    from conftest import GREEDY_NEW_TOKENS, GREEDY_QUESTIONS
 
-    prompt = "List three primary colors."
-    assert main(["generate", "--json", "--prompt", prompt, "--max-new-tokens", "24"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["samples"][0]
+    src = tmp_path / "prompts.jsonl"
+    src.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in GREEDY_QUESTIONS))
+    assert main(["generate", "--json", "--prompts-file", str(src), "--max-new-tokens", str(GREEDY_NEW_TOKENS)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["prompt"] for r in rows] == GREEDY_QUESTIONS
     tok = smollm2.tokenizer
-    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)["input_ids"]
-    with torch.no_grad():
-        out = smollm2_torch.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=[2],
-                                     pad_token_id=2)
-    expected = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-    assert result["text"] == expected
-    assert result["token_ids"] == out[0, ids.shape[1]:].tolist()
-    assert result["finished"] == (out[0, -1].item() == 2)
+    for r, ref in zip(rows, smollm2_torch_greedy):
+        sample = r["samples"][0]
+        assert sample["token_ids"] == ref
+        assert sample["text"] == tok.decode(ref, skip_special_tokens=True)
+        assert sample["finished"] == (ref[-1] == 2)
 
 
 def test_malformed_prompts_file_names_file_and_line(tmp_path, capsys):

@@ -13,8 +13,11 @@ from sj_jax.data.batches import collate_sft
 from sj_jax.data.examples import SFTExample
 from sj_jax.data.packing import pack
 from sj_jax.model import positions_from_mask
-from sj_jax.objectives.sequence import sequence_logprobs
-from sj_jax.objectives.sft import sft_loss
+from sj_jax.objectives import sequence, sft
+
+# jitted: run eagerly, every call would trace and compile the scanned layers again
+sequence_logprobs = jax.jit(sequence.sequence_logprobs, static_argnums=0)
+sft_loss = sft.sft_loss
 
 TINY = ModelConfig(model_type="llama", vocab_size=97, hidden_size=32, intermediate_size=64, num_layers=2,
                    num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=256)
@@ -83,8 +86,9 @@ def test_packing_changes_no_logprob_loss_or_gradient():
             got = sequence_logprobs(TINY, params, packed["input_ids"], packed["attention_mask"], only)[0][r]
             np.testing.assert_allclose(got, by_key[tuple(row.input_ids[row.segment_ids == s])], rtol=2e-5)
     # The batch loss and its gradient: the same masked tokens, so the same mean.
-    loss_p, grad_p = jax.value_and_grad(lambda p: sft_loss(TINY, p, packed)[0])(params)
-    loss_u, grad_u = jax.value_and_grad(lambda p: sft_loss(TINY, p, plain)[0])(params)
+    loss_and_grad = jax.jit(jax.value_and_grad(lambda p, b: sft_loss(TINY, p, b)[0]))
+    loss_p, grad_p = loss_and_grad(params, packed)
+    loss_u, grad_u = loss_and_grad(params, plain)
     np.testing.assert_allclose(loss_p, loss_u, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(grad_p), jax.tree.leaves(grad_u)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)

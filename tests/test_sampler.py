@@ -112,6 +112,9 @@ def test_no_recompilation_for_a_second_batch_in_the_same_bucket(tiny):
     before = len(events)
     sj_jax.generate(tiny, _prompts(rng, tiny.config.vocab_size, [12, 2, 5, 7]), seed=1, **kw)
     assert len(events) == before, "a second batch in the same bucket compiled again"
+    # six rows in batches of four: the last batch of two reuses the four-row program
+    sj_jax.generate(tiny, _prompts(rng, tiny.config.vocab_size, [4, 8, 11, 3, 6, 10]), batch_size=4, **kw)
+    assert len(events) == before, "the last, smaller batch compiled a program of its own"
     sj_jax.generate(tiny, _prompts(rng, tiny.config.vocab_size, [40]), **kw)  # a new bucket compiles
     assert len(events) > before
 
@@ -195,21 +198,14 @@ def test_bad_input_is_refused_clearly(tiny):
 
 
 @pytest.mark.slow
-def test_greedy_equals_torch_generate_on_smollm2(smollm2, smollm2_torch):
+def test_greedy_equals_torch_generate_on_smollm2(smollm2, smollm2_torch_greedy):
     """A batch of different-length chat prompts, 64 new tokens: token for token PyTorch's greedy."""
-    import torch
+    from conftest import GREEDY_NEW_TOKENS, GREEDY_QUESTIONS
 
-    questions = ["What is the capital of France?", "Write a short poem about the sea.",
-                 "Explain photosynthesis to a child in two sentences.", "List three prime numbers."]
-    ours = sj_jax.generate(smollm2, questions, max_new_tokens=64, temperature=0.0)
-    tok = smollm2.tokenizer
-    for i, q in enumerate(questions):
-        ids = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)["input_ids"]
-        with torch.no_grad():
-            out = smollm2_torch.generate(ids, max_new_tokens=64, do_sample=False, eos_token_id=[2], pad_token_id=2)
-        assert ours.token_ids[i][0] == out[0, ids.shape[1]:].tolist(), q
-        assert ours.finished[i][0] == (out[0, -1].item() == 2)
+    ours = sj_jax.generate(smollm2, GREEDY_QUESTIONS, max_new_tokens=GREEDY_NEW_TOKENS, temperature=0.0)
+    for i, (q, ref) in enumerate(zip(GREEDY_QUESTIONS, smollm2_torch_greedy)):
+        assert ours.token_ids[i][0] == ref, q
+        assert ours.finished[i][0] == (ref[-1] == 2)
 
 
 def test_inverse_cdf_draws_follow_the_weights_over_a_large_vocabulary():

@@ -136,8 +136,15 @@ def test_padded_batches_score_each_example_as_if_alone(tok):
     sequence's log-probs what they are unpadded, in a batch of one."""
     import jax.numpy as jnp
 
+    import functools
+
+    import jax
+
     from sj_jax import ModelConfig, init_model
-    from sj_jax.objectives.sequence import sequence_logprobs
+    from sj_jax.objectives import sequence
+
+    # jitted: run eagerly, every call would trace and compile the scanned layers again
+    sequence_logprobs = jax.jit(sequence.sequence_logprobs, static_argnums=0, static_argnames=("last", "chunk"))
 
     cfg = ModelConfig(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2,
                       num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=512)

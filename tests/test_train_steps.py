@@ -35,9 +35,12 @@ def _sft(rng, accum=1, micro=4, t=16):
     return {"input_ids": ids, "attention_mask": att, "loss_mask": loss}
 
 
-def _state(tx, trainable):
-    return {"params": trainable, "opt_state": jax.jit(tx.init)(trainable), "step": jnp.int32(0),
-            "rng": jax.random.key_data(jax.random.key(0))}
+def _state(tx, trainable, mesh):
+    """The train state placed on `mesh`, as the trainer places it: with its scalars still
+    uncommitted, the step's outputs (on the mesh) would have another type and compile it again."""
+    state = {"params": trainable, "opt_state": jax.jit(tx.init)(trainable), "step": jnp.int32(0),
+             "rng": jax.random.key_data(jax.random.key(0))}
+    return jax.device_put(state, steps.mesh_shardings(state, mesh))
 
 
 def _copy(tree):
@@ -47,7 +50,7 @@ def _copy(tree):
 def _run(spec, model, batches, trainable=None, frozen=None, opt=OPT):
     tx, sched = make_optimizer(opt, 10)
     trainable = jax.tree.map(jnp.copy, model.params) if trainable is None else trainable
-    state = _state(tx, trainable)
+    state = _state(tx, trainable, model.mesh)
     step = compile_step(spec, tx, sched, model.mesh, state, frozen, batches[0])
     out = []
     for b in batches:
@@ -125,7 +128,7 @@ def test_a_nonfinite_gradient_leaves_params_and_moments_untouched():
     model = init_model(TINY, seed=5)
     tx, sched = make_optimizer(OPT, 10)
     batch = _sft(np.random.default_rng(5))
-    state = _state(tx, jax.tree.map(jnp.copy, model.params))
+    state = _state(tx, jax.tree.map(jnp.copy, model.params), model.mesh)
     step = compile_step(StepSpec("sft", TINY), tx, sched, model.mesh, state, None, batch)
     state, _ = step(state, None, batch)
     good = _copy(state)

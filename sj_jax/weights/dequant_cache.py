@@ -131,7 +131,10 @@ class CachedGGUFSource:
             os.replace(tmp, self.cache_path)
         except Exception as e:
             log.warning("could not write the weights cache %s: %s", self.cache_path, e)
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
         finally:
             self._decoded.clear()
 
