@@ -142,18 +142,24 @@ GREEDY_NEW_TOKENS = 64
 
 @pytest.fixture(scope="session")
 def smollm2_torch_greedy(smollm2_tokenizer, smollm2_torch) -> list[list[int]]:
-    """PyTorch `generate`'s greedy chat completions of GREEDY_QUESTIONS (new token ids, EOS included),
-    one prompt at a time: the oracle the sampler and the CLI are held to, computed once."""
+    """PyTorch `generate`'s greedy chat completions of GREEDY_QUESTIONS (new token ids up to and with
+    EOS): the oracle the sampler and the CLI are held to, computed once, as one left-padded batch
+    (transformers takes the positions from the attention mask, as our sampler does)."""
     import torch
 
+    convs = [[{"role": "user", "content": q}] for q in GREEDY_QUESTIONS]
+    rendered = [smollm2_tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in convs]
+    side, smollm2_tokenizer.padding_side = smollm2_tokenizer.padding_side, "left"
+    try:
+        enc = smollm2_tokenizer(rendered, padding=True, return_tensors="pt", add_special_tokens=False)
+    finally:
+        smollm2_tokenizer.padding_side = side
+    with torch.no_grad():
+        gen = smollm2_torch.generate(**enc, max_new_tokens=GREEDY_NEW_TOKENS, do_sample=False, eos_token_id=[2],
+                                     pad_token_id=2)
     out = []
-    for q in GREEDY_QUESTIONS:
-        ids = smollm2_tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
-                                                    return_tensors="pt", return_dict=True)["input_ids"]
-        with torch.no_grad():
-            gen = smollm2_torch.generate(ids, max_new_tokens=GREEDY_NEW_TOKENS, do_sample=False, eos_token_id=[2],
-                                         pad_token_id=2)
-        out.append(gen[0, ids.shape[1]:].tolist())
+    for row in gen[:, enc["input_ids"].shape[1]:].tolist():
+        out.append(row[:row.index(2) + 1] if 2 in row else row)
     return out
 
 
@@ -175,6 +181,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _SMOLLM2_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group("smollm2"))
+    # The 8-device subprocess checks are the longest tests: started first, they do not leave one
+    # worker busy at the end while the other waits.
+    items.sort(key=lambda item: not item.path.name.startswith(("test_sharding", "test_train_sharding")))
 
 
 def pytest_xdist_auto_num_workers(config):

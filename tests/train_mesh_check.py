@@ -68,10 +68,10 @@ def run(kind: str, mesh_cfg):
     return losses, params, spec_of
 
 
-def main() -> dict:
+def main(kinds: list[str]) -> dict:
     assert len(jax.devices()) == 8
     out = {}
-    for kind in ("sft", "dpo", "lora"):
+    for kind in kinds:
         ref_losses, ref_params, _ = run(kind, None)
         for name, mcfg in MESHES.items():
             if mcfg is None:
@@ -84,4 +84,6 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    print("RESULT " + json.dumps(main()))
+    import sys
+
+    print("RESULT " + json.dumps(main(sys.argv[1:] or ["sft", "dpo", "lora"])))
