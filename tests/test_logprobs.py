@@ -112,8 +112,9 @@ def test_sft_gradient_equals_masked_full_logits_reference():
         tok = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
         return -jnp.sum(tok * loss[:, 1:]) / loss[:, 1:].sum()
 
-    ours, ours_g = jax.value_and_grad(lambda p: sft_loss(TINY, p, batch, chunk=50)[0])(model.params)
-    ref, ref_g = jax.value_and_grad(reference)(model.params)
+    # jitted: run eagerly, each call would trace and compile the scanned layers op by op
+    ours, ours_g = jax.jit(jax.value_and_grad(lambda p: sft_loss(TINY, p, batch, chunk=50)[0]))(model.params)
+    ref, ref_g = jax.jit(jax.value_and_grad(reference))(model.params)
     np.testing.assert_allclose(ours, ref, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(ours_g), jax.tree.leaves(ref_g)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -127,7 +128,8 @@ def test_tokens_after_the_last_target_do_not_touch_the_gradient():
     loss[:, 8:] = 0
     changed = ids.copy()
     changed[:, 8:] = rng.integers(0, TINY.vocab_size, (ids.shape[0], ids.shape[1] - 8))
-    grad = jax.grad(lambda p, i: sft_loss(TINY, p, {"input_ids": i, "attention_mask": att, "loss_mask": loss})[0])
+    grad = jax.jit(jax.grad(
+        lambda p, i: sft_loss(TINY, p, {"input_ids": i, "attention_mask": att, "loss_mask": loss})[0]))
     for a, b in zip(jax.tree.leaves(grad(model.params, ids)), jax.tree.leaves(grad(model.params, changed))):
         np.testing.assert_array_equal(a, b)
 
