@@ -21,7 +21,7 @@ from sj_jax.registry import resolve
 from sj_jax.sharding import MeshConfig, batch_sharding, logical_sharding, make_mesh, param_shardings
 from sj_jax.cache import cache_root
 from sj_jax.tokenizer import gguf_tokenizer, load_tokenizer
-from sj_jax.weights.dequant_cache import CachedGGUFSource, gguf_source
+from sj_jax.weights.dequant_cache import CachedGGUFSource
 from sj_jax.weights.gguf_io import GGUFSource
 from sj_jax.weights.loader import abstract_params, export_tensors, load_params
 from sj_jax.weights.safetensors_io import SafetensorsSource, save_safetensors
@@ -93,10 +93,10 @@ def load_model(
     path = resolve(path_or_name)
     fields = None
     if path.suffix == ".gguf":
-        root = cache_root()
-        source: Any = gguf_source(path, None if root is None else root / "weights")
-        gguf = source if isinstance(source, GGUFSource) else source.gguf
+        gguf = GGUFSource(path)
         cfg, fields = gguf.model_config(), gguf.file.fields
+        root = cache_root()
+        source: Any = gguf if root is None else CachedGGUFSource(gguf, root / "weights")
     elif path.is_dir():
         cfg = read_hf_config(path)
         source = SafetensorsSource(path)

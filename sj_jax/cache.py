@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 ENV = "SJ_JAX_CACHE_DIR"
 _OFF = {"off", "none", "null", "false", "0", "no", ""}
-_state: dict[str, Path | None] = {}
+_state: dict = {}  # "root": the configured folder or None; "ours": the XLA folder we set, if any
 
 
 def resolve_cache_dir(setting: str | os.PathLike | None = "auto") -> Path | None:
@@ -51,7 +51,9 @@ def configure_caches(setting: str | os.PathLike | None = "auto") -> Path | None:
     root = resolve_cache_dir(setting)
     _state["root"] = root
     explicit = setting is not None and str(setting) != "auto"
-    user_set = bool(os.environ.get("JAX_COMPILATION_CACHE_DIR")) and not _state.get("ours")
+    # JAX reads JAX_COMPILATION_CACHE_DIR into its config at import: one check covers both ways
+    current = jax.config.jax_compilation_cache_dir
+    user_set = bool(current) and current != _state.get("ours")
     if root is None:
         if _state.get("ours"):
             jax.config.update("jax_enable_compilation_cache", False)
@@ -65,11 +67,11 @@ def configure_caches(setting: str | os.PathLike | None = "auto") -> Path | None:
         _state["root"] = None
         return None
     jax.config.update("jax_enable_compilation_cache", True)
-    jax.config.update("jax_compilation_cache_dir", str(root / "xla"))
+    _state["ours"] = str(root / "xla")
+    jax.config.update("jax_compilation_cache_dir", _state["ours"])
     # Every executable, however quick to compile: a start pays for dozens of small ones.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    _state["ours"] = root
     return root
 
 

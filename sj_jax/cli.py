@@ -162,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "info":
             import sj_jax
 
-            configure_caches("auto")
-            model = sj_jax.load_model(args.model, tokenizer=None)
+            model = sj_jax.load_model(args.model, tokenizer=None)  # configures the "auto" caches
             print(json.dumps({**to_dict(model.config), "num_params": model.config.num_params}, indent=1))
     except SJError as e:
         # one line, whatever the message quotes (a YAML parser's context, a library's own lines)

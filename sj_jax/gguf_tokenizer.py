@@ -80,7 +80,7 @@ def read_vocab(fields: dict[str, Any], path: str) -> GGUFVocab:
     for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
                       ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
         tid = get(f"tokenizer.ggml.{key}", int, None)
-        if tid is not None and not (0 <= tid < len(tokens)) or isinstance(tid, bool):
+        if tid is not None and (isinstance(tid, bool) or not 0 <= tid < len(tokens)):
             raise TokenizerError(f"{path}: tokenizer.ggml.{key} = {tid!r} is not a token id below {len(tokens)}")
         special[name] = None if tid is None else tokens[tid]
     return GGUFVocab(
@@ -104,9 +104,8 @@ def build_tokenizer(vocab: GGUFVocab, path: str) -> Any:
     if vocab.model != "gpt2":
         raise TokenizerError(f"{path}: tokenizer.ggml.model {vocab.model!r} is not built without transformers' "
                              "GGUF path (only 'gpt2', byte-level BPE, is)")
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    byte_char = {b: c for b, c in zip(_byte_order(), _byte_chars())}
-    spelled = set(alphabet)
+    byte_char = _byte_chars()
+    spelled = set(byte_char.values())
     table: dict[str, int] = {}
     for i, tok in enumerate(vocab.tokens):
         # a token outside the byte alphabet (llama.cpp writes some as plain text) is respelled byte by byte
@@ -143,13 +142,8 @@ def build_tokenizer(vocab: GGUFVocab, path: str) -> Any:
     return tok
 
 
-def _byte_order() -> list[int]:
-    """GPT-2's byte-to-character table, bytes in the order of `_byte_chars`."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
-    return printable + [b for b in range(256) if b not in printable]
-
-
-def _byte_chars() -> list[str]:
-    printable = _byte_order()[:188]
-    return [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
+def _byte_chars() -> dict[int, str]:
+    """GPT-2's byte-to-character table: printable bytes stand for themselves, the rest for chr(256 + n)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    rest = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + n) for n, b in enumerate(rest)}}

@@ -29,9 +29,7 @@ def load_tokenizer(path: str | Path) -> Any:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as e:
         raise TokenizerError(f"{path}: cannot load the tokenizer: {e}") from e
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    return _with_pad(tok)
 
 
 def gguf_tokenizer(path: str | Path, fields: dict | None = None) -> Any:
@@ -60,9 +58,7 @@ def gguf_tokenizer(path: str | Path, fields: dict | None = None) -> Any:
             **{k: v for k, v in vocab.special.items() if v is not None})
     except Exception as e:
         raise TokenizerError(f"{path}: transformers refuses the tokenizer built from this file: {e}") from None
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    return _with_pad(tok)
 
 
 def _transformers_gguf_tokenizer(path: Path) -> Any:
@@ -77,6 +73,11 @@ def _transformers_gguf_tokenizer(path: Path) -> Any:
     except Exception as e:
         raise TokenizerError(f"{path}: cannot load the tokenizer (this vocabulary type goes through "
                              f"transformers' GGUF conversion, which needs PyTorch): {e}") from e
+    return _with_pad(tok)
+
+
+def _with_pad(tok: Any) -> Any:
+    """Batches need a pad token; a tokenizer without one pads with EOS (its positions are masked)."""
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -47,7 +47,10 @@ class CachedGGUFSource:
     def __init__(self, gguf: GGUFSource, folder: Path):
         self.gguf = gguf
         self.path = gguf.path
-        self.sha = file_sha256(gguf.path)
+        try:
+            self.sha = file_sha256(gguf.path)
+        except OSError as e:
+            raise WeightsError(f"{gguf.path}: cannot read: {e}") from None
         self.cache_path = folder / f"{self.sha}.safetensors"
         self._handle = None
         self._checksums: dict[str, int] = {}
@@ -138,13 +141,3 @@ class CachedGGUFSource:
         finally:
             self._decoded.clear()
 
-
-def gguf_source(path: str | os.PathLike, cache_folder: Path | None):
-    """The GGUF's tensor source: through its dequantised cache when `cache_folder` is set."""
-    source = GGUFSource(path)
-    if cache_folder is None:
-        return source
-    try:
-        return CachedGGUFSource(source, cache_folder)
-    except OSError as e:
-        raise WeightsError(f"{path}: cannot read: {e}") from None
