@@ -171,19 +171,32 @@ REAL_TEXTS = [
 ]
 
 
-# Tests that load the real SmolLM2 (ours or PyTorch's) run on one xdist worker, so that a session
-# loads each once; the rest spread over the other workers.
+# How the tests are spread over the xdist workers (`--dist loadgroup`): the tests that load the
+# real SmolLM2 (ours or PyTorch's) share one worker, so that a session loads each once; each
+# 8-device subprocess check is a unit of its own; the other tests go by file, so that the tests of a
+# file, which build the same small models, compile each program once, on one worker, instead of
+# once on each.
 _SMOLLM2_FIXTURES = {"smollm2", "smollm2_torch", "smollm2_torch_greedy"}
+_SUBPROCESS_FILES = ("test_sharding.py", "test_train_sharding.py")
+
+
+def _group(item) -> str | None:
+    if _SMOLLM2_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return "smollm2"
+    if item.path.name in _SUBPROCESS_FILES:
+        return None
+    return item.path.stem
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the markers
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if _SMOLLM2_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("smollm2"))
-    # The 8-device subprocess checks are the longest tests: started first, they do not leave one
-    # worker busy at the end while the other waits.
-    items.sort(key=lambda item: not item.path.name.startswith(("test_sharding", "test_train_sharding")))
+        group = _group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    # The longest units first, so that none is left running on one worker at the end while the
+    # other waits: the SmolLM2 group, then the 8-device subprocess checks, then the files.
+    items.sort(key=lambda item: (_group(item) != "smollm2", item.path.name not in _SUBPROCESS_FILES))
 
 
 def pytest_xdist_auto_num_workers(config):

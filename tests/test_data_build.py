@@ -1,5 +1,5 @@
 """`sj-jax data build` end to end: files, summary counts, determinism, truncation reporting, bad
-input and config errors; the trainer reads what it writes; own samples and eval-tasks on SmolLM2."""
+input and config errors; the trainer reads what it writes; own samples on SmolLM2; eval-tasks."""
 
 import json
 from pathlib import Path
@@ -139,7 +139,9 @@ def test_own_wrong_samples_make_checked_pairs(smollm2):
     from sj_jax.tasks.suite import TaskSuiteConfig, build_split
 
     rows = build_split(TaskSuiteConfig(families=("arithmetic", "repeat_word"), train=3), "train").rows
-    pairs, stats = own_wrong_pairs(smollm2, rows, samples=2, per_problem=2, max_new_tokens=12, seed=0)
+    # Batches of 4, 8 new tokens, temperature 1, top-p 0.9 and prompts in the 64-token bucket: the
+    # sampler program of test_cli's prompts-file test, so the two compile SmolLM2's sampler once.
+    pairs, stats = own_wrong_pairs(smollm2, rows, samples=2, per_problem=2, max_new_tokens=8, seed=0, batch_size=4)
     assert stats.samples == 12 == stats.correct + stats.wrong + stats.empty
     assert stats.pairs == len(pairs) <= stats.wrong - stats.duplicate
     assert stats.wrong > 0  # SmolLM2 never gives the bare answer to these (measured: 0 of 800)
@@ -149,11 +151,27 @@ def test_own_wrong_samples_make_checked_pairs(smollm2):
         assert p["corruption"] == ("model_sample_format" if format_only else "model_sample")
 
 
+@pytest.fixture(scope="module")
+def tiny_chat_model(tmp_path_factory, smollm2_tokenizer) -> Path:
+    """A random two-layer model with SmolLM2's tokenizer and chat template, as a Hugging Face folder:
+    what eval-tasks reports does not depend on the model, and its programs compile in seconds, not
+    the tens of seconds of SmolLM2's 30 unrolled sampler layers."""
+    import sj_jax
+    from sj_jax import ModelConfig
+
+    cfg = ModelConfig(model_type="llama", vocab_size=len(smollm2_tokenizer), hidden_size=32, intermediate_size=64,
+                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, tie_word_embeddings=True,
+                      max_position_embeddings=2048, bos_token_id=1, eos_token_id=2)
+    model = sj_jax.init_model(cfg, seed=0, tokenizer=smollm2_tokenizer)
+    return sj_jax.save_hf(model, tmp_path_factory.mktemp("tiny_chat"))
+
+
 @pytest.mark.slow
-def test_eval_tasks_reports_what_the_checkers_say(built, tmp_path, capsys):
+def test_eval_tasks_reports_what_the_checkers_say(built, tiny_chat_model, tmp_path, capsys):
     out, _ = built
     res = tmp_path / "eval.json"
-    assert main(["eval-tasks", "--config", "configs/eval_tasks.yaml", f"prompts_file={out / 'prompts_test.jsonl'}",
+    assert main(["eval-tasks", "--config", "configs/eval_tasks.yaml", f"model={tiny_chat_model}",
+                 f"prompts_file={out / 'prompts_test.jsonl'}",
                  f"pairs_file={out / 'pairs_test.jsonl'}", "limit=1", "max_new_tokens=24", f"out={res}"]) == 0
     table = capsys.readouterr().out
     result = json.loads(res.read_text())

@@ -13,11 +13,14 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sj_jax import MeshConfig, ModelConfig, init_model  # noqa: E402
+from sj_jax.api import Model  # noqa: E402
 from sj_jax.config import from_dict  # noqa: E402
 from sj_jax.train.config import TrainConfig  # noqa: E402
 from sj_jax.train.optim import make_optimizer  # noqa: E402
 from sj_jax.train.steps import StepSpec, compile_step  # noqa: E402
+from sj_jax.sharding import make_mesh, param_shardings  # noqa: E402
 from sj_jax.train.trainer import init_state  # noqa: E402
+from sj_jax.weights.loader import abstract_params  # noqa: E402
 
 CFG = ModelConfig(model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=96, num_layers=2,
                   num_heads=8, num_kv_heads=4, head_dim=8, tie_word_embeddings=False)
@@ -39,12 +42,11 @@ def _batches(kind: str, n: int = 3):
     return out
 
 
-def run(kind: str, mesh_cfg):
+def run(kind: str, mesh_cfg, start: dict):
+    """Three steps from the host weights `start`, laid out on the mesh of `mesh_cfg` (None: one device)."""
     devices = jax.devices()[:1] if mesh_cfg is None else None
-    from sj_jax.sharding import make_mesh
-
     mesh = make_mesh(mesh_cfg or MeshConfig(), devices)
-    model = init_model(CFG, seed=1, mesh=mesh)
+    model = Model(CFG, jax.device_put(start, param_shardings(abstract_params(CFG), mesh)), None, mesh)
     cfg = from_dict(TrainConfig, {"optim": {"learning_rate": 1e-2, "warmup_steps": 0, "grad_accum": 2,
                                             # Adam turns float noise in a near-zero gradient into a
                                             # full-size step; eps keeps the comparison meaningful
@@ -71,12 +73,15 @@ def run(kind: str, mesh_cfg):
 def main(kinds: list[str]) -> dict:
     assert len(jax.devices()) == 8
     out = {}
+    # Initialised once and placed on each mesh: the (partitionable) initialiser gives the same
+    # weights on any mesh, so one compile of it is enough.
+    start = jax.tree.map(np.asarray, init_model(CFG, seed=1, mesh=make_mesh(MeshConfig(), jax.devices()[:1])).params)
     for kind in kinds:
-        ref_losses, ref_params, _ = run(kind, None)
+        ref_losses, ref_params, _ = run(kind, None, start)
         for name, mcfg in MESHES.items():
             if mcfg is None:
                 continue
-            losses, params, spec = run(kind, mcfg)
+            losses, params, spec = run(kind, mcfg, start)
             rel = max(float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
                       for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))
             out[f"{kind}/{name}"] = {"losses": losses, "ref_losses": ref_losses, "param_rel_diff": rel, "up_spec": spec}
