@@ -194,9 +194,24 @@ def pytest_collection_modifyitems(config, items):
         group = _group(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
-    # The longest units first, so that none is left running on one worker at the end while the
-    # other waits: the SmolLM2 group, then the 8-device subprocess checks, then the files.
-    items.sort(key=lambda item: (_group(item) != "smollm2", item.path.name not in _SUBPROCESS_FILES))
+    # The longest units first (xdist keeps this order: --no-loadscope-reorder), so that none is
+    # left running on one worker at the end while the other waits: the SmolLM2 group, the 8-device
+    # subprocess checks, the files that compile most (about a minute each on 2 cores), the rest.
+    items.sort(key=_unit_rank)
+
+
+_HEAVY_FILES = ("test_sampler.py", "test_trainer.py", "test_train_steps.py", "test_model_vs_torch.py",
+                "test_judge.py", "test_logprobs.py", "test_packing.py")
+
+
+def _unit_rank(item) -> tuple[int, int]:
+    if _group(item) == "smollm2":
+        return (0, 0)
+    if item.path.name in _SUBPROCESS_FILES:
+        return (1, 0)
+    if item.path.name in _HEAVY_FILES:
+        return (2, _HEAVY_FILES.index(item.path.name))
+    return (3, 0)
 
 
 def pytest_xdist_auto_num_workers(config):

@@ -91,6 +91,7 @@ def main(which: str) -> dict:
     if sampled:
         ref_greedy = sj_jax.generate(single, prompts, temperature=0.0, **gen_kw).token_ids
         ref_sampled = sj_jax.generate(single, prompts, temperature=1.0, top_p=0.9, seed=5, **gen_kw)
+        ref_init = sj_jax.init_model(cfg, seed=3).params
     else:
         ref_greedy = lambda got: forward_greedy(single, prompts, got)  # noqa: E731
     valid = mask.astype(bool)
@@ -107,6 +108,9 @@ def main(which: str) -> dict:
             "shards_per_param": len(model.params["layers"]["mlp"]["up"]["kernel"].addressable_shards),
             "greedy_equal": greedy_equal(sj_jax.generate(model, prompts, temperature=0.0, **gen_kw).token_ids,
                                          ref_greedy),
+            # A random init drawn on the mesh is the single-device one (tiny model only).
+            "init_equal": sampled and all(np.array_equal(a, b) for a, b in zip(
+                jax.tree.leaves(sj_jax.init_model(cfg, seed=3, mesh=mcfg).params), jax.tree.leaves(ref_init))),
             "sampled_equal": sampled and sj_jax.generate(model, prompts, temperature=1.0, top_p=0.9, seed=5,
                                                          **gen_kw).token_ids == ref_sampled.token_ids,
         }

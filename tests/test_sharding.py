@@ -43,6 +43,7 @@ def test_tiny_model_on_8_device_meshes_equals_single_device():
     # The sampler, its batch split over the data axes, gives the single-device samples.
     assert tp["greedy_equal"] and fsdp["greedy_equal"]
     assert tp["sampled_equal"] and fsdp["sampled_equal"]
+    assert tp["init_equal"] and fsdp["init_equal"]
 
 
 @pytest.mark.slow
