@@ -18,6 +18,7 @@ from sj_jax.errors import ConfigError, WeightsError
 from sj_jax.model import Transformer
 from sj_jax.model_config import SUPPORTED_MODEL_TYPES, ModelConfig, from_hf_config, to_hf_config_kwargs
 from sj_jax.registry import resolve
+from sj_jax.runs import is_run_folder, load_run
 from sj_jax.sharding import MeshConfig, batch_sharding, logical_sharding, make_mesh, param_shardings
 from sj_jax.cache import cache_root
 from sj_jax.tokenizer import gguf_tokenizer, load_tokenizer
@@ -84,13 +85,16 @@ def load_model(
     tokenizer: str | Path | None = "auto",
     remat: str = "none",
 ) -> Model:
-    """Loads a Llama-family model from a Hugging Face folder, a `.gguf` file or an embedded name.
+    """Loads a Llama-family model from a Hugging Face folder, a `.gguf` file, an embedded name, or a
+    training run's folder (its latest complete checkpoint; see `sj_jax.runs`).
 
     dtype: compute dtype ("float32" | "bfloat16"); param_dtype: storage dtype (default: `dtype`).
     mesh: a `Mesh`, a `MeshConfig`, or None for a single device. tokenizer: "auto" (from the same
     folder or GGUF; an error if there is none), a folder, or None (no tokenizer).
     """
     path = resolve(path_or_name)
+    if is_run_folder(path):
+        return load_run(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh, tokenizer=tokenizer, remat=remat)
     fields = None
     if path.suffix == ".gguf":
         gguf = GGUFSource(path)

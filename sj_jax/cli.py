@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="sample chat completions (default: greedy, SmolLM2-135M-Instruct)")
     gen.add_argument("--config", help="YAML file of GenerateConfig fields (see configs/generate.yaml)")
-    gen.add_argument("--model", help=f"HF folder, .gguf file or embedded name (default {DEFAULT_MODEL})")
+    gen.add_argument("--model", help=f"HF folder, .gguf file, run folder or embedded name (default {DEFAULT_MODEL})")
     gen.add_argument("--prompt")
     gen.add_argument("--prompts-file", help='JSONL, one {"prompt": "..."} per line')
     gen.add_argument("--out", help="write JSONL results here")
@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("overrides", nargs="*", help="key=value overrides, e.g. limit=20 pairs_file=''")
     info = sub.add_parser("info", help="print a model's architecture and parameter count")
     info.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    export = sub.add_parser("export", help="write a run folder's model (LoRA adapter merged) as a Hugging Face folder")
+    export.add_argument("run", help="a run folder (sj-jax sft|jsft|dpo output_dir), or any model sj-jax loads")
+    export.add_argument("out", help="the Hugging Face folder to write")
+    export.add_argument("--dtype", default=None, help="stored dtype: float32 or bfloat16 (default: the run's)")
     args = ap.parse_args(argv)
     try:
         if args.command == "generate":
@@ -164,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
 
             model = sj_jax.load_model(args.model, tokenizer=None)  # configures the "auto" caches
             print(json.dumps({**to_dict(model.config), "num_params": model.config.num_params}, indent=1))
+        elif args.command == "export":
+            import sj_jax
+
+            model = sj_jax.load_model(args.run, param_dtype=args.dtype)
+            out = sj_jax.save_hf(model, args.out)
+            print(f"wrote {model.source} to {out}", file=sys.stderr)
     except SJError as e:
         # one line, whatever the message quotes (a YAML parser's context, a library's own lines)
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())

@@ -120,6 +120,28 @@ def verify_step(step_dir: Path) -> None:
             raise CorruptCheckpointError(f"checkpoint file {p} is corrupt: CRC32 {_crc32(p)}, expected {crc}")
 
 
+def complete_steps(directory: str | Path) -> list[int]:
+    """The complete steps in a checkpoint directory, ascending, read without touching it (a run may
+    be writing there: unlike `Checkpointer`, nothing is cleaned)."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def restore_subtree(step_dir: Path, target: Any) -> Any:
+    """The part of a step's state that `target` names (e.g. `{"params": ...}`), verified against the
+    step's checksums first and placed as the target's shardings say; the rest (optimizer moments)
+    is never read. Read-only."""
+    verify_step(step_dir)
+    try:
+        with ocp.PyTreeCheckpointer() as ck:
+            return ck.restore(step_dir / "state", args=ocp.args.PyTreeRestore(
+                target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+    except Exception as e:
+        raise CheckpointError(f"cannot restore {step_dir}: {e!r}") from e
+
+
 class Checkpointer:
     """Orbax CheckpointManager at `directory`: keeps `max_to_keep` complete steps, saves asynchronously.
 
@@ -168,7 +190,7 @@ class Checkpointer:
 
     def all_steps(self) -> list[int]:
         """Complete steps on disk, ascending (a step is complete once its directory is renamed from tmp)."""
-        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and p.is_dir())
+        return complete_steps(self.directory)
 
     def latest_step(self) -> int | None:
         """The last complete step, or None."""
