@@ -112,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("overrides", nargs="*", help="key=value overrides, e.g. limit=20 pairs_file=''")
     info = sub.add_parser("info", help="print a model's architecture and parameter count")
     info.add_argument("model", nargs="?", default=DEFAULT_MODEL)
+    tour = sub.add_parser("tournament", help="self-rejection: N samples per prompt, a knock-out judged by the model")
+    tour.add_argument("--config", help="YAML file of TournamentConfig fields (see configs/tournament.yaml)")
+    tour.add_argument("--model", help="the policy (any model sj-jax loads, a run folder included)")
+    tour.add_argument("--prompts", help='JSONL of {"prompt": ...} rows; task-suite rows are also scored')
+    tour.add_argument("--n", help="comma-separated sample counts, e.g. 1,2,4,8")
+    tour.add_argument("overrides", nargs="*", help="key=value overrides, e.g. judge_model=runs/jsft limit=10")
     export = sub.add_parser("export", help="write a run folder's model (LoRA adapter merged) as a Hugging Face folder")
     export.add_argument("run", help="a run folder (sj-jax sft|jsft|dpo output_dir), or any model sj-jax loads")
     export.add_argument("out", help="the Hugging Face folder to write")
@@ -168,6 +174,19 @@ def main(argv: list[str] | None = None) -> int:
 
             model = sj_jax.load_model(args.model, tokenizer=None)  # configures the "auto" caches
             print(json.dumps({**to_dict(model.config), "num_params": model.config.num_params}, indent=1))
+        elif args.command == "tournament":
+            from sj_jax.loops.tournament_report import TournamentConfig, markdown, run as run_tournament
+
+            overrides = list(args.overrides)
+            for flag, key in (("model", "model"), ("prompts", "prompts_file")):
+                if getattr(args, flag) is not None:
+                    overrides.append(f"{key}={json.dumps(getattr(args, flag))}")
+            if args.n is not None:
+                overrides.append(f"n=[{args.n}]")
+            result = run_tournament(_configured(load_yaml(TournamentConfig, args.config, overrides)),
+                                    log=lambda m: print(m, file=sys.stderr))
+            print(markdown(result))
+            print(f"per-prompt winners: {result['out']}", file=sys.stderr)
         elif args.command == "export":
             import sj_jax
 
