@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             build_data(_configured(load_yaml(DataBuildConfig, args.config, list(args.overrides))),
                        log=lambda m: print(m, file=sys.stderr))
         elif args.command == "eval-tasks":
-            from sj_jax.tasks.report import EvalTasksConfig, evaluate, markdown
+            from sj_jax.loops.eval_tasks import EvalTasksConfig, evaluate, markdown
 
             result = evaluate(_configured(load_yaml(EvalTasksConfig, args.config, list(args.overrides))),
                               log=lambda m: print(m, file=sys.stderr))

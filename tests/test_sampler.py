@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import sj_jax
-from sj_jax import sampler
+from sj_jax import kv_cache
 from sj_jax.model_config import ModelConfig
 from sj_jax.sampling import NUCLEUS_CANDIDATES, SamplingConfig, processed_logits, sample
 
@@ -37,8 +37,8 @@ def test_every_decode_step_equals_a_full_forward_over_the_prefix(tiny):
     mask = np.zeros((3, plen), np.int32)
     for i, p in enumerate(prompts):
         ids[i, plen - len(p):], mask[i, plen - len(p):] = p, 1
-    layers = sampler.unstack_layers(tiny.params["layers"], cfg.num_layers)
-    logits, cache = sampler.prefill(cfg, tiny.params, layers, jnp.asarray(ids), jnp.asarray(mask), plen + new)
+    layers = kv_cache.unstack_layers(tiny.params["layers"], cfg.num_layers)
+    logits, cache = kv_cache.prefill(cfg, tiny.params, layers, jnp.asarray(ids), jnp.asarray(mask), plen + new)
     seqs = [list(p) for p in prompts]
     width = max(len(p) for p in prompts) + new  # one right-padded shape for every step: one compile
     for step in range(new):
@@ -52,7 +52,7 @@ def test_every_decode_step_equals_a_full_forward_over_the_prefix(tiny):
         nxt = rng.integers(1, cfg.vocab_size, 3).astype(np.int32)  # random continuations, not greedy ones
         for i, s in enumerate(seqs):
             s.append(int(nxt[i]))
-        logits, cache = sampler.decode_step(cfg, tiny.params, layers, cache, jnp.asarray(nxt))
+        logits, cache = kv_cache.decode_step(cfg, tiny.params, layers, cache, jnp.asarray(nxt))
 
 
 def test_same_seed_same_samples_different_seed_different(tiny):

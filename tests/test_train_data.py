@@ -134,11 +134,8 @@ def test_length_grouping_cuts_padding_keeps_a_permutation_and_resumes():
 def test_padded_batches_score_each_example_as_if_alone(tok):
     """Right-padded SFT rows and left-padded DPO prompts: masks and positions leave every
     sequence's log-probs what they are unpadded, in a batch of one."""
-    import jax.numpy as jnp
-
-    import functools
-
     import jax
+    import jax.numpy as jnp
 
     from sj_jax import ModelConfig, init_model
     from sj_jax.objectives import sequence

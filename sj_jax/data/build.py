@@ -180,7 +180,7 @@ def build(cfg: DataBuildConfig, log=print) -> dict[str, Any]:
     if cfg.own_samples.enabled:
         from sj_jax.api import load_model
         from sj_jax.progress import sampling_bar
-        from sj_jax.tasks.own_samples import own_wrong_pairs
+        from sj_jax.loops.own_samples import own_wrong_pairs
 
         o = cfg.own_samples
         model = load_model(cfg.model)

@@ -28,13 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sj_jax import sampler
+from sj_jax import kv_cache
 from sj_jax.api import Model
 from sj_jax.judge.template import (DEFAULT_TEMPLATE, JudgeTemplate, Principle, as_principles, render_prompt,
                                    verdict_token_ids)
 from sj_jax.model import Transformer, positions_from_mask
 from sj_jax.model_config import ModelConfig
-from sj_jax.sampler import batch_bucket
+from sj_jax.kv_cache import batch_bucket
 from sj_jax.sharding import batch_sharding, logical_sharding, param_shardings
 from sj_jax.weights.loader import abstract_params
 
@@ -150,7 +150,7 @@ def verdict_probs(model: Model, prompts: Sequence[Sequence[int]], verdict_ids: t
         rows = order[start:start + batch_size]
         t = length_bucket(max(len(prompts[i]) for i in rows), cfg.max_position_embeddings)
         b = batch_bucket(len(rows), multiple)
-        ids, mask = sampler.left_pad([prompts[i] for i in rows], t, b, pad)
+        ids, mask = kv_cache.left_pad([prompts[i] for i in rows], t, b, pad)
         fn, x_shard = compiled_verdict_logprobs(cfg, mesh, (b, t))
         # Dispatch every batch before reading any back, so host work overlaps device work.
         pending.append((rows, fn(model.params, jax.device_put(ids, x_shard), jax.device_put(mask, x_shard), vids)))
@@ -173,9 +173,9 @@ def _shared_prefix_len(x: Sequence[int], y: Sequence[int]) -> int:
 def _forward_shared(cfg, kv_sharding, params, prefix_ids, prefix_mask, suffix_ids, suffix_mask, verdict_ids):
     """Prefix `[groups, P]` once into a KV cache, then both suffixes `[2 * groups, S]` over it (rows 2g
     and 2g + 1 continue prefix g). Both parts are left-padded; returns float32 `[2 * groups, 2]`."""
-    layers = sampler.unstack_layers(params["layers"], cfg.num_layers)
+    layers = kv_cache.unstack_layers(params["layers"], cfg.num_layers)
     p, s = prefix_ids.shape[1], suffix_ids.shape[1]
-    _, cache = sampler.prefill(cfg, params, layers, prefix_ids, prefix_mask, p + s, kv_sharding)
+    _, cache = kv_cache.prefill(cfg, params, layers, prefix_ids, prefix_mask, p + s, kv_sharding)
     k, v = (tuple(jnp.repeat(c, 2, axis=0) for c in cache[name]) for name in ("k", "v"))
     suffix_mask = suffix_mask.astype(bool)
     pos = jnp.repeat(cache["pos"], 2)[:, None] + positions_from_mask(suffix_mask)  # prefix tokens come first
@@ -185,7 +185,7 @@ def _forward_shared(cfg, kv_sharding, params, prefix_ids, prefix_mask, suffix_id
     mask = (causal[None] & valid[:, None, :])[:, None]
     module = Transformer(cfg)
     x = module.apply({"params": params}, suffix_ids, method=Transformer.embed_ids)
-    x, _ = sampler.run_layers(cfg, layers, x, pos, key_pos, mask, {"k": k, "v": v}, p)
+    x, _ = kv_cache.run_layers(cfg, layers, x, pos, key_pos, mask, {"k": k, "v": v}, p)
     logits = module.apply({"params": params}, x[:, -1], method=Transformer.head)
     return jax.nn.log_softmax(logits, axis=-1)[:, verdict_ids]
 
@@ -195,7 +195,7 @@ def compiled_shared_verdict_logprobs(cfg: ModelConfig, mesh: Mesh, shape: tuple[
     """(jitted `f(params, prefix_ids, prefix_mask, suffix_ids, suffix_mask, verdict_ids)`, prefix
     sharding, suffix sharding) for `shape = (groups, prefix_len, suffix_len)`, cached."""
     g, p, s = shape
-    k_shape, _ = sampler.kv_shapes(cfg, g, p + s)
+    k_shape, _ = kv_cache.kv_shapes(cfg, g, p + s)
     kv_shard = logical_sharding(("batch", "kv_heads", None, None), k_shape, mesh)
     pre_shard, suf_shard = batch_sharding(mesh, (g, p)), batch_sharding(mesh, (2 * g, s))
     fn = jax.jit(
@@ -233,8 +233,8 @@ def verdict_probs_shared(model: Model, prompts: Sequence[Sequence[int]], verdict
         pl = length_bucket(max(shared[g] for g in chunk), cfg.max_position_embeddings)
         sl = length_bucket(max(rest[g] for g in chunk), cfg.max_position_embeddings)
         b = batch_bucket(len(chunk), multiple)
-        pre_ids, pre_mask = sampler.left_pad([prompts[2 * g][:shared[g]] for g in chunk], pl, b, pad)
-        suf_ids, suf_mask = sampler.left_pad(
+        pre_ids, pre_mask = kv_cache.left_pad([prompts[2 * g][:shared[g]] for g in chunk], pl, b, pad)
+        suf_ids, suf_mask = kv_cache.left_pad(
             [prompts[2 * g + o][shared[g]:] for g in chunk for o in range(2)], sl, 2 * b, pad)
         fn, pre_shard, suf_shard = compiled_shared_verdict_logprobs(cfg, mesh, (b, pl, sl))
         pending.append((chunk, fn(model.params, jax.device_put(pre_ids, pre_shard), jax.device_put(pre_mask, pre_shard),

@@ -48,7 +48,7 @@ def run(cfg: TournamentConfig, log=print) -> dict[str, Any]:
     from sj_jax.loops.tournament import run_brackets
     from sj_jax.progress import sampling_bar
     from sj_jax.tasks.families import check
-    from sj_jax.tasks.report import read_rows
+    from sj_jax.loops.eval_tasks import read_rows
 
     if not cfg.n or any(k < 1 for k in cfg.n):
         raise ConfigError(f"n: a list of sample counts >= 1, got {list(cfg.n)}")

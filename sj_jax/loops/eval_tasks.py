@@ -56,7 +56,7 @@ def evaluate(cfg: EvalTasksConfig, log=print) -> dict[str, Any]:
 
     from sj_jax.api import load_model
     from sj_jax.progress import sampling_bar
-    from sj_jax.tasks.evaluate import judge_accuracy, policy_accuracy
+    from sj_jax.loops.evaluate import judge_accuracy, policy_accuracy
 
     if not cfg.prompts_file and not cfg.pairs_file:
         raise DataError("eval-tasks: set prompts_file, pairs_file or both")
