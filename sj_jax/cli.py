@@ -72,6 +72,12 @@ def _generate(cfg: GenerateConfig) -> list[dict]:
     return results
 
 
+def _flag_overrides(args, flags: tuple[tuple[str, str], ...]) -> list[str]:
+    """The command's key=value overrides, then one `key=<json>` for each (flag, key) the user gave."""
+    return list(args.overrides) + [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in flags
+                                   if getattr(args, flag) is not None]
+
+
 def _configured(cfg):
     """The command's config, after pointing the caches where its `cache_dir` says."""
     configure_caches(cfg.cache_dir)
@@ -125,12 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.command == "generate":
-            overrides = list(args.overrides)
-            for flag, key in (("model", "model"), ("prompt", "prompt"), ("max_new_tokens", "max_new_tokens"),
-                              ("prompts_file", "prompts_file"), ("out", "out")):
-                value = getattr(args, flag)
-                if value is not None:
-                    overrides.append(f"{key}={json.dumps(value)}")
+            overrides = _flag_overrides(args, (("model", "model"), ("prompt", "prompt"),
+                                               ("max_new_tokens", "max_new_tokens"), ("prompts_file", "prompts_file"),
+                                               ("out", "out")))
             cfg = _configured(load_yaml(GenerateConfig, args.config, overrides))
             results = _generate(cfg)
             if cfg.out:
@@ -177,10 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "tournament":
             from sj_jax.loops.tournament_report import TournamentConfig, markdown, run as run_tournament
 
-            overrides = list(args.overrides)
-            for flag, key in (("model", "model"), ("prompts", "prompts_file")):
-                if getattr(args, flag) is not None:
-                    overrides.append(f"{key}={json.dumps(getattr(args, flag))}")
+            overrides = _flag_overrides(args, (("model", "model"), ("prompts", "prompts_file")))
             if args.n is not None:
                 overrides.append(f"n=[{args.n}]")
             result = run_tournament(_configured(load_yaml(TournamentConfig, args.config, overrides)),

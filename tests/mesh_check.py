@@ -51,10 +51,6 @@ def forward_greedy(model, prompts: list[list[int]], got: list[list[list[int]]]) 
             enumerate(zip(prompts, got))]
 
 
-def greedy_equal(got: list[list[list[int]]], ref) -> bool:
-    return got == (ref(got) if callable(ref) else ref)
-
-
 def main(which: str) -> dict:
     assert len(jax.devices()) == 8, jax.devices()
     rng = np.random.default_rng(0)
@@ -89,25 +85,26 @@ def main(which: str) -> dict:
     # would be one more 10 s compile.
     sampled = which == "tiny"
     if sampled:
-        ref_greedy = sj_jax.generate(single, prompts, temperature=0.0, **gen_kw).token_ids
+        ref_tokens = sj_jax.generate(single, prompts, temperature=0.0, **gen_kw).token_ids
+        expected_greedy = lambda got: ref_tokens  # noqa: E731
         ref_sampled = sj_jax.generate(single, prompts, temperature=1.0, top_p=0.9, seed=5, **gen_kw)
         ref_init = sj_jax.init_model(cfg, seed=3).params
     else:
-        ref_greedy = lambda got: forward_greedy(single, prompts, got)  # noqa: E731
+        expected_greedy = lambda got: forward_greedy(single, prompts, got)  # noqa: E731
     valid = mask.astype(bool)
     out = {"devices": len(jax.devices())}
     for name, mcfg in MESHES.items():
         model = load(mcfg)
         got = sj_jax.logits(model, ids, mask)
         diff = np.abs(np.asarray(got) - ref)[valid].max() / np.abs(ref[valid]).max()
+        greedy = sj_jax.generate(model, prompts, temperature=0.0, **gen_kw).token_ids
         out[name] = {
             "rel_err": float(diff),
             "n_devices": len(model.mesh.devices.flat),
             "logits_spec": [list(s) if isinstance(s, tuple) else s for s in got.sharding.spec],
             "specs": {k: _spec(model.params, p) for k, p in WATCHED.items()},
             "shards_per_param": len(model.params["layers"]["mlp"]["up"]["kernel"].addressable_shards),
-            "greedy_equal": greedy_equal(sj_jax.generate(model, prompts, temperature=0.0, **gen_kw).token_ids,
-                                         ref_greedy),
+            "greedy_equal": greedy == expected_greedy(greedy),
             # A random init drawn on the mesh is the single-device one (tiny model only).
             "init_equal": sampled and all(np.array_equal(a, b) for a, b in zip(
                 jax.tree.leaves(sj_jax.init_model(cfg, seed=3, mesh=mcfg).params), jax.tree.leaves(ref_init))),

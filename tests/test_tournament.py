@@ -6,7 +6,7 @@ import pytest
 
 from sj_jax.loops.tournament import run_brackets, tournament
 
-from conftest import smollm2_gguf_path
+from conftest import smollm2_gguf_path, tiny_chat_config
 
 
 class LengthJudge:
@@ -74,12 +74,10 @@ def test_tournament_on_a_tiny_model_keeps_the_judges_winner(tmp_path):
     rounds for 4 samples, the kept response is the bracket's winner among the samples, and the
     brackets replayed with `judge_pairs` on those samples pick the same winners."""
     import sj_jax
-    from sj_jax import ModelConfig
     from sj_jax.tokenizer import load_tokenizer
 
     tok = load_tokenizer(smollm2_gguf_path())
-    cfg = ModelConfig(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2,
-                      num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=512, eos_token_id=2)
+    cfg = tiny_chat_config(tok, eos_token_id=2)
     model = sj_jax.init_model(cfg, seed=5, tokenizer=tok)
     prompts = ["Name a colour.", "What is 2 + 2?"]
     # 2 prompts x 4 samples, 4 new tokens: the sampler program of the command's test below.
@@ -100,15 +98,13 @@ def test_the_command_scores_every_n_on_task_rows(tmp_path, capsys):
     import json
 
     import sj_jax
-    from sj_jax import ModelConfig
     from sj_jax.cli import main
     from sj_jax.tasks.families import check
     from sj_jax.tasks.suite import TaskSuiteConfig, build_split
     from sj_jax.tokenizer import load_tokenizer
 
     tok = load_tokenizer(smollm2_gguf_path())
-    cfg = ModelConfig(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2,
-                      num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=512, eos_token_id=2)
+    cfg = tiny_chat_config(tok, eos_token_id=2)
     folder = sj_jax.save_hf(sj_jax.init_model(cfg, seed=6, tokenizer=tok), tmp_path / "tiny")
     rows = build_split(TaskSuiteConfig(families=("arithmetic", "uppercase"), test=1), "test").rows
     prompts = tmp_path / "prompts.jsonl"

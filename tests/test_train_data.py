@@ -137,14 +137,14 @@ def test_padded_batches_score_each_example_as_if_alone(tok):
     import jax
     import jax.numpy as jnp
 
-    from sj_jax import ModelConfig, init_model
+    from conftest import tiny_chat_config
+    from sj_jax import init_model
     from sj_jax.objectives import sequence
 
     # jitted: run eagerly, every call would trace and compile the scanned layers again
     sequence_logprobs = jax.jit(sequence.sequence_logprobs, static_argnums=0, static_argnames=("last", "chunk"))
 
-    cfg = ModelConfig(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2,
-                      num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=512)
+    cfg = tiny_chat_config(tok)
     params = init_model(cfg, seed=3).params
     report = DataReport()
     rows = [{"prompt": "What is 2 + 2?", "response": "4"},

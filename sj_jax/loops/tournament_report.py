@@ -43,9 +43,9 @@ class TournamentConfig:
 def run(cfg: TournamentConfig, log=print) -> dict[str, Any]:
     """Samples, plays the tournaments for every N, writes `cfg.out` (JSON) and returns the result."""
     from sj_jax.api import load_model
+    from sj_jax.data.chat import context_text
     from sj_jax.generate import generate
-    from sj_jax.judge.scoring import judge_pairs
-    from sj_jax.loops.tournament import run_brackets
+    from sj_jax.loops.tournament import pairwise_judge, run_brackets
     from sj_jax.progress import sampling_bar
     from sj_jax.tasks.families import check
     from sj_jax.loops.eval_tasks import read_rows
@@ -62,10 +62,8 @@ def run(cfg: TournamentConfig, log=print) -> dict[str, Any]:
         g = generate(policy, [r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens,
                      temperature=cfg.temperature, top_p=cfg.top_p, num_samples=top, seed=cfg.seed,
                      batch_size=cfg.batch_size, progress=progress)
-    contexts = [r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"] for r in rows]
-
-    def decide(c, a, b):
-        return judge_pairs(judge, c, a, b, template=cfg.judge, batch_size=cfg.judge_batch_size)
+    contexts = [context_text(r["prompt"]) for r in rows]
+    decide = pairwise_judge(judge, template=cfg.judge, batch_size=cfg.judge_batch_size)
 
     result: dict[str, Any] = {"model": cfg.model, "judge_model": cfg.judge_model or cfg.model,
                               "config": dataclasses.asdict(cfg), "by_n": {}}
