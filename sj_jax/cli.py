@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     tour.add_argument("--prompts", help='JSONL of {"prompt": ...} rows; task-suite rows are also scored')
     tour.add_argument("--n", help="comma-separated sample counts, e.g. 1,2,4,8")
     tour.add_argument("overrides", nargs="*", help="key=value overrides, e.g. judge_model=runs/jsft limit=10")
+    sj = sub.add_parser("self-judge", help="SELF-JUDGE: sample from the policy, judge with the frozen JSFT model, DPO")
+    sj.add_argument("--config", help="YAML file of SelfJudgeConfig fields (see configs/self_judge.yaml)")
+    sj.add_argument("--model", help="the initial policy, judge and reference (a JSFT run folder, or any model)")
+    sj.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=20 judge_model=policy num_samples=4")
     export = sub.add_parser("export", help="write a run folder's model (LoRA adapter merged) as a Hugging Face folder")
     export.add_argument("run", help="a run folder (sj-jax sft|jsft|dpo output_dir), or any model sj-jax loads")
     export.add_argument("out", help="the Hugging Face folder to write")
@@ -187,6 +191,17 @@ def main(argv: list[str] | None = None) -> int:
                                     log=lambda m: print(m, file=sys.stderr))
             print(markdown(result))
             print(f"per-prompt winners: {result['out']}", file=sys.stderr)
+        elif args.command == "self-judge":
+            from sj_jax.loops.self_judge import self_judge
+            from sj_jax.loops.self_judge_config import SelfJudgeConfig
+
+            overrides = _flag_overrides(args, (("model", "model"),))
+            result = self_judge(_configured(load_yaml(SelfJudgeConfig, args.config, overrides)))
+            if result.preempted:
+                print(f"stopped at step {result.steps} on request; run the same command to resume", file=sys.stderr)
+            else:
+                print(f"done: {result.steps} steps, final loss {result.last_loss:.4f}; report: {result.report}",
+                      file=sys.stderr)
         elif args.command == "export":
             import sj_jax
 

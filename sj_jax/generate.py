@@ -24,18 +24,24 @@ class Generations:
 
 
 def encode_prompts(model: Model, prompts: Sequence[Any], chat: bool) -> list[list[int]]:
-    """Token ids for each prompt: id lists as given; strings through the chat template (with its
-    generation prompt) when `chat`, else as raw text."""
+    """Token ids for each prompt: id lists as given; strings (a user turn) and lists of messages
+    (`{"role", "content"}` dicts) through the chat template with its generation prompt when `chat`,
+    strings as raw text otherwise."""
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or len(prompts) == 0:
         raise ValueError("prompts: expected a non-empty list of strings or of token-id lists")
     out = []
     for i, p in enumerate(prompts):
-        if isinstance(p, str):
+        messages = _messages(p, i)
+        if isinstance(p, str) or messages is not None:
             if model.tokenizer is None:
                 raise ValueError("prompts: text prompts need a model loaded with a tokenizer")
-            if chat:
-                ids = model.tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                                          tokenize=True, return_dict=True)["input_ids"]
+            if chat or messages is not None:
+                if messages is None:
+                    messages = [{"role": "user", "content": p}]
+                if not chat:
+                    raise ValueError(f"prompts[{i}]: a list of messages needs chat=True")
+                ids = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                          return_dict=True)["input_ids"]
             else:
                 ids = model.tokenizer(p)["input_ids"]
         else:
@@ -47,6 +53,16 @@ def encode_prompts(model: Model, prompts: Sequence[Any], chat: bool) -> list[lis
             raise ValueError(f"prompts[{i}]: the prompt is empty")
         out.append(list(ids))
     return out
+
+
+def _messages(p: Any, i: int) -> list[dict] | None:
+    """`p` as a conversation when it is a list of message dicts, else None (a string or token ids)."""
+    if isinstance(p, Sequence) and not isinstance(p, str) and p and all(isinstance(m, dict) for m in p):
+        for m in p:
+            if not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise ValueError(f"prompts[{i}]: each message needs string fields \"role\" and \"content\"")
+        return list(p)
+    return None
 
 
 def generate(
@@ -63,12 +79,16 @@ def generate(
     stop: Sequence[int] | None = None,
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    key_ids: Sequence[int] | None = None,
 ) -> Generations:
     """Samples `num_samples` continuations of each prompt with the KV-cached sampler.
 
     temperature 0 = greedy. stop: token ids that end a sample (default: the tokenizer's EOS and the
     chat template's end of turn). batch_size: rows (prompts x samples) per compiled batch (default all);
     the samples do not depend on it. progress: called after each batch with (rows, new tokens).
+    key_ids: the number each prompt's sampling keys are drawn from (default: its position), so a
+    prompt can keep its samples whatever else shares the call: sample j of prompt i draws from
+    (seed, key_ids[i] * num_samples + j).
     """
     sampling = SamplingConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
     if max_new_tokens < 1:
@@ -76,6 +96,9 @@ def generate(
     if num_samples < 1:
         raise ValueError(f"num_samples: must be at least 1, got {num_samples}")
     ids = encode_prompts(model, prompts, chat)
+    keys = list(range(len(ids))) if key_ids is None else [int(k) for k in key_ids]
+    if len(keys) != len(ids):
+        raise ValueError(f"key_ids: {len(keys)} numbers for {len(ids)} prompts")
     if stop is None:
         if model.tokenizer is not None:
             stop = end_of_turn_ids(model.tokenizer)
@@ -91,7 +114,7 @@ def generate(
         chunk = rows[start:start + step]
         out = run(model.config, model.mesh, model.params, [ids[i] for i, _ in chunk],
                   max_new_tokens=max_new_tokens, sampling=sampling,
-                  row_ids=[i * num_samples + j for i, j in chunk], seed=seed, stop_ids=stop, pad_id=pad,
+                  row_ids=[keys[i] * num_samples + j for i, j in chunk], seed=seed, stop_ids=stop, pad_id=pad,
                   min_rows=step if len(rows) > step else 0)
         for r, (i, j) in enumerate(chunk):
             n = int(out["lengths"][r])

@@ -46,13 +46,27 @@ def load_run_parts(folder: str | Path, *, dtype: str | None = None, param_dtype:
     """The pieces of a run folder (the latest complete step unless `step`); dtype and param_dtype
     default to the run's own; tokenizer and remat as in `load_model`, for the base."""
     from sj_jax.api import load_model
-    from sj_jax.config import load_yaml
+    from sj_jax.config import from_dict
+    from sj_jax.errors import ConfigError
     from sj_jax.train import lora
     from sj_jax.train.checkpoint import complete_steps, restore_subtree
     from sj_jax.train.config import TrainConfig
 
+    import yaml
+
     folder = Path(folder)
-    cfg = load_yaml(TrainConfig, folder / CONFIG_FILE)
+    path = folder / CONFIG_FILE
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    # What every kind of run (sft, jsft, dpo, self-judge) says of its model, read with the trainer's types.
+    try:
+        cfg = from_dict(TrainConfig, {k: raw[k] for k in ("model", "dtype", "param_dtype", "lora") if k in raw})
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     steps = complete_steps(folder / CHECKPOINTS)
     if not steps:
         raise SJError(f"{folder / CHECKPOINTS}: no complete checkpoint (the run has not saved a step yet)")

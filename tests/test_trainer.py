@@ -12,7 +12,8 @@ from sj_jax.config import from_dict
 from sj_jax.tokenizer import load_tokenizer
 from sj_jax.train.checkpoint import Checkpointer
 from sj_jax.train.config import TrainConfig
-from sj_jax.train.trainer import NonFiniteLossError, train
+from sj_jax.train.loop import NonFiniteLossError
+from sj_jax.train.trainer import train
 
 from conftest import smollm2_gguf_path, tiny_chat_config
 

@@ -36,6 +36,7 @@ def dpo_loss(
     label_smoothing: float = 0.0,
     chosen_lengths: jax.Array | None = None,
     rejected_lengths: jax.Array | None = None,
+    weights: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """DPO-family loss of a batch of (chosen, rejected) pairs.
 
@@ -48,6 +49,8 @@ def dpo_loss(
         ``robust``. Must be 0 for ``ipo`` and ``hinge``, which have no smoothed form.
       chosen_lengths, rejected_lengths: int or float [batch], completion token counts (clamped to >= 1).
         Required by ``ipo``; ignored by the other losses.
+      weights: float [batch] >= 0 or None: each pair's share of the loss and metric means (0 = a padding row of
+        a fixed-shape batch, which then adds nothing, not even its gradient). None = all pairs equal.
 
     Returns:
       ``(loss, metrics)``: loss is a float32 scalar, the mean over pairs. metrics are float32 scalars (batch
@@ -84,17 +87,27 @@ def dpo_loss(
             else:  # robust: unbiased under flips with rate eps, hence the minus and the 1 - 2 eps
                 losses = ((1.0 - eps) * agree - eps * flipped) / (1.0 - 2.0 * eps)
 
+    if weights is None:
+        mean = jnp.mean
+    else:
+        w = jnp.asarray(weights, jnp.float32)
+        if w.shape != pc.shape:
+            raise ConfigError(f"weights: shape {w.shape} differs from policy_chosen_logps's {pc.shape}")
+        total = jnp.maximum(w.sum(), 1e-12)
+
+        def mean(x):  # a padding row's values never enter, even when they are not finite
+            return jnp.where(w > 0, x * w, 0.0).sum() / total
     chosen_rewards = beta * jax.lax.stop_gradient(chosen_logratios)
     rejected_rewards = beta * jax.lax.stop_gradient(rejected_logratios)
     metrics = {
-        "rewards/chosen": chosen_rewards.mean(),
-        "rewards/rejected": rejected_rewards.mean(),
-        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).astype(jnp.float32).mean(),
-        "logps/chosen": jax.lax.stop_gradient(pc).mean(),
-        "logps/rejected": jax.lax.stop_gradient(pr).mean(),
+        "rewards/chosen": mean(chosen_rewards),
+        "rewards/rejected": mean(rejected_rewards),
+        "rewards/margins": mean(chosen_rewards - rejected_rewards),
+        "rewards/accuracies": mean((chosen_rewards > rejected_rewards).astype(jnp.float32)),
+        "logps/chosen": mean(jax.lax.stop_gradient(pc)),
+        "logps/rejected": mean(jax.lax.stop_gradient(pr)),
     }
-    return losses.mean(), metrics
+    return mean(losses), metrics
 
 
 def _check_settings(beta: float, loss_type: str, label_smoothing: float) -> None:

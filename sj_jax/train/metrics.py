@@ -57,13 +57,16 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def write_report(out_dir: Path, title: str, rows: list[dict], summary: dict[str, Any],
-                 keys: tuple[str, ...] = ("loss",)) -> Path:
-    """`report.md` (a summary table and the metrics at a few steps) and `loss.png` when matplotlib is there."""
+                 keys: tuple[str, ...] = ("loss",), columns: tuple[str, ...] | None = None) -> Path:
+    """`report.md` (a summary table and the metrics at a few steps) and `metrics.png` (a plot of each
+    of `keys`) when matplotlib is there. columns: the metrics in the table (default: every number
+    of the last row)."""
     out_dir = Path(out_dir)
     lines = [f"# {title}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary.items()]
     if rows:
-        cols = ["step"] + [k for k in rows[-1] if k != "step" and isinstance(rows[-1][k], (int, float))]
+        cols = ["step"] + ([k for k in columns if any(k in r for r in rows)] if columns is not None else
+                           [k for k in rows[-1] if k != "step" and isinstance(rows[-1][k], (int, float))])
         picks = sorted({rows[int(i * (len(rows) - 1) / 4)]["step"] for i in range(5)})
         by_step = {r["step"]: r for r in rows}
         lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -76,11 +79,16 @@ def write_report(out_dir: Path, title: str, rows: list[dict], summary: dict[str,
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        present = [k for k in keys if rows and k in rows[0]]
+        present = [k for k in keys if any(k in r for r in rows)]
         if present:
-            fig, axes = plt.subplots(1, len(present), figsize=(5 * len(present), 3.5), squeeze=False)
-            for ax, k in zip(axes[0], present):
-                ax.plot([r["step"] for r in rows], [r[k] for r in rows])
+            cols = min(4, len(present))
+            nrows = -(-len(present) // cols)
+            fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.2 * nrows), squeeze=False)
+            for ax in axes.ravel()[len(present):]:
+                ax.axis("off")
+            for ax, k in zip(axes.ravel(), present):
+                have = [r for r in rows if isinstance(r.get(k), (int, float))]  # a key may be logged every K steps
+                ax.plot([r["step"] for r in have], [r[k] for r in have], marker="o" if len(have) < 20 else None)
                 ax.set_xlabel("step")
                 ax.set_title(k)
             fig.tight_layout()
@@ -95,6 +103,8 @@ def write_report(out_dir: Path, title: str, rows: list[dict], summary: dict[str,
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)

@@ -51,7 +51,7 @@ def policy_params(spec: StepSpec, trainable: Any, frozen: Any) -> dict:
 def pair_logprobs(spec: StepSpec, params: dict, micro: dict) -> tuple[jax.Array, jax.Array]:
     """Summed response log-probs and token counts, each `[pairs, 2]` (chosen, rejected), of a
     micro-batch `[pairs, 2, seq]`."""
-    m, two, t = micro["input_ids"].shape
+    m, two, t = micro["input_ids"].shape  # (an optional "pair_weight" [pairs] weighs each pair in the loss)
     flat = {k: micro[k].reshape(m * two, t) for k in ("input_ids", "attention_mask", "loss_mask")}
     logp, count = sequence_logprobs(spec.model, params, flat["input_ids"], flat["attention_mask"],
                                     flat["loss_mask"], last=spec.response_len, chunk=spec.chunk)
@@ -68,7 +68,8 @@ def loss_and_metrics(spec: StepSpec, trainable: Any, frozen: Any, micro: dict):
     ref = jax.lax.stop_gradient(pair_logprobs(spec, frozen, micro)[0])
     loss, metrics = dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=spec.dpo.beta,
                              loss_type=spec.dpo.loss_type, label_smoothing=spec.dpo.label_smoothing,
-                             chosen_lengths=count[:, 0], rejected_lengths=count[:, 1])
+                             chosen_lengths=count[:, 0], rejected_lengths=count[:, 1],
+                             weights=micro.get("pair_weight"))
     return loss, {"loss": loss, **metrics}
 
 

