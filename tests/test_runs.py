@@ -135,6 +135,20 @@ def test_generate_takes_a_run_folder(lora_run, capsys):
     assert 1 <= len(row["samples"][0]["token_ids"]) <= 4
 
 
+def test_eval_tasks_takes_a_run_folder(lora_run, tmp_path, capsys):
+    from sj_jax.tasks.suite import TaskSuiteConfig, build_split
+
+    rows = build_split(TaskSuiteConfig(families=("uppercase",), test=2), "test").rows
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval.json"
+    assert main(["eval-tasks", f"model={lora_run}", f"prompts_file={prompts}", "pairs_file=", "max_new_tokens=4",
+                 f"out={out}"]) == 0
+    assert "| uppercase |" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert str(lora_run) in json.dumps(result)  # the run folder, not its base, was evaluated
+
+
 def test_a_run_without_a_complete_step_is_one_clear_line(tmp_path, capsys):
     run = tmp_path / "fresh"
     (run / "checkpoints").mkdir(parents=True)

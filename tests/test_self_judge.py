@@ -301,3 +301,34 @@ def test_bad_settings_are_named():
         DegenerateRules(truncated="maybe")
     with pytest.raises(ConfigError, match="optim.grad_accum"):
         SelfJudgeConfig(optim=dataclasses.replace(OptimConfig(), grad_accum=2))
+
+
+@pytest.mark.slow
+def test_smollm2_lora_steps_log_every_metric_and_resume(smollm2, files, tmp_path):
+    """SELF-JUDGE on the embedded model, LoRA, the default degenerate rules: step 1, stopped, then
+    resumed to step 2; every metric is in metrics.jsonl, validation before and after."""
+    cfg = config(files, tmp_path / "run", steps=2, batch_size=2, sampling=SamplingSettings(max_new_tokens=24),
+                 degenerate=DegenerateRules(),
+                 validation=ValidationSettings(file=str(files / "prompts.jsonl"), limit=1, max_new_tokens=8),
+                 optim=OptimConfig(learning_rate=5e-5, schedule="constant", warmup_steps=0))
+    frozen0 = host(smollm2.params["layers"]["attn"]["q"])
+    assert SelfJudgeRun(cfg, model=smollm2).run(progress=False, stop_at_step=1).preempted
+    run = SelfJudgeRun(cfg, model=smollm2)
+    result = run.run(progress=False)
+    assert result.steps == 2 and not result.preempted
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2] and "val/accuracy" in rows[0] and "val/answer_accuracy" in rows[-1]
+    for r in rows[1:]:
+        for key in ("samples/length_mean", "samples/eos_fraction", "samples/empty", "samples/truncated",
+                    "skipped/empty", "skipped/truncated", "skipped/identical", "decided_by_rule", "judge/judgments",
+                    "pairs", "updated", "time/sample_s", "time/judge_s", "time/step_s"):
+            assert key in r, key
+        if r["updated"]:
+            for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                        "kl_estimate", "grad_norm"):
+                assert np.isfinite(r[key]), key
+        if r["judge/judgments"]:
+            assert 0 <= r["judge/margin"] <= 1 and 0 <= r["judge/swap_consistency"] <= 1
+    assert sum(r["updated"] for r in rows[1:]) >= 1  # the real model ends its turns: pairs were trained
+    assert same(host(smollm2.params["layers"]["attn"]["q"]), frozen0)
+    assert (tmp_path / "run" / "report.md").exists()
