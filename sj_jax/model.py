@@ -206,12 +206,15 @@ class Transformer(nn.Module):
             self.lm_head = Projection(c, (c.hidden_size,), (c.vocab_size,), ("embed", "vocab"))
 
     def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                      positions: jax.Array | None = None) -> jax.Array:
+                      positions: jax.Array | None = None, shared_prefix: bool = False) -> jax.Array:
         """Final-norm hidden states `[batch, seq, embed]` (compute dtype) for int32 `input_ids: [batch, seq]`.
 
         `attention_mask` (1 = token, 0 = padding) may pad on either side; positions count real tokens.
         Packed rows give segment ids instead of 1s (1 1 2 2 2 0): a token attends only to its own
-        segment, and each segment's positions start at 0 (`positions_from_mask`).
+        segment, and each segment's positions start at 0 (`positions_from_mask`). With
+        `shared_prefix` (static), segment 1 is a prefix that every later segment also sees (a prompt
+        and its two responses in one row: 1 1 1 2 2 0 3 3 3); pass the positions then, since each
+        response continues the prompt's.
         """
         c = self.config
         b, t = input_ids.shape
@@ -224,6 +227,8 @@ class Transformer(nn.Module):
         causal = jnp.tril(jnp.ones((t, t), bool))
         # Padding queries (segment 0) keep seeing every real key, as with a plain 0/1 mask.
         same = (seg[:, :, None] == seg[:, None, :]) | (seg[:, :, None] == 0)
+        if shared_prefix:
+            same = same | (seg[:, None, :] == 1)
         mask = causal[None, None] & valid[:, None, None, :] & same[:, None]
         pos_diff = None
         if any(c.sliding_windows):

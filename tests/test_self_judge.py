@@ -130,6 +130,17 @@ def config(files, out, **kw) -> SelfJudgeConfig:
     return SelfJudgeConfig(**{**base, **kw})
 
 
+def trained(batch: dict, r: int, k: int) -> tuple[list[int], list[int], list[int]]:
+    """(prompt, chosen, rejected) token ids of pair k of a DPO batch, read back from its masks,
+    in either layout."""
+    if "source_index" in batch:  # joint: [1, pairs, P + 2R], segments 1 (prompt), 2, 3
+        ids, seg = batch["input_ids"][0, k], batch["attention_mask"][0, k]
+        return tuple(ids[seg == s].tolist() for s in (1, 2, 3))
+    ids, att, loss = (batch[x][0, k] for x in ("input_ids", "attention_mask", "loss_mask"))
+    prompt = ids[0][(att[0] == 1) & (loss[0] == 0)].tolist()
+    return prompt, ids[0][loss[0] == 1].tolist(), ids[1][loss[1] == 1].tolist()
+
+
 def host(tree):
     return jax.tree.map(lambda x: np.array(x), tree)
 
@@ -159,16 +170,12 @@ def test_one_step_trains_on_the_sampled_ids_and_leaves_the_judge_and_reference_a
     assert not same(host(state["params"]), adapter0)  # the adapter moved
     assert same(host(run.frozen), frozen0)  # reference and judge: bit for bit what they were
     assert all(p is run.frozen for p in seen)  # the frozen judge saw the frozen weights
-    # The trained rows are the sampled token ids, prompt and response, at their places in the batch.
-    b, r = rec.batch, rec.response_len
-    width = b["input_ids"].shape[-1]
+    # The trained rows are the sampled token ids, prompt and responses, at their places in the batch.
     for k, (i, c) in enumerate(zip(rec.prompt_index, rec.choices)):
-        for side, j in ((0, c.chosen), (1, c.rejected)):
-            ids = list(rec.candidates[k][j].token_ids)
-            assert b["input_ids"][0, k, side, width - r:width - r + len(ids)].tolist() == ids
-            assert b["loss_mask"][0, k, side].sum() == len(ids)
-            prompt = run.prompt_ids[i]
-            assert b["input_ids"][0, k, side, width - r - len(prompt):width - r].tolist() == prompt
+        prompt, chosen, rejected = trained(rec.batch, rec.response_len, k)
+        assert prompt == run.prompt_ids[i]
+        assert chosen == list(rec.candidates[k][c.chosen].token_ids)
+        assert rejected == list(rec.candidates[k][c.rejected].token_ids)
     # and the chosen one is the one the frozen judge prefers, both orders averaged
     texts = [[c.text for c in cs] for cs in rec.candidates]
     p = sj_jax.judge_pairs(tiny, [run.contexts[i] for i in rec.prompt_index], [t[0] for t in texts],
@@ -214,8 +221,8 @@ def test_each_sample_source_draws_from_where_it_should(tiny, files, tmp_path, mo
     for k, i in enumerate(offline.last.prompt_index):
         pair = offline.pairs[i]
         assert offline.last.pairs[k] is pair
-        r = offline.last.response_len
-        assert offline.last.batch["input_ids"][0, k, 0, -r:][:len(pair.chosen_ids)].tolist() == pair.chosen_ids.tolist()
+        got = trained(offline.last.batch, offline.last.response_len, k)
+        assert got == (pair.prompt_ids.tolist(), pair.chosen_ids.tolist(), pair.rejected_ids.tolist())
 
 
 @pytestmark_tok
@@ -244,9 +251,10 @@ def _rows(path):
 
 @pytestmark_tok
 def test_a_stopped_and_resumed_run_equals_one_never_stopped(tiny, files, tmp_path):
-    full = SelfJudgeRun(config(files, tmp_path / "full", steps=3), model=tiny)
+    # (in the separate layout, which the other tests leave alone)
+    full = SelfJudgeRun(config(files, tmp_path / "full", steps=3, pair_layout="separate"), model=tiny)
     assert full.run(progress=False).steps == 3
-    cfg = config(files, tmp_path / "cut", steps=3)
+    cfg = config(files, tmp_path / "cut", steps=3, pair_layout="separate")
     first = SelfJudgeRun(cfg, model=tiny).run(progress=False, stop_at_step=1)
     assert first.preempted and first.steps == 1
     second = SelfJudgeRun(cfg, model=tiny)
@@ -254,6 +262,10 @@ def test_a_stopped_and_resumed_run_equals_one_never_stopped(tiny, files, tmp_pat
     assert _rows(tmp_path / "cut" / "metrics.jsonl") == _rows(tmp_path / "full" / "metrics.jsonl")
     assert same(host(second.state), host(full.state))
     assert second.last.candidates == full.last.candidates
+    rec = second.last
+    for k, (i, c) in enumerate(zip(rec.prompt_index, rec.choices)):  # the separate layout trains the samples too
+        assert trained(rec.batch, rec.response_len, k) == (
+            second.prompt_ids[i], list(rec.candidates[k][c.chosen].token_ids), list(rec.candidates[k][c.rejected].token_ids))
 
 
 @pytestmark_tok

@@ -87,6 +87,48 @@ def test_pair_layout_puts_responses_in_the_last_columns(tok):
     assert length_bucket(17, 1024) == 32 and length_bucket(3, 1024) == 16 and length_bucket(600, 512) == 600
 
 
+def test_the_joint_layout_runs_each_prompt_once_and_gives_the_separate_layouts_numbers():
+    """One row a pair (prompt, chosen, rejected; both responses see the prompt and continue its
+    positions): the same summed log-probs as chosen and rejected in rows of their own, and the
+    same DPO loss and gradient, on pairs of unequal lengths."""
+    import jax
+
+    import sj_jax
+    from sj_jax.data.batches import collate_pairs_joint
+    from sj_jax.data.examples import PairExample
+    from sj_jax.train.steps import StepSpec, loss_and_metrics, pair_logprobs
+    from sj_jax.train.config import LoraConfig
+
+    cfg = sj_jax.ModelConfig(model_type="llama", vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=2,
+                             num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=256)
+    model = sj_jax.init_model(cfg, seed=1)
+    rng = np.random.default_rng(0)
+    ids = lambda lo, hi: rng.integers(3, 300, int(rng.integers(lo, hi))).astype(np.int32)  # noqa: E731
+    pairs = [PairExample(ids(3, 40), ids(1, 30), ids(1, 30)) for _ in range(5)]
+    sep, r = collate_pairs(pairs, 64, 32, pad_id=0)
+    joint, rj = collate_pairs_joint(pairs, 64, 32, pad_id=0)
+    assert joint["input_ids"].shape[-1] < 2 * sep["input_ids"].shape[-1]  # P + 2R against 2 (P + R)
+    for i, x in enumerate(pairs):  # each piece in its segment, positions continuing the prompt
+        seg, pos = joint["attention_mask"][i], joint["positions"][i]
+        for s_id, part in ((1, x.prompt_ids), (2, x.chosen_ids), (3, x.rejected_ids)):
+            np.testing.assert_array_equal(joint["input_ids"][i][seg == s_id], part)
+            first = 0 if s_id == 1 else len(x.prompt_ids)
+            np.testing.assert_array_equal(pos[seg == s_id], first + np.arange(len(part)))
+    spec = StepSpec("dpo", cfg, response_len=r)
+    (a, na), (b, nb) = pair_logprobs(spec, model.params, sep), pair_logprobs(spec, model.params, joint)
+    np.testing.assert_array_equal(np.asarray(na), np.asarray(nb))
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=2e-5)
+    # the DPO gradient into a LoRA adapter (b = 0 would make the loss flat: perturb it)
+    lcfg = LoraConfig(enabled=True, rank=2)
+    adapter = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(2), x.shape),
+                           sj_jax.train.lora.init_lora(lcfg, model.params, jax.random.key(1)))
+    spec = StepSpec("dpo", cfg, lora=lcfg, response_len=r)
+    grad = jax.grad(lambda p, m: loss_and_metrics(spec, p, model.params, m)[0])
+    ga, gb = grad(adapter, sep), grad(adapter, joint)
+    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+
+
 def test_iterator_resumes_exactly_and_reshuffles_each_epoch():
     it = EpochIterator(10, 3, seed=4)
     seen = [it.next() for _ in range(5)]

@@ -24,6 +24,15 @@ def length_bucket(n: int, cap: int, minimum: int = 16) -> int:
     return min(b, max(cap, n))
 
 
+def fine_bucket(length: int, cap: int) -> int:
+    """The smallest of 16, 24, 32, 48, 64, 96, ... (2^k and 3 * 2^(k-1)) that holds `length`, capped
+    at `cap`: a padded length that wastes under a third and keeps the compiled shapes few."""
+    b = 16
+    while b < length:
+        b = b * 3 // 2 if b & (b - 1) == 0 else b * 4 // 3
+    return min(b, cap)
+
+
 def example_length(e: SFTExample | PairExample) -> int:
     """Tokens the example occupies in a batch row (a pair: prompt and its longer response)."""
     if isinstance(e, PairExample):
@@ -63,6 +72,44 @@ def collate_pairs(pairs: Sequence[PairExample], max_prompt: int, max_response: i
             att[i, j, p - lp:p + len(resp)] = 1
             loss[i, j, p:p + len(resp)] = 1
     return {"input_ids": ids, "attention_mask": att, "loss_mask": loss}, r
+
+
+def collate_pairs_joint(pairs: Sequence[PairExample], max_prompt: int, max_response: int,
+                        pad_id: int) -> tuple[dict[str, np.ndarray], int]:
+    """(`[pairs, P + 2R]` int32 arrays, R): each pair in one row with its prompt once.
+
+    The prompt is left-padded to P (segment 1), the chosen response right-padded to R after it
+    (segment 2), then the rejected one (segment 3); both responses see the prompt (the model's
+    `shared_prefix`) and continue its positions. A pair then costs P + 2R tokens instead of the
+    2(P + R) of `collate_pairs`, and P, R come in `fine_bucket` steps. Keys: input_ids,
+    attention_mask (segment ids), positions, and over the 2R response slots: source_index (the
+    position whose hidden state predicts the slot: the one before it, but the prompt's last for the
+    rejected response's first token) and response_mask (1 chosen, 2 rejected, 0 padding).
+    """
+    p = fine_bucket(max(len(x.prompt_ids) for x in pairs), max(max_prompt, 16))
+    r = fine_bucket(max(max(len(x.chosen_ids), len(x.rejected_ids)) for x in pairs), max(max_response, 16))
+    n = len(pairs)
+    ids = np.full((n, p + 2 * r), pad_id, np.int32)
+    seg = np.zeros((n, p + 2 * r), np.int32)
+    pos = np.zeros((n, p + 2 * r), np.int32)
+    resp = np.zeros((n, 2 * r), np.int32)
+    src = np.tile(np.arange(p - 1, p + 2 * r - 1, dtype=np.int32), (n, 1))
+    src[:, r] = p - 1  # the rejected response's first token follows the prompt, not the chosen slot
+    for i, x in enumerate(pairs):
+        lp = len(x.prompt_ids)
+        if lp > p:
+            raise ValueError(f"pair {i}: a prompt of {lp} tokens is longer than max_prompt {max_prompt}")
+        ids[i, p - lp:p], seg[i, p - lp:p], pos[i, p - lp:p] = x.prompt_ids, 1, np.arange(lp)
+        for j, resp_ids in enumerate((x.chosen_ids, x.rejected_ids)):
+            k = len(resp_ids)
+            if k > r:
+                raise ValueError(f"pair {i}: a response of {k} tokens is longer than max_response {max_response}")
+            start = p + j * r
+            ids[i, start:start + k], seg[i, start:start + k] = resp_ids, 2 + j
+            pos[i, start:start + k] = lp + np.arange(k)
+            resp[i, j * r:j * r + k] = 1 + j
+    return {"input_ids": ids, "attention_mask": seg, "positions": pos, "source_index": src,
+            "response_mask": resp}, r
 
 
 @dataclasses.dataclass

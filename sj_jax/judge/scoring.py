@@ -34,6 +34,7 @@ from sj_jax.judge.template import (DEFAULT_TEMPLATE, JudgeTemplate, Principle, a
                                    verdict_token_ids)
 from sj_jax.model import Transformer, positions_from_mask
 from sj_jax.model_config import ModelConfig
+from sj_jax.data.batches import fine_bucket as length_bucket
 from sj_jax.kv_cache import batch_bucket
 from sj_jax.sharding import batch_sharding, logical_sharding, param_shardings
 from sj_jax.weights.loader import abstract_params
@@ -98,15 +99,6 @@ def majority_probability(prob_first: np.ndarray) -> np.ndarray:
         mean_second = np.where(second, p, 0).sum(axis=1) / n_second
     return np.where(n_first > n_second, mean_first,
                     np.where(n_second > n_first, mean_second, p.mean(axis=1)))
-
-
-def length_bucket(length: int, max_len: int) -> int:
-    """Padded prompt length: the smallest of 16, 24, 32, 48, 64, 96, ... (2^k and 3 * 2^(k-1))
-    that holds `length`, capped at `max_len`; waste stays under a third, compiles stay few."""
-    b = 16
-    while b < length:
-        b = b * 3 // 2 if b & (b - 1) == 0 else b * 4 // 3
-    return min(b, max_len)
 
 
 @functools.lru_cache(maxsize=64)

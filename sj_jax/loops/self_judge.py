@@ -36,7 +36,7 @@ import numpy as np
 
 from sj_jax.api import Model, load_model
 from sj_jax.config import save_yaml, to_dict
-from sj_jax.data.batches import EpochIterator, collate_pairs
+from sj_jax.data.batches import EpochIterator, collate_pairs, collate_pairs_joint
 from sj_jax.data.chat import context_text
 from sj_jax.data.examples import DataReport, PairExample, load_examples, pair_example
 from sj_jax.errors import ConfigError, SJError
@@ -75,7 +75,7 @@ class StepRecord:
     candidates: list[list[Candidate]]
     choices: list[PairChoice]
     pairs: list[PairExample]
-    batch: dict[str, np.ndarray] | None  # the DPO batch `[1, batch_size, 2, P + R]` (pair_weight `[1, batch_size]`)
+    batch: dict[str, np.ndarray] | None  # the DPO batch, micro-batch axis first (see `update`)
     response_len: int | None
 
 
@@ -190,11 +190,14 @@ class SelfJudgeRun:
 
     def update(self, state: dict, pairs: list[PairExample]) -> tuple[dict, dict, dict, int]:
         """One DPO step on `pairs`, padded to `batch_size` with zero-weight copies of the first.
-        Returns (state, metrics, the batch on the host, its response length)."""
+        Returns (state, metrics, the batch on the host, its response length R). The batch is
+        `[1, batch_size, P + 2R]` (`pair_layout: joint`) or `[1, batch_size, 2, P + R]`, with
+        pair_weight `[1, batch_size]`."""
         cfg = self.cfg
         b = cfg.batch_size
-        batch, r = collate_pairs(pairs + [pairs[0]] * (b - len(pairs)), cfg.max_prompt_length,
-                                 cfg.sampling.max_new_tokens, self.pad_id)
+        collate = collate_pairs_joint if cfg.pair_layout == "joint" else collate_pairs
+        batch, r = collate(pairs + [pairs[0]] * (b - len(pairs)), cfg.max_prompt_length, cfg.sampling.max_new_tokens,
+                           self.pad_id)
         batch["pair_weight"] = (np.arange(b) < len(pairs)).astype(np.float32)
         batch = {k: v[None] for k, v in batch.items()}  # one micro-batch
         key = (r,) + tuple(v.shape for v in batch.values())

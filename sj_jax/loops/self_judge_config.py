@@ -66,6 +66,7 @@ class SelfJudgeConfig:
     judge: JudgeTemplate = DEFAULT_TEMPLATE
     principles: tuple[str, ...] = ()  # names from DEFAULT_PRINCIPLES, majority vote; () = the judge's own system
     judge_batch_size: int = 16  # judge prompts per forward pass
+    pair_layout: Literal["joint", "separate"] = "joint"  # joint: one row a pair, the prompt run once (same numbers)
     validation: ValidationSettings = ValidationSettings()
     log_every: int = 1
     logprob_chunk: int = 8192

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sj_jax.model_config import ModelConfig
 from sj_jax.objectives.dpo import dpo_loss
-from sj_jax.objectives.sequence import sequence_logprobs
+from sj_jax.objectives.sequence import joint_pair_logprobs, sequence_logprobs
 from sj_jax.objectives.sft import sft_loss
 from sj_jax.train import lora
 from sj_jax.sharding import logical_sharding
@@ -50,7 +50,9 @@ def policy_params(spec: StepSpec, trainable: Any, frozen: Any) -> dict:
 
 def pair_logprobs(spec: StepSpec, params: dict, micro: dict) -> tuple[jax.Array, jax.Array]:
     """Summed response log-probs and token counts, each `[pairs, 2]` (chosen, rejected), of a
-    micro-batch `[pairs, 2, seq]`."""
+    micro-batch `[pairs, 2, seq]`, or of one laid out `[pairs, P + 2R]` by `collate_pairs_joint`."""
+    if "source_index" in micro:  # one row a pair, the prompt once (collate_pairs_joint)
+        return joint_pair_logprobs(spec.model, params, micro, chunk=spec.chunk)
     m, two, t = micro["input_ids"].shape  # (an optional "pair_weight" [pairs] weighs each pair in the loss)
     flat = {k: micro[k].reshape(m * two, t) for k in ("input_ids", "attention_mask", "loss_mask")}
     logp, count = sequence_logprobs(spec.model, params, flat["input_ids"], flat["attention_mask"],

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from sj_jax.api import Model, load_model
 from sj_jax.config import save_yaml, to_dict
-from sj_jax.data.batches import EpochIterator, collate_pairs, collate_sft, example_length
+from sj_jax.data.batches import EpochIterator, collate_pairs, collate_pairs_joint, collate_sft, example_length
 from sj_jax.data.examples import DataReport, load_examples, pair_example, sft_example
 from sj_jax.data.judgment import judgment_text
 from sj_jax.data.packing import pack
@@ -67,7 +67,8 @@ def _collate(kind: Kind, cfg: TrainConfig, examples: list, pad_id: int):
     """The step's batch with the micro-batch axis in front, and its static response length (dpo)."""
     accum = cfg.optim.grad_accum
     if kind == "dpo":
-        batch, r = collate_pairs(examples, cfg.data.max_prompt_length, cfg.data.max_response_length, pad_id)
+        collate = collate_pairs_joint if cfg.data.pair_layout == "joint" else collate_pairs
+        batch, r = collate(examples, cfg.data.max_prompt_length, cfg.data.max_response_length, pad_id)
     else:
         batch, r = collate_sft(examples, cfg.data.max_length, pad_id), None
     batch = {k: v.reshape((accum, -1) + v.shape[1:]) for k, v in batch.items()}
