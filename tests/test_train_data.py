@@ -106,7 +106,7 @@ def test_the_joint_layout_runs_each_prompt_once_and_gives_the_separate_layouts_n
     ids = lambda lo, hi: rng.integers(3, 300, int(rng.integers(lo, hi))).astype(np.int32)  # noqa: E731
     pairs = [PairExample(ids(3, 40), ids(1, 30), ids(1, 30)) for _ in range(5)]
     sep, r = collate_pairs(pairs, 64, 32, pad_id=0)
-    joint, rj = collate_pairs_joint(pairs, 64, 32, pad_id=0)
+    joint, _ = collate_pairs_joint(pairs, 64, 32, pad_id=0)
     assert joint["input_ids"].shape[-1] < 2 * sep["input_ids"].shape[-1]  # P + 2R against 2 (P + R)
     for i, x in enumerate(pairs):  # each piece in its segment, positions continuing the prompt
         seg, pos = joint["attention_mask"][i], joint["positions"][i]

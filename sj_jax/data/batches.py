@@ -76,40 +76,40 @@ def collate_pairs(pairs: Sequence[PairExample], max_prompt: int, max_response: i
 
 def collate_pairs_joint(pairs: Sequence[PairExample], max_prompt: int, max_response: int,
                         pad_id: int) -> tuple[dict[str, np.ndarray], int]:
-    """(`[pairs, P + 2R]` int32 arrays, R): each pair in one row with its prompt once.
+    """(`[pairs, T]` int32 arrays, S): each pair in one row, its prompt once, nothing padded in between.
 
-    The prompt is left-padded to P (segment 1), the chosen response right-padded to R after it
-    (segment 2), then the rejected one (segment 3); both responses see the prompt (the model's
-    `shared_prefix`) and continue its positions. A pair then costs P + 2R tokens instead of the
-    2(P + R) of `collate_pairs`, and P, R come in `fine_bucket` steps. Keys: input_ids,
-    attention_mask (segment ids), positions, and over the 2R response slots: source_index (the
-    position whose hidden state predicts the slot: the one before it, but the prompt's last for the
-    rejected response's first token) and response_mask (1 chosen, 2 rejected, 0 padding).
+    A row is the prompt (segment 1), the chosen response (segment 2), the rejected one (segment 3),
+    then padding; both responses see the prompt (the model's `shared_prefix`) and continue its
+    positions. A pair costs prompt + chosen + rejected tokens, where `collate_pairs` pads it to
+    2 (P + R); T and S come in `fine_bucket` steps. Keys: input_ids, attention_mask (segment ids),
+    positions, and over S response slots (chosen tokens, then rejected ones, then padding):
+    source_index (the row position whose hidden state predicts the slot's token: the one before it,
+    but the prompt's last for the first rejected token), target_ids and response_mask (1 chosen,
+    2 rejected, 0 padding).
     """
-    p = fine_bucket(max(len(x.prompt_ids) for x in pairs), max(max_prompt, 16))
-    r = fine_bucket(max(max(len(x.chosen_ids), len(x.rejected_ids)) for x in pairs), max(max_response, 16))
-    n = len(pairs)
-    ids = np.full((n, p + 2 * r), pad_id, np.int32)
-    seg = np.zeros((n, p + 2 * r), np.int32)
-    pos = np.zeros((n, p + 2 * r), np.int32)
-    resp = np.zeros((n, 2 * r), np.int32)
-    src = np.tile(np.arange(p - 1, p + 2 * r - 1, dtype=np.int32), (n, 1))
-    src[:, r] = p - 1  # the rejected response's first token follows the prompt, not the chosen slot
     for i, x in enumerate(pairs):
-        lp = len(x.prompt_ids)
-        if lp > p:
-            raise ValueError(f"pair {i}: a prompt of {lp} tokens is longer than max_prompt {max_prompt}")
-        ids[i, p - lp:p], seg[i, p - lp:p], pos[i, p - lp:p] = x.prompt_ids, 1, np.arange(lp)
-        for j, resp_ids in enumerate((x.chosen_ids, x.rejected_ids)):
-            k = len(resp_ids)
-            if k > r:
-                raise ValueError(f"pair {i}: a response of {k} tokens is longer than max_response {max_response}")
-            start = p + j * r
-            ids[i, start:start + k], seg[i, start:start + k] = resp_ids, 2 + j
-            pos[i, start:start + k] = lp + np.arange(k)
-            resp[i, j * r:j * r + k] = 1 + j
-    return {"input_ids": ids, "attention_mask": seg, "positions": pos, "source_index": src,
-            "response_mask": resp}, r
+        if len(x.prompt_ids) > max_prompt or max(len(x.chosen_ids), len(x.rejected_ids)) > max_response:
+            raise ValueError(f"pair {i}: prompt {len(x.prompt_ids)} / responses {len(x.chosen_ids)}, "
+                             f"{len(x.rejected_ids)} tokens exceed max_prompt {max_prompt} / max_response {max_response}")
+    t = fine_bucket(max(len(x.prompt_ids) + len(x.chosen_ids) + len(x.rejected_ids) for x in pairs),
+                    max_prompt + 2 * max_response)
+    s = fine_bucket(max(len(x.chosen_ids) + len(x.rejected_ids) for x in pairs), 2 * max_response)
+    n = len(pairs)
+    ids = np.full((n, t), pad_id, np.int32)
+    seg, pos = np.zeros((n, t), np.int32), np.zeros((n, t), np.int32)
+    src, tgt = np.zeros((n, s), np.int32), np.full((n, s), pad_id, np.int32)
+    resp = np.zeros((n, s), np.int32)
+    for i, x in enumerate(pairs):
+        lp, lc, lr = len(x.prompt_ids), len(x.chosen_ids), len(x.rejected_ids)
+        ids[i, :lp + lc + lr] = np.concatenate([x.prompt_ids, x.chosen_ids, x.rejected_ids])
+        seg[i, :lp + lc + lr] = [1] * lp + [2] * lc + [3] * lr
+        pos[i, :lp + lc + lr] = np.concatenate([np.arange(lp), lp + np.arange(lc), lp + np.arange(lr)])
+        src[i, :lc] = lp - 1 + np.arange(lc)
+        src[i, lc:lc + lr] = np.concatenate([[lp - 1], lp + lc + np.arange(lr - 1)]) if lr else []
+        tgt[i, :lc + lr] = np.concatenate([x.chosen_ids, x.rejected_ids])
+        resp[i, :lc + lr] = [1] * lc + [2] * lr
+    return {"input_ids": ids, "attention_mask": seg, "positions": pos, "source_index": src, "target_ids": tgt,
+            "response_mask": resp}, s
 
 
 @dataclasses.dataclass

@@ -191,7 +191,7 @@ class SelfJudgeRun:
     def update(self, state: dict, pairs: list[PairExample]) -> tuple[dict, dict, dict, int]:
         """One DPO step on `pairs`, padded to `batch_size` with zero-weight copies of the first.
         Returns (state, metrics, the batch on the host, its response length R). The batch is
-        `[1, batch_size, P + 2R]` (`pair_layout: joint`) or `[1, batch_size, 2, P + R]`, with
+        `[1, batch_size, T]` (`pair_layout: joint`) or `[1, batch_size, 2, P + R]`, with
         pair_weight `[1, batch_size]`."""
         cfg = self.cfg
         b = cfg.batch_size

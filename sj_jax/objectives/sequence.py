@@ -33,12 +33,10 @@ def sequence_logprobs(cfg: ModelConfig, params: dict, input_ids: jax.Array, atte
 def joint_pair_logprobs(cfg: ModelConfig, params: dict, batch: dict, *, chunk: int = DEFAULT_CHUNK):
     """Summed log-probs and token counts, each float32 `[pairs, 2]` (chosen, rejected), of pairs laid
     out one a row with the prompt once (`sj_jax.data.batches.collate_pairs_joint`): one forward
-    over `[pairs, P + 2R]`, the output projection on the 2R response slots only."""
-    ids = batch["input_ids"]
-    h = Transformer(cfg).apply({"params": params}, ids, batch["attention_mask"], batch["positions"], True,
-                               method=Transformer.hidden_states)
-    two_r = batch["response_mask"].shape[1]
-    h = jnp.take_along_axis(h, batch["source_index"][..., None], axis=1)  # [pairs, 2R, embed]
-    lp = token_logprobs(h, head_weight(params, cfg.tie_word_embeddings), ids[:, -two_r:], chunk=chunk)
+    over `[pairs, T]`, the output projection on the S response slots only."""
+    h = Transformer(cfg).apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["positions"],
+                               True, method=Transformer.hidden_states)
+    h = jnp.take_along_axis(h, batch["source_index"][..., None], axis=1)  # [pairs, S, embed]
+    lp = token_logprobs(h, head_weight(params, cfg.tie_word_embeddings), batch["target_ids"], chunk=chunk)
     masks = jnp.stack([batch["response_mask"] == 1, batch["response_mask"] == 2], axis=1).astype(jnp.float32)
     return jnp.einsum("bt,bst->bs", lp, masks), masks.sum(axis=2)

@@ -50,7 +50,7 @@ def policy_params(spec: StepSpec, trainable: Any, frozen: Any) -> dict:
 
 def pair_logprobs(spec: StepSpec, params: dict, micro: dict) -> tuple[jax.Array, jax.Array]:
     """Summed response log-probs and token counts, each `[pairs, 2]` (chosen, rejected), of a
-    micro-batch `[pairs, 2, seq]`, or of one laid out `[pairs, P + 2R]` by `collate_pairs_joint`."""
+    micro-batch `[pairs, 2, seq]`, or of one laid out `[pairs, T]` by `collate_pairs_joint`."""
     if "source_index" in micro:  # one row a pair, the prompt once (collate_pairs_joint)
         return joint_pair_logprobs(spec.model, params, micro, chunk=spec.chunk)
     m, two, t = micro["input_ids"].shape  # (an optional "pair_weight" [pairs] weighs each pair in the loss)
