@@ -81,7 +81,7 @@ def collate_pairs_joint(pairs: Sequence[PairExample], max_prompt: int, max_respo
     A row is the prompt (segment 1), the chosen response (segment 2), the rejected one (segment 3),
     then padding; both responses see the prompt (the model's `shared_prefix`) and continue its
     positions. A pair costs prompt + chosen + rejected tokens, where `collate_pairs` pads it to
-    2 (P + R); T and S come in `fine_bucket` steps. Keys: input_ids, attention_mask (segment ids),
+    2 (P + R); T comes in `fine_bucket` steps, S in powers of two. Keys: input_ids, attention_mask (segment ids),
     positions, and over S response slots (chosen tokens, then rejected ones, then padding):
     source_index (the row position whose hidden state predicts the slot's token: the one before it,
     but the prompt's last for the first rejected token), target_ids and response_mask (1 chosen,
@@ -93,7 +93,8 @@ def collate_pairs_joint(pairs: Sequence[PairExample], max_prompt: int, max_respo
                              f"{len(x.rejected_ids)} tokens exceed max_prompt {max_prompt} / max_response {max_response}")
     t = fine_bucket(max(len(x.prompt_ids) + len(x.chosen_ids) + len(x.rejected_ids) for x in pairs),
                     max_prompt + 2 * max_response)
-    s = fine_bucket(max(len(x.chosen_ids) + len(x.rejected_ids) for x in pairs), 2 * max_response)
+    # S in powers of two: every (T, S) is a program of its own, and S only sizes the output projection
+    s = length_bucket(max(len(x.chosen_ids) + len(x.rejected_ids) for x in pairs), 2 * max_response)
     n = len(pairs)
     ids = np.full((n, t), pad_id, np.int32)
     seg, pos = np.zeros((n, t), np.int32), np.zeros((n, t), np.int32)
