@@ -115,6 +115,7 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("sj_data")
     rows = build_split(TaskSuiteConfig(families=("arithmetic", "uppercase"), train=4), "train").rows[:8]
     (d / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "prompts4.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
     pairs = [{"prompt": r["prompt"], "chosen": r["answer"], "rejected": r["answer"] + " no"} for r in rows]
     (d / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
     return d
@@ -204,15 +205,16 @@ def test_each_sample_source_draws_from_where_it_should(tiny, files, tmp_path, mo
     assert run.last.candidates == run.draw(1, idx, p1)
     assert run.last.candidates != run.draw(1, idx, run.frozen)
     # off-policy: from the initial model, each prompt's samples fixed whatever the step and the state
-    off = SelfJudgeRun(config(files, tmp_path / "off", samples="off_policy", batch_size=8), model=tiny)
+    off = SelfJudgeRun(config(files, tmp_path / "off", samples="off_policy", prompts_file=str(files / "prompts4.jsonl")),
+                       model=tiny)  # every prompt in every step
     o1, _ = off.step(0, off.state)
     first = dict(zip(off.last.prompt_index, off.last.candidates))
     off.step(1, o1)
     again = dict(zip(off.last.prompt_index, off.last.candidates))
     assert first == again
-    g = sj_jax.generate(tiny, [off.prompt_ids[i] for i in range(8)], max_new_tokens=6, temperature=1.0, top_p=0.9,
+    g = sj_jax.generate(tiny, [off.prompt_ids[i] for i in range(4)], max_new_tokens=6, temperature=1.0, top_p=0.9,
                         num_samples=2, seed=step_seed(1, 0, "off_policy"))
-    assert [list(c.token_ids) for c in first[5]] == g.token_ids[5]
+    assert [[list(c.token_ids) for c in first[i]] for i in range(4)] == g.token_ids
     # offline: the file's pairs, and the sampler is never called
     monkeypatch.setattr(sj_module, "generate", lambda *a, **k: pytest.fail("offline sampled"))
     offline = SelfJudgeRun(config(files, tmp_path / "offline", samples="offline"), model=tiny)
