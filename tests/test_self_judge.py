@@ -321,9 +321,9 @@ def test_bad_settings_are_named():
 def test_smollm2_lora_steps_log_every_metric_and_resume(smollm2, files, tmp_path):
     """SELF-JUDGE on the embedded model, LoRA, the default degenerate rules: step 1, stopped, then
     resumed to step 2; every metric is in metrics.jsonl, validation before and after."""
-    cfg = config(files, tmp_path / "run", steps=2, batch_size=2, sampling=SamplingSettings(max_new_tokens=24),
+    cfg = config(files, tmp_path / "run", steps=2, batch_size=2, sampling=SamplingSettings(max_new_tokens=16),
                  degenerate=DegenerateRules(),
-                 validation=ValidationSettings(file=str(files / "prompts.jsonl"), limit=1, max_new_tokens=8),
+                 validation=ValidationSettings(file=str(files / "prompts.jsonl"), limit=1, max_new_tokens=4),
                  optim=OptimConfig(learning_rate=5e-5, schedule="constant", warmup_steps=0))
     frozen0 = host(smollm2.params["layers"]["attn"]["q"])
     assert SelfJudgeRun(cfg, model=smollm2).run(progress=False, stop_at_step=1).preempted

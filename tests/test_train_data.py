@@ -115,7 +115,8 @@ def test_the_joint_layout_runs_each_prompt_once_and_gives_the_separate_layouts_n
             first = 0 if s_id == 1 else len(x.prompt_ids)
             np.testing.assert_array_equal(pos[seg == s_id], first + np.arange(len(part)))
     spec = StepSpec("dpo", cfg, response_len=r)
-    (a, na), (b, nb) = pair_logprobs(spec, model.params, sep), pair_logprobs(spec, model.params, joint)
+    logprobs = jax.jit(lambda p, m: pair_logprobs(spec, p, m))
+    (a, na), (b, nb) = logprobs(model.params, sep), logprobs(model.params, joint)
     np.testing.assert_array_equal(np.asarray(na), np.asarray(nb))
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=2e-5)
     # the DPO gradient into a LoRA adapter (b = 0 would make the loss flat: perturb it)
@@ -123,7 +124,7 @@ def test_the_joint_layout_runs_each_prompt_once_and_gives_the_separate_layouts_n
     adapter = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(2), x.shape),
                            sj_jax.train.lora.init_lora(lcfg, model.params, jax.random.key(1)))
     spec = StepSpec("dpo", cfg, lora=lcfg, response_len=r)
-    grad = jax.grad(lambda p, m: loss_and_metrics(spec, p, model.params, m)[0])
+    grad = jax.jit(jax.grad(lambda p, m: loss_and_metrics(spec, p, model.params, m)[0]))
     ga, gb = grad(adapter, sep), grad(adapter, joint)
     for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
