@@ -53,7 +53,7 @@ from sj_jax.train.checkpoint import Checkpointer
 from sj_jax.train.loop import run_loop
 from sj_jax.train.metrics import read_metrics, write_report
 from sj_jax.train.optim import make_optimizer
-from sj_jax.train.steps import StepSpec, compile_step, mesh_shardings
+from sj_jax.train.steps import StepSpec, mesh_shardings, shared_step
 from sj_jax.train.trainer import init_state
 
 _SALTS = {"sample": 1, "off_policy": 2, "pairs": 3}
@@ -116,10 +116,8 @@ class SelfJudgeRun:
                               f"{cfg.offline_file if cfg.samples == 'offline' else cfg.prompts_file}")
         self.it = EpochIterator(n, cfg.batch_size, cfg.seed, shuffle=True)
         self.total = cfg.steps or int(cfg.epochs * self.it.steps_per_epoch)
-        self.tx, self.schedule = make_optimizer(cfg.optim, self.total)
-        self.state, self.frozen = init_state("dpo", cfg, model, self.tx)
+        self.state, self.frozen = init_state("dpo", cfg, model, make_optimizer(cfg.optim, self.total)[0])
         self.spec = StepSpec("dpo", model.config, cfg.lora, cfg.dpo, cfg.logprob_chunk)
-        self._steps: dict[Any, Any] = {}
         self._merge = (jax.jit(lambda f, a: lora.merge(cfg.lora, f, a),
                                out_shardings=mesh_shardings(self.frozen, model.mesh)) if cfg.lora.enabled else None)
         v = cfg.validation
@@ -200,11 +198,9 @@ class SelfJudgeRun:
                            self.pad_id)
         batch["pair_weight"] = (np.arange(b) < len(pairs)).astype(np.float32)
         batch = {k: v[None] for k, v in batch.items()}  # one micro-batch
-        key = (r,) + tuple(v.shape for v in batch.values())
-        if key not in self._steps:
-            self._steps[key] = compile_step(dataclasses.replace(self.spec, response_len=r), self.tx, self.schedule,
-                                            self.model.mesh, state, self.frozen, batch)
-        state, metrics = self._steps[key](state, self.frozen, batch)
+        fn = shared_step(dataclasses.replace(self.spec, response_len=r), cfg.optim, self.total, self.model.mesh,
+                         state, self.frozen, batch)
+        state, metrics = fn(state, self.frozen, batch)
         return state, {k: float(v) for k, v in jax.device_get(metrics).items()}, batch, r
 
     def validate(self, policy: dict) -> dict[str, float]:

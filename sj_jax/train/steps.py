@@ -144,3 +144,28 @@ def compile_step(spec: StepSpec, tx, schedule, mesh: Mesh, state: dict, frozen: 
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,),
     )
+
+
+_SHARED: dict[tuple, Any] = {}
+
+
+def _layout(tree: Any) -> tuple:
+    """A hashable description of a tree: structure, and each leaf's shape, dtype and sharding."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return (treedef, tuple((x.shape, str(x.dtype), getattr(x, "sharding", None)) for x in leaves))
+
+
+def shared_step(spec: StepSpec, optim: Any, total: int, mesh: Mesh, state: dict, frozen: Any, batch: dict):
+    """`compile_step` for `make_optimizer(optim, total)`, kept for the process and keyed by
+    everything static (spec, optimizer settings, mesh, and the layouts of state, frozen and batch),
+    so a resumed, repeated or second run in one process reuses the compiled program. The arrays
+    only lend their shardings."""
+    from sj_jax.train.optim import make_optimizer
+
+    key = (spec, optim, total, mesh, _layout(state), _layout(frozen), _layout(batch))
+    if key not in _SHARED:
+        if len(_SHARED) >= 64:
+            _SHARED.pop(next(iter(_SHARED)))  # the oldest
+        tx, schedule = make_optimizer(optim, total)
+        _SHARED[key] = compile_step(spec, tx, schedule, mesh, state, frozen, batch)
+    return _SHARED[key]

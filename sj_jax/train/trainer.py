@@ -32,7 +32,7 @@ from sj_jax.train.config import TrainConfig
 from sj_jax.train.loop import run_loop
 from sj_jax.train.metrics import read_metrics, write_report
 from sj_jax.train.optim import make_optimizer
-from sj_jax.train.steps import StepSpec, compile_step, mesh_shardings
+from sj_jax.train.steps import StepSpec, mesh_shardings, shared_step
 
 Kind = Literal["sft", "jsft", "dpo"]
 
@@ -113,20 +113,16 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
     lengths = [example_length(e) for e in examples] if cfg.data.group_by_length else None
     it = EpochIterator(len(examples), rows_per_step, cfg.seed, cfg.data.shuffle, lengths=lengths)
     total = cfg.steps or int(cfg.epochs * it.steps_per_epoch)
-    tx, schedule = make_optimizer(cfg.optim, total)
+    tx = make_optimizer(cfg.optim, total)[0]
     state, frozen = init_state(kind, cfg, model, tx)
     pad_id = model.tokenizer.pad_token_id
     base_spec = StepSpec("dpo" if kind == "dpo" else "sft", model.config, cfg.lora, cfg.dpo, cfg.logprob_chunk)
-    steps: dict[Any, Any] = {}
     clock = {"t0": time.perf_counter(), "tokens": 0}
 
     def one_step(step: int, state):
         batch, r = _collate(kind, cfg, [examples[i] for i in it.next()], pad_id)
-        key = (r,) + tuple(v.shape for v in batch.values())
-        if key not in steps:
-            steps[key] = compile_step(dataclasses.replace(base_spec, response_len=r), tx, schedule, mesh, state,
-                                      frozen, batch)
-        state, metrics = steps[key](state, frozen, batch)
+        fn = shared_step(dataclasses.replace(base_spec, response_len=r), cfg.optim, total, mesh, state, frozen, batch)
+        state, metrics = fn(state, frozen, batch)
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         clock["tokens"] += int((batch["attention_mask"] > 0).sum())
         elapsed = time.perf_counter() - clock["t0"]
