@@ -84,6 +84,15 @@ def _configured(cfg):
     return cfg
 
 
+def _report_run(result) -> None:
+    """The last line of a training command: stopped on request (and how to resume), or done."""
+    if result.preempted:
+        print(f"stopped at step {result.steps} on request; run the same command to resume", file=sys.stderr)
+    else:
+        print(f"done: {result.steps} steps, final loss {result.last_loss:.4f}; report: {result.report}",
+              file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Everything sj-jax reads is local; never let transformers or datasets look up a hub.
@@ -158,12 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             from sj_jax.train.config import TrainConfig
             from sj_jax.train.trainer import train
 
-            result = train(args.command, _configured(load_yaml(TrainConfig, args.config, list(args.overrides))))
-            if result.preempted:
-                print(f"stopped at step {result.steps} on request; run the same command to resume", file=sys.stderr)
-            else:
-                print(f"done: {result.steps} steps, final loss {result.last_loss:.4f}; report: {result.report}",
-                      file=sys.stderr)
+            _report_run(train(args.command, _configured(load_yaml(TrainConfig, args.config, list(args.overrides)))))
         elif args.command == "data":
             from sj_jax.data.build import DataBuildConfig, build as build_data
 
@@ -196,12 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             from sj_jax.loops.self_judge_config import SelfJudgeConfig
 
             overrides = _flag_overrides(args, (("model", "model"),))
-            result = self_judge(_configured(load_yaml(SelfJudgeConfig, args.config, overrides)))
-            if result.preempted:
-                print(f"stopped at step {result.steps} on request; run the same command to resume", file=sys.stderr)
-            else:
-                print(f"done: {result.steps} steps, final loss {result.last_loss:.4f}; report: {result.report}",
-                      file=sys.stderr)
+            _report_run(self_judge(_configured(load_yaml(SelfJudgeConfig, args.config, overrides))))
         elif args.command == "export":
             import sj_jax
 

@@ -98,7 +98,7 @@ def load_run(folder: str | Path, *, dtype: str | None = None, param_dtype: str |
     base = parts.base
     if parts.lora.enabled:
         shardings = jax.tree.map(lambda x: x.sharding, base.params)
-        params = jax.jit(lambda b, a: lora.merge(parts.lora, b, a), out_shardings=shardings)(base.params, parts.trained)
+        params = lora.jitted_merge(parts.lora, shardings)(base.params, parts.trained)
     else:
         params = parts.trained
     return Model(base.config, params, base.tokenizer, base.mesh, f"{Path(folder)}@step{parts.step}")

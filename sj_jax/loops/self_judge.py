@@ -118,8 +118,8 @@ class SelfJudgeRun:
         self.total = cfg.steps or int(cfg.epochs * self.it.steps_per_epoch)
         self.state, self.frozen = init_state("dpo", cfg, model, make_optimizer(cfg.optim, self.total)[0])
         self.spec = StepSpec("dpo", model.config, cfg.lora, cfg.dpo, cfg.logprob_chunk)
-        self._merge = (jax.jit(lambda f, a: lora.merge(cfg.lora, f, a),
-                               out_shardings=mesh_shardings(self.frozen, model.mesh)) if cfg.lora.enabled else None)
+        self._merge = (lora.jitted_merge(cfg.lora, mesh_shardings(self.frozen, model.mesh)) if cfg.lora.enabled
+                       else None)
         v = cfg.validation
         self.val_rows = read_rows(v.file, ("prompt", "answer", "task"), v.limit) if v.file else []
         self.last: StepRecord | None = None
@@ -273,16 +273,17 @@ class SelfJudgeRun:
         self.state = loop.state
         report = None
         if not loop.preempted:
-            report = write_report(self.out, f"sj-jax self-judge: {cfg.model}", read_metrics(self.out / "metrics.jsonl"),
-                                  self.summary(), PLOTTED, columns=PLOTTED[:-1] + (
+            rows = read_metrics(self.out / "metrics.jsonl")
+            report = write_report(self.out, f"sj-jax self-judge: {cfg.model}", rows, self.summary(rows), PLOTTED,
+                                  columns=PLOTTED[:-1] + (
                                       "judge/swap_consistency", "pairs", "time/total_s", "val/accuracy",
                                       "val/answer_accuracy"))
         return SelfJudgeResult(loop.steps, loop.last_loss, self.out / "metrics.jsonl", report, loop.preempted)
 
-    def summary(self) -> dict[str, Any]:
-        """The report's table: settings, validation before and after, skipped pairs, time per phase."""
+    def summary(self, rows: list[dict]) -> dict[str, Any]:
+        """The report's table from the run's metrics rows: settings, validation before and after,
+        skipped pairs, time per phase."""
         cfg = self.cfg
-        rows = read_metrics(self.out / "metrics.jsonl")
         steps = [r for r in rows if r.get("step", 0) > 0]
         val = [r for r in rows if "val/accuracy" in r]
         out: dict[str, Any] = {

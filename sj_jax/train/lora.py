@@ -9,6 +9,7 @@ that is "the base with the adapter off" starts equal to the policy).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -63,3 +64,9 @@ def merge(cfg: LoraConfig, base: dict, adapters: dict) -> dict:
         node["kernel"] = (jax.lax.stop_gradient(w) + scale * delta).astype(w.dtype)
     return {**base, "layers": layers}
 
+
+
+def jitted_merge(cfg: LoraConfig, shardings):
+    """`merge(cfg, base, adapters)` jitted, its output laid out as `shardings` (the base's), as the
+    sampler and judge expect the weights they are given."""
+    return jax.jit(functools.partial(merge, cfg), out_shardings=shardings)

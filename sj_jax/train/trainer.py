@@ -1,4 +1,5 @@
-"""The training loop at the edge: data in, jitted steps, progress, metrics, checkpoints, SIGTERM.
+"""`sj-jax sft|jsft|dpo`: data in, one jitted step a batch, driven by the shared run loop
+(`sj_jax.train.loop`: resume, progress, metrics, NaN policy, checkpoints, SIGTERM).
 
 `train(kind, cfg)` runs `sft`, `jsft` or `dpo` from a `TrainConfig`. A restarted run continues from
 the latest complete checkpoint in `output_dir/checkpoints` with the same data order, RNG and
