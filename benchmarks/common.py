@@ -38,15 +38,10 @@ def forward_flops(cfg, batch: int, seq: int) -> float:
 
 
 def jax_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """GFLOP/s of a float32 n x n matmul in JAX on this machine."""
-    import jax
-    import jax.numpy as jnp
+    """GFLOP/s of a float32 n x n matmul in JAX on this machine (`sj_jax.machine.matmul_gflops`)."""
+    from sj_jax.machine import matmul_gflops
 
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = min(time_call(lambda: f(a).block_until_ready(), repeats))
-    return 2 * n**3 / best / 1e9
+    return matmul_gflops(n, repeats)
 
 
 def load_default_pair(tokenizer: bool = False):

@@ -8,6 +8,7 @@ bad value, so a typo in a YAML file never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,23 @@ import yaml
 from sj_jax.errors import ConfigError
 
 T = TypeVar("T")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as 1.2 reads it: only true/false are booleans, so `cache_dir: off` is the string "off"
+    (YAML 1.1, PyYAML's default, turns off/on/yes/no into booleans)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def read_yaml(text: str) -> Any:
+    """Parses config text (YAML 1.2 booleans; see `_Loader`)."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def _type_name(tp: Any) -> str:
@@ -146,7 +164,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = read_yaml(raw)
     return data
 
 
@@ -156,7 +174,7 @@ def load_yaml(cls: type[T], path: str | Path | None, overrides: list[str] = ()) 
     if path is not None:
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = read_yaml(path.read_text()) or {}
         except FileNotFoundError as e:
             raise ConfigError(f"{path}: config file not found") from e
         except yaml.YAMLError as e:

@@ -50,6 +50,7 @@ def load_run_parts(folder: str | Path, *, dtype: str | None = None, param_dtype:
     from sj_jax.errors import ConfigError
     from sj_jax.train import lora
     from sj_jax.train.checkpoint import complete_steps, restore_subtree
+    from sj_jax.config import read_yaml
     from sj_jax.train.config import TrainConfig
 
     import yaml
@@ -57,7 +58,7 @@ def load_run_parts(folder: str | Path, *, dtype: str | None = None, param_dtype:
     folder = Path(folder)
     path = folder / CONFIG_FILE
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):

@@ -11,7 +11,7 @@ import numpy as np
 from sj_jax.api import Model
 from sj_jax.data.chat import context_text
 from sj_jax.generate import generate
-from sj_jax.judge.scoring import judge_pairs
+from sj_jax.judge.scoring import judge_pairs_detailed
 from sj_jax.judge.template import JudgeTemplate
 from sj_jax.tasks.families import check
 
@@ -61,13 +61,24 @@ def judge_accuracy(model: Model, pairs: Sequence[dict], *, template: JudgeTempla
                    principles: Sequence[Any] | None = None, batch_size: int = 16,
                    progress: Callable[[int], None] | None = None) -> tuple[Accuracy, np.ndarray]:
     """(accuracy, p(chosen > rejected) per pair) of the model as a pairwise judge on rows
-    {"prompt", "chosen", "rejected", "subset"?}. Both orders are averaged inside `judge_pairs`, so a
-    pair counts as correct when p > 0.5; an exact tie (p == 0.5) counts as wrong."""
+    {"prompt", "chosen", "rejected", "subset"?, "corruption"?}.
+
+    Metrics per pair: "accuracy" (both orders averaged, as `judge_pairs` decides: correct when
+    p > 0.5; an exact tie counts as wrong), "accuracy_chosen_first" and "accuracy_chosen_second"
+    (each order read alone: the verdict token with the higher probability) and "swap_consistent"
+    (both orders, read alone, name the same response). With principles, the per-order metrics are
+    those of the first principle."""
     if not pairs:
         raise ValueError("pairs: no pairs to judge")
-    p = judge_pairs(model, [context_text(r["prompt"]) for r in pairs], [r["chosen"] for r in pairs],
-                    [r["rejected"] for r in pairs], template=template, principles=principles, batch_size=batch_size,
-                    progress=progress)
+    j = judge_pairs_detailed(model, [context_text(r["prompt"]) for r in pairs], [r["chosen"] for r in pairs],
+                             [r["rejected"] for r in pairs], template=template, principles=principles,
+                             batch_size=batch_size, progress=progress)
+    p = j.prob_first
+    order0, order1 = j.probs[:, 0, 0], j.probs[:, 0, 1]  # [pairs, 2]: p(A), p(B) in each order
     groups = {"subset": [r.get("subset", "all") for r in pairs],
               "corruption": [r.get("corruption", "") for r in pairs]}
-    return Accuracy({"accuracy": [bool(x > 0.5) for x in p]}, groups), p
+    metrics = {"accuracy": [bool(x > 0.5) for x in p],
+               "accuracy_chosen_first": [bool(a > b) for a, b in order0],
+               "accuracy_chosen_second": [bool(b > a) for a, b in order1],
+               "swap_consistent": [bool(x) for x in j.swap_consistent[:, 0]]}
+    return Accuracy(metrics, groups), p

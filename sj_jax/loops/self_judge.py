@@ -47,6 +47,7 @@ from sj_jax.loops.evaluate import policy_accuracy
 from sj_jax.loops.pairs import SKIP_REASONS, Candidate, PairChoice, choose_pairs, defect
 from sj_jax.loops.self_judge_config import SelfJudgeConfig
 from sj_jax.sharding import make_mesh
+from sj_jax.tasks.families import FAMILIES, check
 from sj_jax.tokenizer import end_of_turn_ids
 from sj_jax.train import lora
 from sj_jax.train.checkpoint import Checkpointer
@@ -139,6 +140,9 @@ class SelfJudgeRun:
         keep = [i for i, x in enumerate(ids) if len(x) <= cfg.max_prompt_length]
         self.prompt_ids = [ids[i] for i in keep]
         self.contexts = [context_text(rows[i]["prompt"]) for i in keep]
+        # Task-suite rows carry their answer: every sample is then checked, and the judge's verdicts
+        # on pairs with exactly one correct sample are scored (measured, never used for training).
+        self.answers = [(rows[i]["task"], rows[i]["answer"]) if _checkable(rows[i]) else None for i in keep]
         return {"file": cfg.prompts_file, "rows": len(rows), "prompts": len(keep),
                 "dropped_too_long": len(rows) - len(keep)}
 
@@ -213,6 +217,20 @@ class SelfJudgeRun:
         out.update({f"val/{task}/accuracy": t["accuracy"] for task, t in table.items() if task != "all"})
         return out
 
+    def _verified(self, idx: list[int], candidates: list[list[Candidate]],
+                  choices: list[PairChoice]) -> dict[str, float]:
+        """On checkable prompts: the fraction of correct samples, the judged pairs with exactly one
+        correct sample (`judge/verified_pairs`) and how many of them the judge got right."""
+        known = [(k, self.answers[i]) for k, i in enumerate(idx) if self.answers[i] is not None]
+        if not known:
+            return {}
+        ok = {k: [check(task, answer, c.text) for c in candidates[k]] for k, (task, answer) in known}
+        pairs = [(ok[k][c.chosen], ok[k][c.rejected]) for k, _ in known
+                 for c in [choices[k]] if c.skipped is None and c.decided_by == "judge"]
+        one = [w for w, lose in pairs if w != lose]
+        return {"samples/accuracy": float(np.mean([x for v in ok.values() for x in v])),
+                "judge/verified_pairs": float(len(one)), "judge/verified_correct": float(sum(one))}
+
     def step(self, step: int, state: dict) -> tuple[dict, dict]:
         """Loop step `step` (0-based) from `state`: (new state, its metrics row)."""
         cfg = self.cfg
@@ -234,6 +252,7 @@ class SelfJudgeRun:
                                  np.asarray(candidates[k][c.rejected].token_ids, np.int32))
                      for k, (i, c) in enumerate(zip(idx, choices)) if c.skipped is None]
             row.update(_sample_metrics(candidates, cfg), **_judge_metrics(judgments, choices),
+                       **self._verified(idx, candidates, choices),
                        **{"time/sample_s": t1 - t0, "time/judge_s": t2 - t1})
         t3 = time.perf_counter()
         batch, r = None, None
@@ -299,6 +318,10 @@ class SelfJudgeRun:
                 f"{val[-1]['val/accuracy']:.3f} / {val[-1]['val/answer_accuracy']:.3f} (step {val[-1]['step']})")
         for reason in SKIP_REASONS:
             out[f"pairs skipped: {reason}"] = int(sum(r.get(f"skipped/{reason}", 0) for r in steps))
+        verified = sum(r.get("judge/verified_pairs", 0) for r in steps)
+        if verified:
+            right = sum(r.get("judge/verified_correct", 0) for r in steps)
+            out["judge on its own samples (pairs with one correct)"] = f"{right / verified:.3f} of {int(verified)}"
         for phase in ("sample", "judge", "step", "total"):
             t = [r[f"time/{phase}_s"] for r in steps if f"time/{phase}_s" in r]
             if t:
@@ -326,6 +349,10 @@ def _judge_metrics(judgments: list[Judgments], choices: list[PairChoice]) -> dic
         out["judge/margin"] = float(np.mean(np.abs(2 * p - 1)))  # 0: no preference, 1: certain
         out["judge/swap_consistency"] = float(np.mean(np.concatenate([j.swap_consistent.ravel() for j in judgments])))
     return out
+
+
+def _checkable(row: dict) -> bool:
+    return row.get("task") in FAMILIES and isinstance(row.get("answer"), str)
 
 
 def _skips(choices: list[PairChoice]) -> str:

@@ -1,0 +1,453 @@
+"""`sj-jax demo`: the SELF-JUDGE paper's table in miniature, every stage in one run folder.
+
+Stages (each one a function here, each writing what it made under `cfg.out`):
+
+1. `build_data`: the task suite's train / validation / test problems and known-label pairs, and the
+   JSFT mixture (`sj-jax data build`).
+2. `train_from_base`: SFT (instruction rows) and JSFT (the mixture) from the base model
+   (`sj-jax sft|jsft`; LoRA by default).
+3. `train_from_jsft`: offline DPO (the known-label train pairs), off-policy (samples drawn once from
+   the JSFT policy) and SELF-JUDGE on-policy, all from the JSFT checkpoint with the frozen JSFT
+   model as judge and reference, the same prompts, steps, beta, learning rate and pairs a step
+   (`sj-jax self-judge` with `samples: offline|off_policy|on_policy`).
+4. `evaluate_policy` (greedy test accuracy, strict and lenient, per family, mean length) for base,
+   SFT, JSFT and the three runs; `evaluate_tournament` (self-rejection, N = 1, 2, 4, 8) on the JSFT
+   and SELF-JUDGE policies, each judging its own samples.
+5. `evaluate_judge`: the base and JSFT judges on held-out known-label pairs (both orders, each
+   order alone, swap consistency, per family) and on a `--judge-eval` file; and, from the SELF-JUDGE
+   run's metrics, how often the judge picked the correct sample of a pair with exactly one.
+6. `sj_jax.loops.demo_report`: results.json, report.md (the table over seeds, a paragraph per
+   claim), metrics.jsonl of every stage and the plots.
+
+Each stage's config is written beside its output (a user can rerun any stage alone with its own
+command). A finished stage leaves `stage.json`; running the demo again skips it, and a stopped
+training stage resumes from its checkpoint, so a stopped and restarted demo ends with the same
+results as one that never stopped. Stages 3 to 5 repeat for each seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from sj_jax.config import read_yaml, save_yaml, to_dict
+from sj_jax.errors import ConfigError, SJError
+from sj_jax.loops.demo_config import DemoConfig
+
+VARIANTS = ("offline", "off_policy", "on_policy")  # stage 3, in this order
+BASE_POLICIES = ("base", "sft", "jsft")
+METHODS = BASE_POLICIES + VARIANTS
+TOURNAMENT_POLICIES = ("jsft", "on_policy")
+JUDGES = ("base", "jsft")
+
+
+class DemoStopped(SJError):
+    """A stage was stopped (SIGTERM, or `stop_at`) after saving; the same command resumes it."""
+
+
+@dataclasses.dataclass
+class DemoResult:
+    out: Path
+    results: dict[str, Any] | None  # None when stopped
+    stopped_in: str | None = None
+
+
+# -- the configs of the stages' own commands ------------------------------------------------------
+
+def data_config(cfg: DemoConfig, out: Path):
+    """Stage 1's `sj-jax data build` config."""
+    from sj_jax.data.build import DataBuildConfig, PairsConfig
+    from sj_jax.data.jsft import JSFTConfig
+    from sj_jax.tasks.suite import TaskSuiteConfig
+
+    d = cfg.data
+    return DataBuildConfig(output_dir=str(out / "data"), seed=cfg.seed, model=cfg.model,
+                           max_length=cfg.jsft.max_length, max_prompt_length=256, max_response_length=128,
+                           tasks=TaskSuiteConfig(families=d.families, difficulties=d.difficulties, train=d.train,
+                                                 validation=d.validation, test=d.test),
+                           pairs=PairsConfig(per_problem=d.pairs_per_problem),
+                           jsft=JSFTConfig(judgment_ratio=d.judgment_ratio), judge=cfg.judge, cache_dir=cfg.cache_dir)
+
+
+def train_config(cfg: DemoConfig, out: Path, kind: str):
+    """Stage 2's `sj-jax sft|jsft` config (kind "sft" or "jsft")."""
+    from sj_jax.train.config import DataConfig, OptimConfig, TrainConfig
+
+    t = cfg.sft if kind == "sft" else cfg.jsft
+    data = out / "data" / ("sft_train.jsonl" if kind == "sft" else "jsft_train.jsonl")
+    return TrainConfig(model=cfg.model, dtype=cfg.dtype, param_dtype=cfg.dtype, output_dir=str(out / kind),
+                       seed=cfg.seed, batch_size=t.batch_size, steps=t.steps,
+                       data=DataConfig(train_file=str(data), max_length=t.max_length, group_by_length=True),
+                       optim=OptimConfig(learning_rate=t.learning_rate, schedule=t.schedule,
+                                         warmup_ratio=t.warmup_ratio),
+                       lora=t.lora, judge=cfg.judge, checkpoint=_checkpoints(cfg), cache_dir=cfg.cache_dir)
+
+
+def dpo_config(cfg: DemoConfig, out: Path, variant: str, seed: int):
+    """Stage 3's `sj-jax self-judge` config for one variant and seed."""
+    from sj_jax.loops.self_judge_config import SamplingSettings, SelfJudgeConfig, ValidationSettings
+    from sj_jax.train.config import DPOConfig, OptimConfig
+
+    p = cfg.dpo
+    data = out / "data"
+    return SelfJudgeConfig(
+        model=str(out / "jsft"), dtype=cfg.dtype, param_dtype=cfg.dtype,
+        output_dir=str(seed_dir(out, seed) / variant), seed=seed,
+        prompts_file=str(data / "prompts_train.jsonl"), offline_file=str(data / "pairs_train.jsonl"),
+        batch_size=p.batch_size, steps=p.steps, num_samples=p.num_samples, samples=variant,
+        sampling=SamplingSettings(max_new_tokens=p.max_new_tokens, temperature=p.temperature, top_p=p.top_p,
+                                  batch_size=cfg.eval.batch_size),
+        degenerate=p.degenerate, judge=cfg.judge, judge_batch_size=cfg.eval.judge_batch_size,
+        validation=ValidationSettings(file=""),  # the test split is evaluated once, in stage 4
+        dpo=DPOConfig(beta=p.beta, loss_type=p.loss_type),
+        optim=OptimConfig(learning_rate=p.learning_rate, schedule="constant", warmup_ratio=p.warmup_ratio),
+        lora=p.lora, checkpoint=_checkpoints(cfg), cache_dir=cfg.cache_dir)
+
+
+def _checkpoints(cfg: DemoConfig):
+    from sj_jax.train.config import CheckpointConfig
+
+    return CheckpointConfig(every=cfg.checkpoint_every, keep=2, async_save=False)
+
+
+def seed_dir(out: Path, seed: int) -> Path:
+    return out / f"seed{seed}"
+
+
+# -- stages 4 and 5: evaluations ------------------------------------------------------------------
+
+def evaluate_policy(model, rows: list[dict], cfg: DemoConfig) -> dict[str, Any]:
+    """Greedy accuracy (strict: the bare answer; lenient: the answer anywhere) per family, and
+    the mean response length in tokens."""
+    from sj_jax.generate import generate
+    from sj_jax.tasks.families import check
+
+    g = generate(model, [r["prompt"] for r in rows], max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0,
+                 batch_size=cfg.eval.batch_size)
+    texts = [t[0] for t in g.texts]
+    strict = [check(r["task"], r["answer"], t) for r, t in zip(rows, texts)]
+    lenient = [check(r["task"], r["answer"], t, strict=False) for r, t in zip(rows, texts)]
+    lengths = [len(ids[0]) for ids in g.token_ids]
+    return {**_by_task(rows, accuracy=strict, answer_accuracy=lenient), "mean_tokens": float(np.mean(lengths)),
+            "cut": int(sum(not f[0] for f in g.finished)),
+            "rows": [{"id": r.get("id"), "task": r["task"], "response": t, "correct": s, "answer_correct": le}
+                     for r, t, s, le in zip(rows, texts, strict, lenient)]}
+
+
+def evaluate_tournament(policy, judge, rows: list[dict], cfg: DemoConfig, seed: int) -> dict[str, Any]:
+    """Self-rejection: max(N) samples per problem, then a knock-out tournament over the first N of
+    them for each N (so N = 1 is a plain sample), judged by `judge` (both orders)."""
+    from sj_jax.data.chat import context_text
+    from sj_jax.generate import generate
+    from sj_jax.loops.tournament import pairwise_judge, run_brackets
+    from sj_jax.tasks.families import check
+
+    e = cfg.eval
+    top = max(e.tournament_n)
+    g = generate(policy, [r["prompt"] for r in rows], max_new_tokens=e.max_new_tokens, temperature=e.temperature,
+                 top_p=e.top_p, num_samples=top, seed=seed, batch_size=e.batch_size)
+    decide = pairwise_judge(judge, template=cfg.judge, batch_size=e.judge_batch_size)
+    contexts = [context_text(r["prompt"]) for r in rows]
+    by_n = {}
+    for n in e.tournament_n:
+        brackets = run_brackets(contexts, [t[:n] for t in g.texts], decide, seed=seed)
+        texts = [t[b.winner] for t, b in zip(g.texts, brackets)]
+        strict = [check(r["task"], r["answer"], t) for r, t in zip(rows, texts)]
+        lenient = [check(r["task"], r["answer"], t, strict=False) for r, t in zip(rows, texts)]
+        by_n[str(n)] = {**_by_task(rows, accuracy=strict, answer_accuracy=lenient),
+                        "mean_tokens": float(np.mean([len(ids[b.winner]) for ids, b in zip(g.token_ids, brackets)])),
+                        "judgments": int(sum(b.judged for b in brackets))}
+    return {"by_n": by_n}
+
+
+def evaluate_judge(model, pairs: list[dict], cfg: DemoConfig, group: str = "subset") -> dict[str, Any]:
+    """Pairwise accuracy (both orders averaged; each order alone), swap consistency, by `group`."""
+    from sj_jax.loops.evaluate import judge_accuracy
+
+    acc, p = judge_accuracy(model, pairs, template=cfg.judge, batch_size=cfg.eval.judge_batch_size)
+    return {"by_" + group: acc.table(group), "p_chosen": [float(x) for x in p]}
+
+
+def own_sample_judging(metrics_file: Path) -> dict[str, Any]:
+    """From a SELF-JUDGE run's metrics: the judge's accuracy on the pairs of its own samples where
+    exactly one was correct, and the fraction of correct samples over the run."""
+    from sj_jax.train.metrics import read_metrics
+
+    rows = [r for r in read_metrics(metrics_file) if r.get("step", 0) > 0]
+    pairs = sum(r.get("judge/verified_pairs", 0) for r in rows)
+    right = sum(r.get("judge/verified_correct", 0) for r in rows)
+    acc = [r["samples/accuracy"] for r in rows if "samples/accuracy" in r]
+    return {"pairs": int(pairs), "correct": int(right), "accuracy": right / pairs if pairs else None,
+            "sample_accuracy": float(np.mean(acc)) if acc else None}
+
+
+def _by_task(rows: list[dict], **metrics: list[bool]) -> dict[str, Any]:
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    out = {name: float(np.mean(v)) for name, v in metrics.items()}
+    out["by_task"] = {t: {name: float(np.mean([x for r, x in zip(rows, v) if r["task"] == t]))
+                          for name, v in metrics.items()} | {"n": sum(r["task"] == t for r in rows)} for t in tasks}
+    out["n"] = len(rows)
+    return out
+
+
+def _limit(rows: list[dict], key: str, n: int) -> list[dict]:
+    """The first `n` rows of each `key` group (all if n is 0), in file order."""
+    seen: dict[str, int] = {}
+    out = []
+    for r in rows:
+        seen[r[key]] = seen.get(r[key], 0) + 1
+        if not n or seen[r[key]] <= n:
+            out.append(r)
+    return out
+
+
+# -- the driver ----------------------------------------------------------------------------------
+
+class Demo:
+    """The demo in `cfg.out`: `run()` does what is not done yet, stage by stage, and reports."""
+
+    def __init__(self, cfg: DemoConfig, *, log: Callable[[str], None] | None = None, progress: bool = True):
+        self.cfg, self.out, self.progress = cfg, Path(cfg.out), progress
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.judge_eval_rows = self._read_judge_eval()  # a bad file fails here, before any training
+        self._check_folder()
+        self._models: dict[str, Any] = {}
+        self.plan = _plan(cfg)
+        self.clock = {"t0": time.perf_counter(), "done": 0.0, "ran": 0.0}
+
+    def _read_judge_eval(self) -> list[dict]:
+        if not self.cfg.judge_eval:
+            return []
+        from sj_jax.data.loaders import load_rewardbench
+
+        path = Path(self.cfg.judge_eval)
+        if not path.is_file():
+            raise ConfigError(f"judge_eval: {path}: no such file")
+        rows, _ = load_rewardbench(path, strict=True)
+        if not rows:
+            raise ConfigError(f"judge_eval: {path}: no pairs")
+        return rows
+
+    def _check_folder(self) -> None:
+        """The run folder holds this demo's stages or none: another config would mix results."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        saved = self.out / "demo_config.yaml"
+        mine = {k: v for k, v in to_dict(self.cfg).items() if k not in ("seeds", "judge_eval", "out", "cache_dir")}
+        if saved.exists():
+            theirs = {k: v for k, v in (read_yaml(saved.read_text()) or {}).items()
+                      if k not in ("seeds", "judge_eval", "out", "cache_dir")}
+            diff = _first_difference(theirs, mine)
+            if diff is not None:
+                raise ConfigError(f"{self.out}: holds a demo run with {diff[0]}={diff[1]!r}, but this command has "
+                                  f"{diff[0]}={diff[2]!r}; use another --out, or delete the folder")
+        save_yaml(self.cfg, saved)
+
+    # -- bookkeeping
+
+    def _stage(self, key: str, folder: Path, fn: Callable[[], Any]) -> Any:
+        """Runs `fn` unless `folder/stage.json` says it is done; keeps its result and time."""
+        marker = folder / "stage.json"
+        weight = self.plan[key]
+        index = list(self.plan).index(key) + 1
+        if marker.exists():
+            self.clock["done"] += weight
+            return json.loads(marker.read_text())["result"]
+        self.log(f"demo [{index}/{len(self.plan)}] {key} · {self._eta()}")
+        t0 = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - t0
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_name("stage.json.tmp")
+        tmp.write_text(json.dumps({"stage": key, "seconds": seconds, "result": result}, indent=1))
+        tmp.replace(marker)
+        self.clock["done"] += weight
+        self.clock["ran"] += weight
+        return result
+
+    def _eta(self) -> str:
+        elapsed = time.perf_counter() - self.clock["t0"]
+        left = sum(self.plan.values()) - self.clock["done"]
+        if self.clock["ran"] <= 0:
+            return f"elapsed {_hms(elapsed)}"
+        return f"elapsed {_hms(elapsed)} · demo ETA {_hms(elapsed / self.clock['ran'] * left)}"
+
+    def model(self, name: str, seed: int | None = None):
+        """The model of a stage's output, loaded once: "base", "sft", "jsft", or a variant of `seed`."""
+        from sj_jax.api import load_model
+
+        key = name if seed is None else f"{name}@{seed}"
+        if key not in self._models:
+            if name == "base":
+                self._models[key] = load_model(self.cfg.model, dtype=self.cfg.dtype)
+            else:
+                folder = self.out / name if seed is None else seed_dir(self.out, seed) / name
+                self._models[key] = load_model(folder, dtype=self.cfg.dtype)
+        return self._models[key]
+
+    def forget(self, *names: str) -> None:
+        for k in [k for k in self._models if k.split("@")[0] in names]:
+            del self._models[k]
+
+    def _rows(self, split: str, kind: str, limit: int) -> list[dict]:
+        from sj_jax.loops.eval_tasks import read_rows
+
+        fields = ("prompt", "answer", "task") if kind == "prompts" else ("prompt", "chosen", "rejected")
+        rows = read_rows(str(self.out / "data" / f"{kind}_{split}.jsonl"), fields, 0)
+        return _limit(rows, "task" if kind == "prompts" else "subset", limit)
+
+    # -- the stages
+
+    def run(self, *, stop_at: tuple[str, int] | None = None) -> DemoResult:
+        """Every stage not done yet, then the report. `stop_at` = (stage, step): stop that training
+        stage after that step as a preemption would (tests and drills)."""
+        from sj_jax.loops import demo_report
+
+        cfg, out = self.cfg, self.out
+        try:
+            self._stage("data", out / "data", lambda: _summary(build_data(cfg, out)))
+            for kind in ("sft", "jsft"):
+                self._stage(kind, out / kind, lambda kind=kind: self._train_base(kind, stop_at))
+            self._stage("eval base", out / "eval", self._eval_base)
+            self._stage("judges", out / "judges", self._judges)
+            for k in range(cfg.seeds):
+                seed = cfg.seed + k
+                for v in VARIANTS:
+                    self._stage(f"{v} (seed {seed})", seed_dir(out, seed) / v,
+                                lambda v=v, seed=seed: self._train_jsft(v, seed, stop_at))
+                self._stage(f"eval (seed {seed})", seed_dir(out, seed) / "eval",
+                            lambda seed=seed: self._eval_seed(seed))
+        except DemoStopped as e:
+            self.log(f"demo: {e}")
+            return DemoResult(out, None, str(e))
+        self.log(f"demo [{len(self.plan)}/{len(self.plan)}] report · {self._eta()}")
+        results = demo_report.write(out, cfg, self.judge_eval_rows)
+        self.log(f"demo: done in {_hms(time.perf_counter() - self.clock['t0'])}; report: {out / 'report.md'}")
+        return DemoResult(out, results)
+
+    def _train_base(self, kind: str, stop_at) -> dict:
+        from sj_jax.train.trainer import train
+
+        tc = train_config(self.cfg, self.out, kind)
+        stop = stop_at[1] if stop_at and stop_at[0] == kind else None
+        r = train(kind, tc, model=self.model("base"), stop_at_step=stop, progress=self.progress)
+        if r.preempted:
+            raise DemoStopped(f"stopped in stage {kind} at step {r.steps}; run the same command again to resume")
+        return {"steps": r.steps, "last_loss": r.last_loss}
+
+    def _train_jsft(self, variant: str, seed: int, stop_at) -> dict:
+        from sj_jax.loops.self_judge import SelfJudgeRun
+
+        sc = dpo_config(self.cfg, self.out, variant, seed)
+        stop = stop_at[1] if stop_at and stop_at[0] == variant else None
+        r = SelfJudgeRun(sc, model=self.model("jsft")).run(stop_at_step=stop, progress=self.progress)
+        if r.preempted:
+            raise DemoStopped(f"stopped in stage {variant} (seed {seed}) at step {r.steps}; run the same command "
+                              "again to resume")
+        return {"steps": r.steps, "last_loss": r.last_loss}
+
+    def _eval_base(self) -> dict:
+        rows = self._rows("test", "prompts", self.cfg.eval.test_limit)
+        return {name: evaluate_policy(self.model(name), rows, self.cfg) for name in BASE_POLICIES}
+
+    def _judges(self) -> dict:
+        pairs = self._rows("test", "pairs", self.cfg.eval.judge_limit)
+        out = {}
+        for name in JUDGES:
+            out[name] = {"heldout": evaluate_judge(self.model(name), pairs, self.cfg)}
+            if self.judge_eval_rows:
+                out[name]["judge_eval"] = evaluate_judge(self.model(name), self.judge_eval_rows, self.cfg)
+        return out
+
+    def _eval_seed(self, seed: int) -> dict:
+        rows = self._rows("test", "prompts", self.cfg.eval.test_limit)
+        t_rows = self._rows("test", "prompts", self.cfg.eval.tournament_limit)
+        out: dict[str, Any] = {"policies": {}, "tournament": {}}
+        for v in VARIANTS:
+            out["policies"][v] = evaluate_policy(self.model(v, seed), rows, self.cfg)
+        for name in TOURNAMENT_POLICIES:
+            policy = self.model(name) if name in BASE_POLICIES else self.model(name, seed)
+            out["tournament"][name] = evaluate_tournament(policy, policy, t_rows, self.cfg, seed)
+        out["own_samples"] = own_sample_judging(seed_dir(self.out, seed) / "on_policy" / "metrics.jsonl")
+        self.forget(*VARIANTS)
+        return out
+
+
+def build_data(cfg: DemoConfig, out: Path) -> dict:
+    """Stage 1: `sj-jax data build` into `out/data`."""
+    from sj_jax.data.build import build
+
+    dc = data_config(cfg, out)
+    Path(dc.output_dir).mkdir(parents=True, exist_ok=True)
+    save_yaml(dc, Path(dc.output_dir) / "config.yaml")
+    return build(dc, log=lambda m: print(m, file=sys.stderr))
+
+
+def _summary(summary: dict) -> dict:
+    return {"files": summary["files"], "seconds": summary["seconds"]}
+
+
+def _plan(cfg: DemoConfig) -> dict[str, float]:
+    """Each stage's rough cost (seconds on a 200 GFLOP/s 2-core machine, compiles included), for the
+    demo's ETA: the measured pace of the stages run so far scales it."""
+    e, p = cfg.eval, cfg.dpo
+    step = {"sft": 1.5, "jsft": 2.0}
+    plan = {"data": 10.0}
+    for kind in ("sft", "jsft"):
+        t = getattr(cfg, kind)
+        plan[kind] = 30 + t.steps * step[kind] * t.batch_size / 8
+    n_test = e.test_limit * len(cfg.data.families)
+    n_pairs = e.judge_limit * len(cfg.data.families)
+    decode = 0.002 * e.max_new_tokens  # seconds a row, batched
+    plan["eval base"] = 3 * (20 + n_test * decode)
+    plan["judges"] = 2 * (10 + 0.05 * n_pairs) + (40 if cfg.judge_eval else 0)
+    for k in range(cfg.seeds):
+        seed = cfg.seed + k
+        rate = p.batch_size / 8
+        plan[f"offline (seed {seed})"] = 20 + p.steps * 4 * rate
+        plan[f"off_policy (seed {seed})"] = 30 + p.steps * 10 * rate
+        plan[f"on_policy (seed {seed})"] = 30 + p.steps * 12 * rate
+        n_t = e.tournament_limit * len(cfg.data.families) * max(e.tournament_n)
+        plan[f"eval (seed {seed})"] = 3 * (20 + n_test * decode) + 2 * (30 + n_t * decode * 2)
+    return plan
+
+
+def _hms(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> tuple[str, Any, Any] | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in list(dict.fromkeys(list(a) + list(b))):
+            d = _first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else k)
+            if d is not None:
+                return d
+        return None
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and list(a) == list(b):
+        return None
+    return None if a == b else (where, a, b)
+
+
+def load_demo_config(path: str | None, overrides: list[str], full: bool) -> DemoConfig:
+    """The demo's config: the defaults, or `path`; `--full`'s overrides, then the user's."""
+    from sj_jax.config import load_yaml
+    from sj_jax.loops.demo_config import FULL
+
+    return load_yaml(DemoConfig, path, (list(FULL) if full else []) + list(overrides))
+
+
+def demo(cfg: DemoConfig, **kw) -> DemoResult:
+    """Runs (or resumes) the demo in `cfg.out`: `Demo(cfg).run()`."""
+    stop_at = kw.pop("stop_at", None)
+    return Demo(cfg, **kw).run(stop_at=stop_at)
+
+
+__all__ = ["Demo", "DemoResult", "DemoStopped", "build_data", "data_config", "demo", "dpo_config", "evaluate_judge",
+           "evaluate_policy", "evaluate_tournament", "load_demo_config", "own_sample_judging",
+           "train_config"]
