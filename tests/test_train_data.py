@@ -130,6 +130,39 @@ def test_the_joint_layout_runs_each_prompt_once_and_gives_the_separate_layouts_n
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
 
 
+def test_the_trained_token_slots_give_the_full_projections_loss_and_gradient():
+    """SFT/JSFT batches gather their trained tokens into K slots a row and project only there: the
+    same loss and gradient as the output projection at every position, with judgment-like rows (one
+    trained token) beside instruction-like rows (many) and a packed row."""
+    import jax
+
+    import sj_jax
+    from sj_jax.data.examples import SFTExample
+    from sj_jax.objectives.sft import sft_loss
+
+    cfg = sj_jax.ModelConfig(model_type="llama", vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=2,
+                             num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=256)
+    params = sj_jax.init_model(cfg, seed=4).params
+    rng = np.random.default_rng(5)
+    examples = []
+    for n, trained in ((70, 1), (40, 25), (90, 1), (33, 12)):
+        mask = np.zeros(n, np.int32)
+        mask[n - trained:] = 1
+        examples.append(SFTExample(rng.integers(3, 300, n).astype(np.int32), mask))
+    seg = np.r_[np.ones(30, np.int32), 2 * np.ones(20, np.int32)]
+    examples.append(SFTExample(rng.integers(3, 300, 50).astype(np.int32), (np.arange(50) % 7 == 3).astype(np.int32),
+                               seg))
+    batch = collate_sft(examples, 128, pad_id=0)
+    assert batch["input_ids"].shape == (5, 96) and batch["target_ids"].shape == (5, 32)
+    assert batch["target_mask"].sum() == sum(int(e.loss_mask[1:].sum()) for e in examples)
+    full = {k: batch[k] for k in ("input_ids", "attention_mask", "loss_mask")}
+    f = jax.jit(jax.value_and_grad(lambda p, b: sft_loss(cfg, p, b)[0]))
+    (la, ga), (lb, gb) = f(params, batch), f(params, full)
+    np.testing.assert_allclose(float(la), float(lb), rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-7)
+
+
 def test_iterator_resumes_exactly_and_reshuffles_each_epoch():
     it = EpochIterator(10, 3, seed=4)
     seen = [it.next() for _ in range(5)]

@@ -1,6 +1,6 @@
 """Batches with static, bucketed shapes, and a data iterator whose position a checkpoint can hold.
 
-SFT batches are right-padded to a length bucket. DPO batches lay each pair out as
+SFT batches are right-padded to a length bucket, their trained tokens gathered into slots. DPO batches lay each pair out as
 `[pairs, 2 (chosen, rejected), prompt_bucket + response_bucket]`: the prompt left-padded so it ends
 at the same column in every row, the response right-padded after it, so the log-probs of every
 response live in the last `response_bucket` positions (the output projection runs there only).
@@ -41,18 +41,29 @@ def example_length(e: SFTExample | PairExample) -> int:
 
 
 def collate_sft(examples: Sequence[SFTExample], max_length: int, pad_id: int) -> dict[str, np.ndarray]:
-    """int32 `input_ids`, `attention_mask`, `loss_mask` `[batch, T]`, right-padded. A packed
-    example's attention mask holds its segment ids (see `sj_jax.data.packing`)."""
-    t = length_bucket(max(len(e.input_ids) for e in examples), max_length)
+    """int32 `input_ids`, `attention_mask`, `loss_mask` `[batch, T]`, right-padded to a `fine_bucket`
+    length; and the trained tokens gathered into `K` slots a row (K a power of two, at least 8):
+    `source_index` (the position whose hidden state predicts the slot's token, the one before it),
+    `target_ids` and `target_mask` (1 for a trained token, 0 for padding), each `[batch, K]`, so the
+    output projection runs on trained tokens only: a judgment row trains one verdict token of its
+    ~80. A packed example's attention mask holds its segment ids (see `sj_jax.data.packing`)."""
+    t = fine_bucket(max(len(e.input_ids) for e in examples), max(max_length, 16))
+    t = max(t, max(len(e.input_ids) for e in examples))
     b = len(examples)
+    k = length_bucket(max(int(np.sum(e.loss_mask[1:])) for e in examples), t, minimum=8)
     ids = np.full((b, t), pad_id, np.int32)
     att = np.zeros((b, t), np.int32)
     loss = np.zeros((b, t), np.int32)
+    src, tgt, tmask = np.zeros((b, k), np.int32), np.full((b, k), pad_id, np.int32), np.zeros((b, k), np.int32)
     for i, e in enumerate(examples):
         n = len(e.input_ids)
         ids[i, :n], loss[i, :n] = e.input_ids, e.loss_mask
+        loss[i, 0] = 0  # position 0 is never a target (nothing predicts it)
         att[i, :n] = 1 if e.segment_ids is None else e.segment_ids
-    return {"input_ids": ids, "attention_mask": att, "loss_mask": loss}
+        where = np.flatnonzero(loss[i])
+        src[i, :len(where)], tgt[i, :len(where)], tmask[i, :len(where)] = where - 1, ids[i, where], 1
+    return {"input_ids": ids, "attention_mask": att, "loss_mask": loss, "source_index": src, "target_ids": tgt,
+            "target_mask": tmask}
 
 
 def collate_pairs(pairs: Sequence[PairExample], max_prompt: int, max_response: int,

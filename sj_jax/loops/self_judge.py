@@ -54,7 +54,7 @@ from sj_jax.train.checkpoint import Checkpointer
 from sj_jax.train.loop import run_loop
 from sj_jax.train.metrics import read_metrics, write_report
 from sj_jax.train.optim import make_optimizer
-from sj_jax.train.steps import StepSpec, mesh_shardings, shared_step
+from sj_jax.train.steps import StepSpec, batch_shape, mesh_shardings, shared_step
 from sj_jax.train.trainer import init_state
 
 _SALTS = {"sample": 1, "off_policy": 2, "pairs": 3}
@@ -124,6 +124,7 @@ class SelfJudgeRun:
         v = cfg.validation
         self.val_rows = read_rows(v.file, ("prompt", "answer", "task"), v.limit) if v.file else []
         self.last: StepRecord | None = None
+        self._shapes: set[tuple] = set()  # the padded DPO batch shapes met so far: one compiled program each
 
     def _load_data(self) -> dict:
         cfg = self.cfg
@@ -205,7 +206,9 @@ class SelfJudgeRun:
         fn = shared_step(dataclasses.replace(self.spec, response_len=r), cfg.optim, self.total, self.model.mesh,
                          state, self.frozen, batch)
         state, metrics = fn(state, self.frozen, batch)
-        return state, {k: float(v) for k, v in jax.device_get(metrics).items()}, batch, r
+        self._shapes.add(batch_shape(batch))
+        metrics = {**jax.device_get(metrics), "step_programs": len(self._shapes)}
+        return state, {k: float(v) for k, v in metrics.items()}, batch, r
 
     def validate(self, policy: dict) -> dict[str, float]:
         """Greedy accuracy of `policy` on the validation rows: overall (strict and lenient) and by task."""

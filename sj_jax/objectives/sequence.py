@@ -30,6 +30,20 @@ def sequence_logprobs(cfg: ModelConfig, params: dict, input_ids: jax.Array, atte
     return jnp.sum(lp * mask, axis=1), jnp.sum(mask, axis=1)
 
 
+def slot_logprobs(cfg: ModelConfig, params: dict, input_ids: jax.Array, attention_mask: jax.Array,
+                  source_index: jax.Array, target_ids: jax.Array, target_mask: jax.Array, *,
+                  chunk: int = DEFAULT_CHUNK):
+    """Per-sequence (sum, count) of log p(target) over K target slots a row: slot k's token is
+    `target_ids[b, k]`, predicted by the hidden state at `source_index[b, k]`; `target_mask` 0 marks
+    an empty slot. input_ids, attention_mask `[batch, seq]`; the slots `[batch, K]` int32. The output
+    projection runs on the K slots only. Returns float32 `sum [batch]`, `count [batch]`."""
+    h = Transformer(cfg).apply({"params": params}, input_ids, attention_mask, method=Transformer.hidden_states)
+    h = jnp.take_along_axis(h, source_index[..., None], axis=1)  # [batch, K, embed]
+    lp = token_logprobs(h, head_weight(params, cfg.tie_word_embeddings), target_ids, chunk=chunk)
+    mask = target_mask.astype(jnp.float32)
+    return jnp.sum(lp * mask, axis=1), jnp.sum(mask, axis=1)
+
+
 def joint_pair_logprobs(cfg: ModelConfig, params: dict, batch: dict, *, chunk: int = DEFAULT_CHUNK):
     """Summed log-probs and token counts, each float32 `[pairs, 2]` (chosen, rejected), of pairs laid
     out one a row with the prompt once (`sj_jax.data.batches.collate_pairs_joint`): one forward

@@ -149,6 +149,11 @@ def compile_step(spec: StepSpec, tx, schedule, mesh: Mesh, state: dict, frozen: 
 _SHARED: dict[tuple, Any] = {}
 
 
+def batch_shape(batch: dict) -> tuple:
+    """What of a batch makes a step program of its own: each array's name and shape."""
+    return tuple(sorted((k, tuple(v.shape)) for k, v in batch.items()))
+
+
 def _layout(tree: Any) -> tuple:
     """A hashable description of a tree: structure, and each leaf's shape, dtype and sharding."""
     leaves, treedef = jax.tree.flatten(tree)

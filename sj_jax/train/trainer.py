@@ -33,7 +33,7 @@ from sj_jax.train.config import TrainConfig
 from sj_jax.train.loop import run_loop
 from sj_jax.train.metrics import read_metrics, write_report
 from sj_jax.train.optim import make_optimizer
-from sj_jax.train.steps import StepSpec, mesh_shardings, shared_step
+from sj_jax.train.steps import StepSpec, batch_shape, mesh_shardings, shared_step
 
 Kind = Literal["sft", "jsft", "dpo"]
 
@@ -119,6 +119,7 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
     pad_id = model.tokenizer.pad_token_id
     base_spec = StepSpec("dpo" if kind == "dpo" else "sft", model.config, cfg.lora, cfg.dpo, cfg.logprob_chunk)
     clock = {"t0": time.perf_counter(), "tokens": 0}
+    shapes: set[tuple] = set()  # the padded batch shapes met so far: one compiled program each
 
     def one_step(step: int, state):
         batch, r = _collate(kind, cfg, [examples[i] for i in it.next()], pad_id)
@@ -127,7 +128,9 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         clock["tokens"] += int((batch["attention_mask"] > 0).sum())
         elapsed = time.perf_counter() - clock["t0"]
-        return state, {**m, "tokens_per_s": clock["tokens"] / elapsed, "elapsed_s": elapsed}
+        shapes.add(batch_shape(batch))
+        return state, {**m, "tokens_per_s": clock["tokens"] / elapsed, "elapsed_s": elapsed,
+                       "step_programs": len(shapes)}
 
     loop = run_loop(out=out, state=state, total=total, step_fn=one_step, checkpoint=cfg.checkpoint,
                     run_info=Checkpointer.run_info({"kind": kind, **to_dict(cfg)}, cfg.seed),
