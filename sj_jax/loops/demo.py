@@ -122,14 +122,16 @@ def seed_dir(out: Path, seed: int) -> Path:
 
 # -- stages 4 and 5: evaluations ------------------------------------------------------------------
 
-def evaluate_policy(model, rows: list[dict], cfg: DemoConfig) -> dict[str, Any]:
+def evaluate_policy(model, rows: list[dict], cfg: DemoConfig, progress: bool = False) -> dict[str, Any]:
     """Greedy accuracy (strict: the bare answer; lenient: the answer anywhere) per family, and
     the mean response length in tokens."""
     from sj_jax.generate import generate
+    from sj_jax.progress import sampling_bar
     from sj_jax.tasks.families import check
 
-    g = generate(model, [r["prompt"] for r in rows], max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0,
-                 batch_size=cfg.eval.batch_size)
+    with sampling_bar(len(rows), what="problem", enabled=progress) as bar:
+        g = generate(model, [r["prompt"] for r in rows], max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0,
+                     batch_size=cfg.eval.batch_size, progress=bar)
     texts = [t[0] for t in g.texts]
     strict = [check(r["task"], r["answer"], t) for r, t in zip(rows, texts)]
     lenient = [check(r["task"], r["answer"], t, strict=False) for r, t in zip(rows, texts)]
@@ -140,37 +142,47 @@ def evaluate_policy(model, rows: list[dict], cfg: DemoConfig) -> dict[str, Any]:
                      for r, t, s, le in zip(rows, texts, strict, lenient)]}
 
 
-def evaluate_tournament(policy, judge, rows: list[dict], cfg: DemoConfig, seed: int) -> dict[str, Any]:
+def evaluate_tournament(policy, judge, rows: list[dict], cfg: DemoConfig, seed: int,
+                        progress: bool = False) -> dict[str, Any]:
     """Self-rejection: max(N) samples per problem, then a knock-out tournament over the first N of
     them for each N (so N = 1 is a plain sample), judged by `judge` (both orders)."""
     from sj_jax.data.chat import context_text
     from sj_jax.generate import generate
-    from sj_jax.loops.tournament import pairwise_judge, run_brackets
+    from sj_jax.loops.tournament import cached_judge, pairwise_judge, run_brackets
+    from sj_jax.progress import sampling_bar
     from sj_jax.tasks.families import check
 
     e = cfg.eval
     top = max(e.tournament_n)
-    g = generate(policy, [r["prompt"] for r in rows], max_new_tokens=e.max_new_tokens, temperature=e.temperature,
-                 top_p=e.top_p, num_samples=top, seed=seed, batch_size=e.batch_size)
-    decide = pairwise_judge(judge, template=cfg.judge, batch_size=e.judge_batch_size)
+    with sampling_bar(len(rows) * top, enabled=progress) as bar:
+        g = generate(policy, [r["prompt"] for r in rows], max_new_tokens=e.max_new_tokens, temperature=e.temperature,
+                     top_p=e.top_p, num_samples=top, seed=seed, batch_size=e.batch_size, progress=bar)
+    # The samples are independent draws, so their order is already random: unshuffled, the bracket
+    # over the first N is the first part of the one over 2N, and each match is judged once.
+    decide = cached_judge(pairwise_judge(judge, template=cfg.judge, batch_size=e.judge_batch_size))
     contexts = [context_text(r["prompt"]) for r in rows]
     by_n = {}
-    for n in e.tournament_n:
-        brackets = run_brackets(contexts, [t[:n] for t in g.texts], decide, seed=seed)
+    for n in sorted(e.tournament_n, reverse=True):  # the largest first: its rounds batch every match
+        brackets = run_brackets(contexts, [t[:n] for t in g.texts], decide, seed=seed, shuffle=False)
         texts = [t[b.winner] for t, b in zip(g.texts, brackets)]
         strict = [check(r["task"], r["answer"], t) for r, t in zip(rows, texts)]
         lenient = [check(r["task"], r["answer"], t, strict=False) for r, t in zip(rows, texts)]
         by_n[str(n)] = {**_by_task(rows, accuracy=strict, answer_accuracy=lenient),
                         "mean_tokens": float(np.mean([len(ids[b.winner]) for ids, b in zip(g.token_ids, brackets)])),
                         "judgments": int(sum(b.judged for b in brackets))}
-    return {"by_n": by_n}
+    return {"by_n": {str(n): by_n[str(n)] for n in e.tournament_n}}
 
 
-def evaluate_judge(model, pairs: list[dict], cfg: DemoConfig, group: str = "subset") -> dict[str, Any]:
+def evaluate_judge(model, pairs: list[dict], cfg: DemoConfig, group: str = "subset",
+                   progress: bool = False) -> dict[str, Any]:
     """Pairwise accuracy (both orders averaged; each order alone), swap consistency, by `group`."""
+    from tqdm import tqdm
+
     from sj_jax.loops.evaluate import judge_accuracy
 
-    acc, p = judge_accuracy(model, pairs, template=cfg.judge, batch_size=cfg.eval.judge_batch_size)
+    with tqdm(total=2 * len(pairs), unit="prompt", file=sys.stderr, disable=not progress) as bar:
+        acc, p = judge_accuracy(model, pairs, template=cfg.judge, batch_size=cfg.eval.judge_batch_size,
+                                progress=bar.update)
     return {"by_" + group: acc.table(group), "p_chosen": [float(x) for x in p]}
 
 
@@ -353,15 +365,16 @@ class Demo:
 
     def _eval_base(self) -> dict:
         rows = self._rows("test", "prompts", self.cfg.eval.test_limit)
-        return {name: evaluate_policy(self.model(name), rows, self.cfg) for name in BASE_POLICIES}
+        return {name: evaluate_policy(self.model(name), rows, self.cfg, self.progress) for name in BASE_POLICIES}
 
     def _judges(self) -> dict:
         pairs = self._rows("test", "pairs", self.cfg.eval.judge_limit)
         out = {}
         for name in JUDGES:
-            out[name] = {"heldout": evaluate_judge(self.model(name), pairs, self.cfg)}
+            out[name] = {"heldout": evaluate_judge(self.model(name), pairs, self.cfg, progress=self.progress)}
             if self.judge_eval_rows:
-                out[name]["judge_eval"] = evaluate_judge(self.model(name), self.judge_eval_rows, self.cfg)
+                out[name]["judge_eval"] = evaluate_judge(self.model(name), self.judge_eval_rows, self.cfg,
+                                                         progress=self.progress)
         return out
 
     def _eval_seed(self, seed: int) -> dict:
@@ -369,10 +382,10 @@ class Demo:
         t_rows = self._rows("test", "prompts", self.cfg.eval.tournament_limit)
         out: dict[str, Any] = {"policies": {}, "tournament": {}}
         for v in VARIANTS:
-            out["policies"][v] = evaluate_policy(self.model(v, seed), rows, self.cfg)
+            out["policies"][v] = evaluate_policy(self.model(v, seed), rows, self.cfg, self.progress)
         for name in TOURNAMENT_POLICIES:
             policy = self.model(name) if name in BASE_POLICIES else self.model(name, seed)
-            out["tournament"][name] = evaluate_tournament(policy, policy, t_rows, self.cfg, seed)
+            out["tournament"][name] = evaluate_tournament(policy, policy, t_rows, self.cfg, seed, self.progress)
         out["own_samples"] = own_sample_judging(seed_dir(self.out, seed) / "on_policy" / "metrics.jsonl")
         self.forget(*VARIANTS)
         return out
@@ -393,27 +406,26 @@ def _summary(summary: dict) -> dict:
 
 
 def _plan(cfg: DemoConfig) -> dict[str, float]:
-    """Each stage's rough cost (seconds on a 200 GFLOP/s 2-core machine, compiles included), for the
-    demo's ETA: the measured pace of the stages run so far scales it."""
+    """Each stage's rough cost (seconds on a 200 GFLOP/s 2-core machine, compiles included, as
+    measured there), for the demo's ETA: the measured pace of the stages run so far scales it."""
     e, p = cfg.eval, cfg.dpo
-    step = {"sft": 1.5, "jsft": 2.0}
-    plan = {"data": 10.0}
+    step = {"sft": 2.0, "jsft": 3.5}
+    plan = {"data": 8.0}
     for kind in ("sft", "jsft"):
         t = getattr(cfg, kind)
         plan[kind] = 30 + t.steps * step[kind] * t.batch_size / 8
-    n_test = e.test_limit * len(cfg.data.families)
-    n_pairs = e.judge_limit * len(cfg.data.families)
-    decode = 0.002 * e.max_new_tokens  # seconds a row, batched
-    plan["eval base"] = 3 * (20 + n_test * decode)
-    plan["judges"] = 2 * (10 + 0.05 * n_pairs) + (40 if cfg.judge_eval else 0)
+    families = len(cfg.data.families)
+    greedy = 20 + e.test_limit * families * 0.002 * e.max_new_tokens  # one policy's test rows
+    plan["eval base"] = 3 * greedy
+    plan["judges"] = 2 * (15 + 0.3 * e.judge_limit * families) + (60 if cfg.judge_eval else 0)
+    per_prompt = 0.3 * max(e.tournament_n) + 0.15 * (max(e.tournament_n) - 1)  # samples, then judgments
     for k in range(cfg.seeds):
         seed = cfg.seed + k
         rate = p.batch_size / 8
         plan[f"offline (seed {seed})"] = 20 + p.steps * 4 * rate
         plan[f"off_policy (seed {seed})"] = 30 + p.steps * 10 * rate
         plan[f"on_policy (seed {seed})"] = 30 + p.steps * 12 * rate
-        n_t = e.tournament_limit * len(cfg.data.families) * max(e.tournament_n)
-        plan[f"eval (seed {seed})"] = 3 * (20 + n_test * decode) + 2 * (30 + n_t * decode * 2)
+        plan[f"eval (seed {seed})"] = 3 * greedy + 2 * (30 + per_prompt * e.tournament_limit * families)
     return plan
 
 

@@ -50,7 +50,7 @@ class DemoData:
 class DemoTrain:
     """Stage 2: SFT (instruction rows) or JSFT (the mixture), from the base model."""
 
-    steps: int = 20
+    steps: int = 16
     batch_size: int = 8
     learning_rate: float = 1e-3
     schedule: Literal["cosine", "constant", "linear"] = "cosine"
@@ -69,14 +69,14 @@ class DemoDPO:
     offline (the known-label train pairs), off-policy (samples drawn once from the JSFT policy) and
     SELF-JUDGE on-policy (fresh samples each step); the frozen JSFT model judges and is the reference."""
 
-    steps: int = 4
+    steps: int = 3
     batch_size: int = 8  # prompts (pairs) a step
     learning_rate: float = 2e-4
     warmup_ratio: float = 0.1
     beta: float = 0.1
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
     num_samples: int = 2
-    max_new_tokens: int = 48
+    max_new_tokens: int = 32
     temperature: float = 1.0
     top_p: float = 0.9
     degenerate: DegenerateRules = DegenerateRules()  # empty / cut-off / identical samples (the missing-EOS penalty)
@@ -91,11 +91,11 @@ class DemoDPO:
 class DemoEval:
     """Stages 4 and 5: greedy test accuracy, the tournament, the judges. Limits are rows per family."""
 
-    test_limit: int = 10  # test problems per family for every policy
-    judge_limit: int = 10  # held-out (test) known-label pairs per family for every judge
-    max_new_tokens: int = 48
+    test_limit: int = 8  # test problems per family for every policy
+    judge_limit: int = 6  # held-out (test) known-label pairs per family for every judge
+    max_new_tokens: int = 32
     tournament_n: tuple[int, ...] = (1, 2, 4, 8)
-    tournament_limit: int = 5  # test problems per family for the tournament
+    tournament_limit: int = 2  # test problems per family for the tournament
     temperature: float = 1.0  # the tournament's samples
     top_p: float = 0.9
     batch_size: int = 64  # sampler rows per compiled batch
@@ -116,8 +116,8 @@ class DemoConfig:
     judge_eval: str = ""  # a RewardBench-format JSONL ({"prompt", "chosen", "rejected", "subset"?}) both judges read
     judge: JudgeTemplate = DEMO_TEMPLATE
     data: DemoData = DemoData()
-    sft: DemoTrain = DemoTrain(steps=10)
-    jsft: DemoTrain = DemoTrain(steps=20)
+    sft: DemoTrain = DemoTrain(steps=8)
+    jsft: DemoTrain = DemoTrain(steps=16)
     dpo: DemoDPO = DemoDPO()
     eval: DemoEval = DemoEval()
     checkpoint_every: int = 10  # steps between a stage's checkpoints (a stopped stage resumes from the last)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from sj_jax.config import to_dict
-from sj_jax.loops.demo import (BASE_POLICIES, JUDGES, METHODS, TOURNAMENT_POLICIES, VARIANTS, seed_dir)
+from sj_jax.loops.demo import BASE_POLICIES, JUDGES, METHODS, TOURNAMENT_POLICIES, VARIANTS, _plan, seed_dir
 from sj_jax.loops.demo_config import DemoConfig
 
 LABELS = {"base": "base", "sft": "SFT", "jsft": "JSFT", "offline": "offline DPO", "off_policy": "off-policy",
@@ -41,10 +41,11 @@ def collect(out: Path, cfg: DemoConfig, judge_eval_rows: list[dict] | None = Non
     judges = _stage(out / "judges")["result"]
     judge_tables = {j: {where: v["by_subset"] for where, v in judges[j].items()} for j in JUDGES}
     own = [per_seed[s]["result"]["own_samples"] for s in seeds]
-    stages = {}
-    for folder in sorted(out.rglob("stage.json")):
+    found = {}
+    for folder in out.rglob("stage.json"):
         st = json.loads(folder.read_text())
-        stages[st["stage"]] = round(st["seconds"], 1)
+        found[st["stage"]] = round(st["seconds"], 1)
+    stages = {k: found[k] for k in _plan(cfg) if k in found}  # in the order they run
     info = Checkpointer.run_info({"kind": "demo", **to_dict(cfg)}, cfg.seed)
     results = {
         "config": to_dict(cfg), "seeds": seeds,

@@ -31,15 +31,19 @@ class Bracket:
 
 
 def run_brackets(contexts: Sequence[str], candidates: Sequence[Sequence[str]], judge: Judge, *,
-                 seed: int = 0) -> list[Bracket]:
-    """Knock-out tournaments, one per prompt, the matches of each round judged in one `judge` call."""
+                 seed: int = 0, shuffle: bool = True) -> list[Bracket]:
+    """Knock-out tournaments, one per prompt, the matches of each round judged in one `judge` call.
+
+    shuffle=False keeps the candidates' order: for independent samples the order is already random,
+    and the tournament over the first N of them is then the first half of the one over 2N, so with a
+    `cached_judge` the tournaments for N = 1, 2, 4, 8 cost the judgments of N = 8 alone."""
     if len(contexts) != len(candidates):
         raise ValueError(f"contexts: {len(contexts)} prompts but {len(candidates)} candidate lists")
     for i, c in enumerate(candidates):
         if not c:
             raise ValueError(f"candidates[{i}]: no candidates")
     rng = np.random.default_rng(seed)
-    alive = [list(rng.permutation(len(c))) for c in candidates]
+    alive = [list(rng.permutation(len(c))) if shuffle else list(range(len(c))) for c in candidates]
     stats = [Bracket(-1, 0, 0, 0) for _ in candidates]
     while any(len(a) > 1 for a in alive):
         matches = []  # (prompt, first, second)
@@ -81,6 +85,21 @@ def pairwise_judge(model: Any, *, template: Any = None, principles: Sequence[Any
 
     def decide(contexts, a, b):
         return judge_pairs(model, contexts, a, b, template=template, principles=principles, batch_size=batch_size)
+
+    return decide
+
+
+def cached_judge(judge: Judge) -> Judge:
+    """`judge`, remembering every (context, a, b) it has decided: a pair met again is not judged again."""
+    seen: dict[tuple[str, str, str], float] = {}
+
+    def decide(contexts, a, b):
+        keys = list(zip(contexts, a, b))
+        new = list(dict.fromkeys(k for k in keys if k not in seen))
+        if new:
+            p = np.asarray(judge([k[0] for k in new], [k[1] for k in new], [k[2] for k in new]), np.float64)
+            seen.update(zip(new, p))
+        return np.asarray([seen[k] for k in keys], np.float64)
 
     return decide
 
