@@ -162,8 +162,6 @@ def bench_dpo(model, data: Path, template, steps: int, peak: float, variant: str
 
 def _timed(batches: list, step, flops: list[float], peak: float) -> dict:
     """Run each batch once as a run would (compiles included), then each again compiled."""
-    from sj_jax.train.steps import batch_shape
-
     first = []
     for b in batches:
         t0 = time.perf_counter()
@@ -174,7 +172,9 @@ def _timed(batches: list, step, flops: list[float], peak: float) -> dict:
         t0 = time.perf_counter()
         step(b)
         again.append(time.perf_counter() - t0)
-    shapes = {batch_shape(b) for b in batches} if isinstance(batches[0], dict) else None
+    # each array's shape (not `steps.batch_shape`, so the script also times older trees of sj_jax)
+    shapes = ({tuple((k, v.shape) for k, v in sorted(b.items())) for b in batches}
+              if isinstance(batches[0], dict) else None)
     floor = statistics.mean(flops) / peak
     return {"run_s": statistics.mean(first), "compiled_s": statistics.median(again), "floor_s": floor,
             "programs": len(shapes) if shapes is not None else None,
