@@ -68,7 +68,14 @@ class Projection(nn.Module):
         # One 2-D matmul over flattened axes: with multi-axis dot_generals, XLA's CPU backward
         # transposes operands through slow strided copies (forward + backward 5.4 s vs 3.7 s, SmolLM2, 8 x 128).
         d_in = math.prod(self.in_shape)
-        y = (x.reshape(-1, d_in).astype(dtype) @ kernel.reshape(d_in, -1)).reshape(lead + self.out_shape)
+        x2 = x.reshape(-1, d_in).astype(dtype)
+        y = x2 @ kernel.reshape(d_in, -1)
+        if self.has_variable("lora", "a"):
+            # A LoRA adapter beside the kernel (its scale folded into a): y += (x a) b. Unmerged, the
+            # backward never forms a kernel-sized gradient: a LoRA step costs 2 forwards, not 3.
+            a, b = self.get_variable("lora", "a"), self.get_variable("lora", "b")
+            y = y + (x2 @ a.astype(dtype)) @ b.astype(dtype)
+        y = y.reshape(lead + self.out_shape)
         if self.use_bias:
             bias = _param(self, "bias", self.out_shape, self.axes[n_in:], nn.initializers.zeros)
             y = y + bias.astype(dtype)
@@ -190,7 +197,7 @@ class Transformer(nn.Module):
             layer_cls = nn.remat(layer_cls, prevent_cse=False, policy=_REMAT_POLICIES[c.remat])
         self.layers = nn.scan(
             layer_cls,
-            variable_axes={"params": 0},
+            variable_axes={"params": 0, "lora": 0},
             split_rngs={"params": True},
             in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
             length=c.num_layers,

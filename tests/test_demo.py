@@ -121,13 +121,18 @@ def test_a_demo_stopped_in_a_stage_resumes_to_the_same_results(full_run, tiny_fo
 
 
 @needs_tok
-def test_a_second_seed_reuses_the_jsft_checkpoint_and_reports_a_spread(full_run, tiny_folder, judge_file, tmp_path):
+def test_a_second_seed_and_another_judge_file_reuse_the_stages_done(full_run, tiny_folder, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(full_run[0], out)
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"prompt": f"Say {w}.", "chosen": w, "rejected": w[::-1]}) + "\n"
+                             for w in ("cat", "dog")))
     log: list[str] = []
-    r = Demo(tiny_config(tiny_folder, out, judge_file, seeds=2), progress=False, log=log.append).run().results
+    r = Demo(tiny_config(tiny_folder, out, other, seeds=2), progress=False, log=log.append).run().results
     ran = [line.split("] ")[1].split(" ·")[0] for line in log if line.startswith("demo [")]
-    assert ran == ["offline (seed 1)", "off_policy (seed 1)", "on_policy (seed 1)", "eval (seed 1)", "report"]
+    assert ran == ["judge eval", "offline (seed 1)", "off_policy (seed 1)", "on_policy (seed 1)", "eval (seed 1)",
+                   "report"]
+    assert r["judges"]["jsft"]["judge_eval"]["all"]["n"] == 2
     assert r["seeds"] == [0, 1]
     assert len(r["methods"]["on_policy"]["accuracy"]) == 2 and len(r["methods"]["jsft"]["accuracy"]) == 1
     assert r["methods"]["on_policy"]["accuracy"][0] == full_run[1].results["methods"]["on_policy"]["accuracy"][0]

@@ -120,6 +120,11 @@ def seed_dir(out: Path, seed: int) -> Path:
     return out / f"seed{seed}"
 
 
+def judge_eval_dir(out: Path, cfg: DemoConfig) -> Path:
+    """Where the judges' results on `cfg.judge_eval` lie: one folder per file, named by its stem."""
+    return out / "judges" / f"eval_{Path(cfg.judge_eval).stem}"
+
+
 # -- stages 4 and 5: evaluations ------------------------------------------------------------------
 
 def evaluate_policy(model, rows: list[dict], cfg: DemoConfig, progress: bool = False) -> dict[str, Any]:
@@ -327,6 +332,8 @@ class Demo:
                 self._stage(kind, out / kind, lambda kind=kind: self._train_base(kind, stop_at))
             self._stage("eval base", out / "eval", self._eval_base)
             self._stage("judges", out / "judges", self._judges)
+            if cfg.judge_eval:  # a stage of its own: a later run may add a file to a finished demo
+                self._stage("judge eval", judge_eval_dir(out, cfg), self._judge_eval)
             for k in range(cfg.seeds):
                 seed = cfg.seed + k
                 for v in VARIANTS:
@@ -338,16 +345,19 @@ class Demo:
             self.log(f"demo: {e}")
             return DemoResult(out, None, str(e))
         self.log(f"demo [{len(self.plan)}/{len(self.plan)}] report · {self._eta()}")
-        results = demo_report.write(out, cfg, self.judge_eval_rows)
+        results = demo_report.write(out, cfg)
         self.log(f"demo: done in {_hms(time.perf_counter() - self.clock['t0'])}; report: {out / 'report.md'}")
         return DemoResult(out, results)
 
     def _train_base(self, kind: str, stop_at) -> dict:
+        from sj_jax.api import load_model
         from sj_jax.train.trainer import train
 
         tc = train_config(self.cfg, self.out, kind)
         stop = stop_at[1] if stop_at and stop_at[0] == kind else None
-        r = train(kind, tc, model=self.model("base"), stop_at_step=stop, progress=self.progress)
+        # Full fine-tuning trains (and donates) the very arrays it is given: a copy of its own then.
+        base = self.model("base") if tc.lora.enabled else load_model(self.cfg.model, dtype=self.cfg.dtype)
+        r = train(kind, tc, model=base, stop_at_step=stop, progress=self.progress)
         if r.preempted:
             raise DemoStopped(f"stopped in stage {kind} at step {r.steps}; run the same command again to resume")
         return {"steps": r.steps, "last_loss": r.last_loss}
@@ -369,13 +379,12 @@ class Demo:
 
     def _judges(self) -> dict:
         pairs = self._rows("test", "pairs", self.cfg.eval.judge_limit)
-        out = {}
-        for name in JUDGES:
-            out[name] = {"heldout": evaluate_judge(self.model(name), pairs, self.cfg, progress=self.progress)}
-            if self.judge_eval_rows:
-                out[name]["judge_eval"] = evaluate_judge(self.model(name), self.judge_eval_rows, self.cfg,
-                                                         progress=self.progress)
-        return out
+        return {name: {"heldout": evaluate_judge(self.model(name), pairs, self.cfg, progress=self.progress)}
+                for name in JUDGES}
+
+    def _judge_eval(self) -> dict:
+        return {name: evaluate_judge(self.model(name), self.judge_eval_rows, self.cfg, progress=self.progress)
+                for name in JUDGES}
 
     def _eval_seed(self, seed: int) -> dict:
         rows = self._rows("test", "prompts", self.cfg.eval.test_limit)
@@ -417,7 +426,9 @@ def _plan(cfg: DemoConfig) -> dict[str, float]:
     families = len(cfg.data.families)
     greedy = 20 + e.test_limit * families * 0.002 * e.max_new_tokens  # one policy's test rows
     plan["eval base"] = 3 * greedy
-    plan["judges"] = 2 * (15 + 0.3 * e.judge_limit * families) + (60 if cfg.judge_eval else 0)
+    plan["judges"] = 2 * (15 + 0.3 * e.judge_limit * families)
+    if cfg.judge_eval:
+        plan["judge eval"] = 90.0
     per_prompt = 0.3 * max(e.tournament_n) + 0.15 * (max(e.tournament_n) - 1)  # samples, then judgments
     for k in range(cfg.seeds):
         seed = cfg.seed + k
@@ -461,5 +472,5 @@ def demo(cfg: DemoConfig, **kw) -> DemoResult:
 
 
 __all__ = ["Demo", "DemoResult", "DemoStopped", "build_data", "data_config", "demo", "dpo_config", "evaluate_judge",
-           "evaluate_policy", "evaluate_tournament", "load_demo_config", "own_sample_judging",
+           "evaluate_policy", "evaluate_tournament", "judge_eval_dir", "load_demo_config", "own_sample_judging",
            "train_config"]

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from sj_jax.config import to_dict
-from sj_jax.loops.demo import BASE_POLICIES, JUDGES, METHODS, TOURNAMENT_POLICIES, VARIANTS, _plan, seed_dir
+from sj_jax.loops.demo import (BASE_POLICIES, JUDGES, METHODS, TOURNAMENT_POLICIES, VARIANTS, _plan,
+                              judge_eval_dir, seed_dir)
 from sj_jax.loops.demo_config import DemoConfig
 
 LABELS = {"base": "base", "sft": "SFT", "jsft": "JSFT", "offline": "offline DPO", "off_policy": "off-policy",
@@ -23,7 +24,7 @@ def _stage(folder: Path) -> dict:
     return json.loads((folder / "stage.json").read_text())
 
 
-def collect(out: Path, cfg: DemoConfig, judge_eval_rows: list[dict] | None = None) -> dict[str, Any]:
+def collect(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     """results.json's content: per method and N the values of every seed, the judges, the times."""
     from sj_jax.machine import matmul_gflops
     from sj_jax.train.checkpoint import Checkpointer
@@ -39,7 +40,11 @@ def collect(out: Path, cfg: DemoConfig, judge_eval_rows: list[dict] | None = Non
     tournament = {p: {n: _values([per_seed[s]["result"]["tournament"][p]["by_n"][n] for s in seeds])
                       for n in map(str, cfg.eval.tournament_n)} for p in TOURNAMENT_POLICIES}
     judges = _stage(out / "judges")["result"]
-    judge_tables = {j: {where: v["by_subset"] for where, v in judges[j].items()} for j in JUDGES}
+    judge_tables = {j: {"heldout": judges[j]["heldout"]["by_subset"]} for j in JUDGES}
+    if cfg.judge_eval:
+        on_file = _stage(judge_eval_dir(out, cfg))["result"]
+        for j in JUDGES:
+            judge_tables[j]["judge_eval"] = on_file[j]["by_subset"]
     own = [per_seed[s]["result"]["own_samples"] for s in seeds]
     found = {}
     for folder in out.rglob("stage.json"):
@@ -115,8 +120,9 @@ def claims(results: dict) -> list[dict]:
             continue
         a, b = tables["jsft"]["all"], tables["base"]["all"]
         v, why = compare([a["accuracy"]], [b["accuracy"]], a["n"])
-        judge.append({"higher": "jsft judge", "lower": "base judge", "on": where, "verdict": v, "detail": why,
-                      "points": round(100 * (a["accuracy"] - b["accuracy"]), 1)})
+        points = round(100 * (a["accuracy"] - b["accuracy"]), 1)
+        judge.append({"higher": "jsft judge", "lower": "base judge", "on": where, "verdict": v,
+                      "detail": f"{why}; {points:+.1f} points", "points": points})
     out.append({"claim": "JSFT makes a better judge than the base model", "comparisons": judge})
     tour = []
     for p, by_n in results["tournament"].items():
@@ -312,9 +318,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def write(out: Path, cfg: DemoConfig, judge_eval_rows: list[dict] | None = None) -> dict[str, Any]:
+def write(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     """Writes results.json, metrics.jsonl, the plots and report.md; returns the results."""
-    results = collect(out, cfg, judge_eval_rows)
+    results = collect(out, cfg)
     metrics = merged_metrics(out, cfg)
     with open(out / "metrics.jsonl", "w") as f:
         for r in metrics:

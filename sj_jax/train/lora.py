@@ -1,10 +1,12 @@
-"""LoRA: low-rank adapters on the scanned layer kernels, merged into the base weights before a forward.
+"""LoRA: low-rank adapters on the scanned layer kernels.
 
-Merging (W + alpha/r * A B) keeps the model code unchanged and costs one small matmul per kernel per
-step; the base weights are never differentiated. The adapter tree mirrors the kernels it adapts:
-`layers/attn/q/{a [L, in, r], b [L, r, out]}` where in/out are the kernel's flattened input/output
-axes. B starts at zero, so the adapted model starts exactly at the base model (and a DPO reference
-that is "the base with the adapter off" starts equal to the policy).
+A train step runs them beside the kernels (`adapter_variables`: y = x W + alpha/r (x A) B, the
+model's "lora" collection), so its backward never forms a kernel-sized gradient; sampling,
+judging and export merge them into the weights once (`merge`, `jitted_merge`: W + alpha/r A B).
+The adapter tree mirrors the kernels it adapts: `layers/attn/q/{a [L, in, r], b [L, r, out]}`
+where in/out are the kernel's flattened input/output axes. B starts at zero, so the adapted model
+starts exactly at the base model (and a DPO reference that is "the base with the adapter off"
+starts equal to the policy).
 """
 
 from __future__ import annotations
@@ -64,6 +66,20 @@ def merge(cfg: LoraConfig, base: dict, adapters: dict) -> dict:
         node["kernel"] = (jax.lax.stop_gradient(w) + scale * delta).astype(w.dtype)
     return {**base, "layers": layers}
 
+
+def adapter_variables(cfg: LoraConfig, adapters: dict) -> dict:
+    """The adapters as the model's "lora" variable collection: `a * alpha/rank` `[L, in, r]` and `b`
+    `[L, r, out]` under each adapted projection's path, for `{"params": base, "lora": ...}`. The
+    forward then adds `(x a) b` beside `x W`: the same function as `merge`, but the backward into the
+    adapters costs two rank-r matmuls instead of a kernel-sized gradient (`x^T dy`)."""
+    scale = cfg.alpha / cfg.rank
+    tree: dict = {}
+    for name, ab in adapters.items():
+        node = tree.setdefault("layers", {})
+        for p in _TARGETS[name][0]:
+            node = node.setdefault(p, {})
+        node["a"], node["b"] = ab["a"] * scale, ab["b"]
+    return tree
 
 
 def jitted_merge(cfg: LoraConfig, shardings):

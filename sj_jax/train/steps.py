@@ -45,7 +45,11 @@ class StepSpec:
 
 
 def policy_params(spec: StepSpec, trainable: Any, frozen: Any) -> dict:
-    return lora.merge(spec.lora, frozen, trainable) if spec.lora.enabled else trainable
+    """The policy's weights for the objectives: the trained tree, or under LoRA the variables
+    `{"params": frozen base, "lora": the adapters}` (run beside the kernels, not merged)."""
+    if spec.lora.enabled:
+        return {"params": frozen, "lora": lora.adapter_variables(spec.lora, trainable)}
+    return trainable
 
 
 def pair_logprobs(spec: StepSpec, params: dict, micro: dict) -> tuple[jax.Array, jax.Array]:
