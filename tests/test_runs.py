@@ -95,7 +95,10 @@ def _state_target(run: Path, start):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
-def test_a_lora_run_is_the_base_plus_its_adapter(lora_run, base):
+def test_a_lora_run_is_the_base_plus_its_adapter(lora_run, base, monkeypatch):
+    monkeypatch.chdir(Path(lora_run).parent)  # a relative run folder (as runs/demo/jsft): Orbax wants absolute
+    assert load_run_parts(Path(lora_run).name).step == 3
+    monkeypatch.undo()
     parts = load_run_parts(lora_run)
     start = sj_jax.load_model(base)
     assert parts.lora.enabled and parts.step == 3

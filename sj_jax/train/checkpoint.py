@@ -133,6 +133,7 @@ def restore_subtree(step_dir: Path, target: Any) -> Any:
     """The part of a step's state that `target` names (e.g. `{"params": ...}`), verified against the
     step's checksums first and placed as the target's shardings say; the rest (optimizer moments)
     is never read. Read-only."""
+    step_dir = Path(step_dir).absolute()  # Orbax restores from absolute paths only
     verify_step(step_dir)
     try:
         with ocp.PyTreeCheckpointer() as ck:
