@@ -213,17 +213,6 @@ def _by_task(rows: list[dict], **metrics: list[bool]) -> dict[str, Any]:
     return out
 
 
-def _limit(rows: list[dict], key: str, n: int) -> list[dict]:
-    """The first `n` rows of each `key` group (all if n is 0), in file order."""
-    seen: dict[str, int] = {}
-    out = []
-    for r in rows:
-        seen[r[key]] = seen.get(r[key], 0) + 1
-        if not n or seen[r[key]] <= n:
-            out.append(r)
-    return out
-
-
 # -- the driver ----------------------------------------------------------------------------------
 
 class Demo:
@@ -315,8 +304,8 @@ class Demo:
         from sj_jax.loops.eval_tasks import read_rows
 
         fields = ("prompt", "answer", "task") if kind == "prompts" else ("prompt", "chosen", "rejected")
-        rows = read_rows(str(self.out / "data" / f"{kind}_{split}.jsonl"), fields, 0)
-        return _limit(rows, "task" if kind == "prompts" else "subset", limit)
+        # the first `limit` rows of each task (pairs: of each subset, the same families), in file order
+        return read_rows(str(self.out / "data" / f"{kind}_{split}.jsonl"), fields, limit)
 
     # -- the stages
 
