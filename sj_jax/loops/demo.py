@@ -130,52 +130,36 @@ def judge_eval_dir(out: Path, cfg: DemoConfig) -> Path:
 def evaluate_policy(model, rows: list[dict], cfg: DemoConfig, progress: bool = False) -> dict[str, Any]:
     """Greedy accuracy (strict: the bare answer; lenient: the answer anywhere) per family, and
     the mean response length in tokens."""
-    from sj_jax.generate import generate
+    from sj_jax.loops.evaluate import policy_accuracy
     from sj_jax.progress import sampling_bar
-    from sj_jax.tasks.families import check
 
     with sampling_bar(len(rows), what="problem", enabled=progress) as bar:
-        g = generate(model, [r["prompt"] for r in rows], max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0,
-                     batch_size=cfg.eval.batch_size, progress=bar)
-    texts = [t[0] for t in g.texts]
-    strict = [check(r["task"], r["answer"], t) for r, t in zip(rows, texts)]
-    lenient = [check(r["task"], r["answer"], t, strict=False) for r, t in zip(rows, texts)]
-    lengths = [len(ids[0]) for ids in g.token_ids]
-    return {**_by_task(rows, accuracy=strict, answer_accuracy=lenient), "mean_tokens": float(np.mean(lengths)),
-            "cut": int(sum(not f[0] for f in g.finished)),
+        ev = policy_accuracy(model, rows, max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0,
+                             batch_size=cfg.eval.batch_size, progress=bar)
+    ok, lenient = ev.metrics["accuracy"], ev.metrics["answer_accuracy"]
+    return {**ev.summary("task"), "mean_tokens": float(np.mean(ev.lengths)), "cut": int(sum(not f for f in ev.finished)),
             "rows": [{"id": r.get("id"), "task": r["task"], "response": t, "correct": s, "answer_correct": le}
-                     for r, t, s, le in zip(rows, texts, strict, lenient)]}
+                     for r, t, s, le in zip(rows, ev.responses, ok, lenient)]}
 
 
 def evaluate_tournament(policy, judge, rows: list[dict], cfg: DemoConfig, seed: int,
                         progress: bool = False) -> dict[str, Any]:
-    """Self-rejection: max(N) samples per problem, then a knock-out tournament over the first N of
-    them for each N (so N = 1 is a plain sample), judged by `judge` (both orders)."""
-    from sj_jax.data.chat import context_text
-    from sj_jax.generate import generate
-    from sj_jax.loops.tournament import cached_judge, pairwise_judge, run_brackets
+    """Self-rejection (`tournaments_by_n`): max(N) samples per problem, a knock-out tournament over
+    the first N of them for each N (so N = 1 is a plain sample), judged by `judge` (both orders)."""
+    from sj_jax.loops.evaluate import check_responses
+    from sj_jax.loops.tournament import tournaments_by_n
     from sj_jax.progress import sampling_bar
-    from sj_jax.tasks.families import check
 
     e = cfg.eval
-    top = max(e.tournament_n)
-    with sampling_bar(len(rows) * top, enabled=progress) as bar:
-        g = generate(policy, [r["prompt"] for r in rows], max_new_tokens=e.max_new_tokens, temperature=e.temperature,
-                     top_p=e.top_p, num_samples=top, seed=seed, batch_size=e.batch_size, progress=bar)
-    # The samples are independent draws, so their order is already random: unshuffled, the bracket
-    # over the first N is the first part of the one over 2N, and each match is judged once.
-    decide = cached_judge(pairwise_judge(judge, template=cfg.judge, batch_size=e.judge_batch_size))
-    contexts = [context_text(r["prompt"]) for r in rows]
-    by_n = {}
-    for n in sorted(e.tournament_n, reverse=True):  # the largest first: its rounds batch every match
-        brackets = run_brackets(contexts, [t[:n] for t in g.texts], decide, seed=seed, shuffle=False)
-        texts = [t[b.winner] for t, b in zip(g.texts, brackets)]
-        strict = [check(r["task"], r["answer"], t) for r, t in zip(rows, texts)]
-        lenient = [check(r["task"], r["answer"], t, strict=False) for r, t in zip(rows, texts)]
-        by_n[str(n)] = {**_by_task(rows, accuracy=strict, answer_accuracy=lenient),
-                        "mean_tokens": float(np.mean([len(ids[b.winner]) for ids, b in zip(g.token_ids, brackets)])),
-                        "judgments": int(sum(b.judged for b in brackets))}
-    return {"by_n": {str(n): by_n[str(n)] for n in e.tournament_n}}
+    with sampling_bar(len(rows) * max(e.tournament_n), enabled=progress) as bar:
+        played = tournaments_by_n(policy, [r["prompt"] for r in rows], e.tournament_n, judge=judge,
+                                  template=cfg.judge, max_new_tokens=e.max_new_tokens, temperature=e.temperature,
+                                  top_p=e.top_p, seed=seed, batch_size=e.batch_size,
+                                  judge_batch_size=e.judge_batch_size, progress=bar)
+    return {"by_n": {str(n): {**check_responses(rows, t.winners).summary("task"),
+                              "mean_tokens": float(np.mean([len(ids) for ids in t.winner_token_ids])),
+                              "judgments": int(sum(b.judged for b in t.brackets))}
+                     for n, t in played.items()}}
 
 
 def evaluate_judge(model, pairs: list[dict], cfg: DemoConfig, group: str = "subset",
@@ -202,15 +186,6 @@ def own_sample_judging(metrics_file: Path) -> dict[str, Any]:
     acc = [r["samples/accuracy"] for r in rows if "samples/accuracy" in r]
     return {"pairs": int(pairs), "correct": int(right), "accuracy": right / pairs if pairs else None,
             "sample_accuracy": float(np.mean(acc)) if acc else None}
-
-
-def _by_task(rows: list[dict], **metrics: list[bool]) -> dict[str, Any]:
-    tasks = list(dict.fromkeys(r["task"] for r in rows))
-    out = {name: float(np.mean(v)) for name, v in metrics.items()}
-    out["by_task"] = {t: {name: float(np.mean([x for r, x in zip(rows, v) if r["task"] == t]))
-                          for name, v in metrics.items()} | {"n": sum(r["task"] == t for r in rows)} for t in tasks}
-    out["n"] = len(rows)
-    return out
 
 
 # -- the driver ----------------------------------------------------------------------------------

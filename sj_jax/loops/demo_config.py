@@ -46,8 +46,18 @@ class DemoData:
                 raise ConfigError(f"families: unknown family {f!r}; known: {', '.join(FAMILIES)}")
 
 
+class _Steps:
+    """A stage of `steps` optimizer steps: at least one."""
+
+    steps: int
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ConfigError(f"steps: must be >= 1, got {self.steps}")
+
+
 @dataclasses.dataclass(frozen=True)
-class DemoTrain:
+class DemoTrain(_Steps):
     """Stage 2: SFT (instruction rows) or JSFT (the mixture), from the base model."""
 
     steps: int = 16
@@ -58,13 +68,9 @@ class DemoTrain:
     max_length: int = 256
     lora: LoraConfig = LoraConfig(enabled=True, rank=8, alpha=16.0)
 
-    def __post_init__(self):
-        if self.steps < 1:
-            raise ConfigError(f"steps: must be >= 1, got {self.steps}")
-
 
 @dataclasses.dataclass(frozen=True)
-class DemoDPO:
+class DemoDPO(_Steps):
     """Stage 3: the three ways of training from JSFT, with these settings shared by all of them:
     offline (the known-label train pairs), off-policy (samples drawn once from the JSFT policy) and
     SELF-JUDGE on-policy (fresh samples each step); the frozen JSFT model judges and is the reference."""
@@ -81,10 +87,6 @@ class DemoDPO:
     top_p: float = 0.9
     degenerate: DegenerateRules = DegenerateRules()  # empty / cut-off / identical samples (the missing-EOS penalty)
     lora: LoraConfig = LoraConfig(enabled=True, rank=8, alpha=16.0)
-
-    def __post_init__(self):
-        if self.steps < 1:
-            raise ConfigError(f"steps: must be >= 1, got {self.steps}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,27 +34,44 @@ class Accuracy:
         return out
 
 
+    def summary(self, by: str = "task") -> dict[str, Any]:
+        """{metric: overall fraction, ..., "n": rows, "by_<by>": {group: {"n", metric, ...}}}."""
+        table = self.table(by)
+        overall = table.pop("all")
+        return {**{m: overall[m] for m in self.metrics}, "n": overall["n"], f"by_{by}": table}
+
+
+def check_responses(rows: Sequence[dict], texts: Sequence[str]) -> Accuracy:
+    """Each response checked against its problem row ({"task", "answer", "difficulty"?}): metric
+    "accuracy" (the bare answer, as every prompt asks) and "answer_accuracy" (the right answer
+    stated anywhere the lenient check finds it), grouped by task and difficulty."""
+    if len(rows) != len(texts):
+        raise ValueError(f"texts: {len(texts)} responses for {len(rows)} rows")
+    metrics = {"accuracy": [check(r["task"], r["answer"], t) for r, t in zip(rows, texts)],
+               "answer_accuracy": [check(r["task"], r["answer"], t, strict=False) for r, t in zip(rows, texts)]}
+    groups = {"task": [r["task"] for r in rows], "difficulty": [str(r.get("difficulty", "")) for r in rows]}
+    return Accuracy(metrics, groups)
+
+
 @dataclasses.dataclass
 class PolicyEval(Accuracy):
     responses: list[str] = dataclasses.field(default_factory=list)
     finished: list[bool] = dataclasses.field(default_factory=list)  # stopped at end of turn, not cut
+    lengths: list[int] = dataclasses.field(default_factory=list)  # response tokens, the stop token included
 
 
 def policy_accuracy(model: Model, rows: Sequence[dict], *, max_new_tokens: int = 64, temperature: float = 0.0,
                     top_p: float = 1.0, seed: int = 0, batch_size: int | None = 64,
                     progress: Callable[[int, int], None] | None = None) -> PolicyEval:
     """Samples one response per problem row ({"prompt", "answer", "task", ...}; temperature 0 =
-    greedy) and checks it: metric "accuracy" (the bare answer, as every prompt asks) and
-    "answer_accuracy" (the right answer stated anywhere the lenient check finds it)."""
+    greedy) and checks it (`check_responses`)."""
     if not rows:
         raise ValueError("rows: no problems to evaluate")
     g = generate(model, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens, temperature=temperature,
                  top_p=top_p, seed=seed, batch_size=batch_size, progress=progress)
     texts = [t[0] for t in g.texts]
-    metrics = {"accuracy": [check(r["task"], r["answer"], t) for r, t in zip(rows, texts)],
-               "answer_accuracy": [check(r["task"], r["answer"], t, strict=False) for r, t in zip(rows, texts)]}
-    groups = {"task": [r["task"] for r in rows], "difficulty": [str(r.get("difficulty", "")) for r in rows]}
-    return PolicyEval(metrics, groups, texts, [f[0] for f in g.finished])
+    acc = check_responses(rows, texts)
+    return PolicyEval(acc.metrics, acc.groups, texts, [f[0] for f in g.finished], [len(t[0]) for t in g.token_ids])
 
 
 def judge_accuracy(model: Model, pairs: Sequence[dict], *, template: JudgeTemplate | None = None,

@@ -143,3 +143,35 @@ def tournament(policy: Any, prompts: Sequence[str], *, n: int, judge: Any = None
                             batch_size=judge_batch_size)
     brackets = run_brackets(list(prompts), g.texts, decide, seed=seed)
     return TournamentResult(list(prompts), g.texts, g.token_ids, g.finished, brackets)
+
+
+def tournaments_by_n(policy: Any, prompts: Sequence[Any], ns: Sequence[int], *, judge: Any = None,
+                     template: Any = None, principles: Sequence[Any] | None = None, max_new_tokens: int = 256,
+                     temperature: float = 1.0, top_p: float = 0.9, top_k: int = 0, seed: int = 0,
+                     batch_size: int | None = None, judge_batch_size: int = 16,
+                     progress: Callable[[int, int], None] | None = None) -> dict[int, TournamentResult]:
+    """Self-rejection for every N in `ns` from one draw of max(ns) samples per prompt: the
+    tournament for N plays over the first N samples (N = 1 keeps sample 0), so every N sees the
+    same draws and a difference between two N is the judge's, not the sampler's luck.
+
+    The samples are independent, so their order is already random: unshuffled, the bracket over
+    the first N is the first part of the one over 2N, and with one `cached_judge` each match is
+    judged once across all N. `prompts` are chat prompts (as `generate` takes them); the judge
+    reads their context text. judge: default the policy itself.
+    """
+    from sj_jax.data.chat import context_text
+    from sj_jax.generate import generate
+
+    if not ns or any(k < 1 for k in ns):
+        raise ValueError(f"ns: sample counts >= 1, got {list(ns)}")
+    g = generate(policy, list(prompts), max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                 top_k=top_k, num_samples=max(ns), seed=seed, batch_size=batch_size, progress=progress)
+    decide = cached_judge(pairwise_judge(policy if judge is None else judge, template=template,
+                                         principles=principles, batch_size=judge_batch_size))
+    contexts = [context_text(p) for p in prompts]
+    out = {}
+    for k in sorted(set(ns), reverse=True):  # the largest first: its rounds batch every match
+        brackets = run_brackets(contexts, [t[:k] for t in g.texts], decide, seed=seed, shuffle=False)
+        out[k] = TournamentResult(list(prompts), [t[:k] for t in g.texts], [t[:k] for t in g.token_ids],
+                                  [f[:k] for f in g.finished], brackets)
+    return {k: out[k] for k in ns}
