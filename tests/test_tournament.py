@@ -105,7 +105,12 @@ def test_every_n_plays_over_the_first_n_of_one_draw_and_judges_each_match_once(m
     model = sj_jax.init_model(tiny_chat_config(tok, eos_token_id=2), seed=5, tokenizer=tok)
     asked = []
     real = scoring.judge_pairs
-    monkeypatch.setattr(scoring, "judge_pairs", lambda m, c, a, b, **kw: asked.extend(zip(c, a, b)) or real(m, c, a, b, **kw))
+
+    def recorded(m, c, a, b, **kw):
+        asked.extend(zip(c, a, b))
+        return real(m, c, a, b, **kw)
+
+    monkeypatch.setattr(scoring, "judge_pairs", recorded)
     prompts = ["Name a colour.", "What is 2 + 2?"]
     played = tournaments_by_n(model, prompts, [1, 2, 4], max_new_tokens=4, seed=2)
     assert list(played) == [1, 2, 4]

@@ -137,7 +137,8 @@ def evaluate_policy(model, rows: list[dict], cfg: DemoConfig, progress: bool = F
         ev = policy_accuracy(model, rows, max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0,
                              batch_size=cfg.eval.batch_size, progress=bar)
     ok, lenient = ev.metrics["accuracy"], ev.metrics["answer_accuracy"]
-    return {**ev.summary("task"), "mean_tokens": float(np.mean(ev.lengths)), "cut": int(sum(not f for f in ev.finished)),
+    return {**ev.summary("task"), "mean_tokens": float(np.mean(ev.lengths)),
+            "cut": int(sum(not f for f in ev.finished)),
             "rows": [{"id": r.get("id"), "task": r["task"], "response": t, "correct": s, "answer_correct": le}
                      for r, t, s, le in zip(rows, ev.responses, ok, lenient)]}
 

@@ -33,7 +33,6 @@ class Accuracy:
             out[g] = {"n": len(rows), **{m: float(np.mean([v[i] for i in rows])) for m, v in self.metrics.items()}}
         return out
 
-
     def summary(self, by: str = "task") -> dict[str, Any]:
         """{metric: overall fraction, ..., "n": rows, "by_<by>": {group: {"n", metric, ...}}}."""
         table = self.table(by)

@@ -128,27 +128,23 @@ def tournament(policy: Any, prompts: Sequence[str], *, n: int, judge: Any = None
                principles: Sequence[Any] | None = None, max_new_tokens: int = 256, temperature: float = 1.0,
                top_p: float = 0.9, top_k: int = 0, seed: int = 0, batch_size: int | None = None,
                judge_batch_size: int = 16) -> TournamentResult:
-    """Samples `n` responses per chat prompt from `policy` and keeps the tournament's winner.
+    """Samples `n` responses per chat prompt from `policy` and keeps the tournament's winner (its
+    candidates shuffled first, as the module says).
 
     judge: the judging model (default: the policy itself, as in SELF-JUDGE); template and
     principles as in `judge_pairs`. The sampling settings are `generate`'s.
     """
-    from sj_jax.generate import generate
-
     if n < 1:
         raise ValueError(f"n: must be at least 1, got {n}")
-    g = generate(policy, list(prompts), max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                 top_k=top_k, num_samples=n, seed=seed, batch_size=batch_size)
-    decide = pairwise_judge(policy if judge is None else judge, template=template, principles=principles,
-                            batch_size=judge_batch_size)
-    brackets = run_brackets(list(prompts), g.texts, decide, seed=seed)
-    return TournamentResult(list(prompts), g.texts, g.token_ids, g.finished, brackets)
+    return tournaments_by_n(policy, prompts, [n], judge=judge, template=template, principles=principles,
+                            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                            seed=seed, batch_size=batch_size, judge_batch_size=judge_batch_size, shuffle=True)[n]
 
 
 def tournaments_by_n(policy: Any, prompts: Sequence[Any], ns: Sequence[int], *, judge: Any = None,
                      template: Any = None, principles: Sequence[Any] | None = None, max_new_tokens: int = 256,
                      temperature: float = 1.0, top_p: float = 0.9, top_k: int = 0, seed: int = 0,
-                     batch_size: int | None = None, judge_batch_size: int = 16,
+                     batch_size: int | None = None, judge_batch_size: int = 16, shuffle: bool = False,
                      progress: Callable[[int, int], None] | None = None) -> dict[int, TournamentResult]:
     """Self-rejection for every N in `ns` from one draw of max(ns) samples per prompt: the
     tournament for N plays over the first N samples (N = 1 keeps sample 0), so every N sees the
@@ -156,8 +152,10 @@ def tournaments_by_n(policy: Any, prompts: Sequence[Any], ns: Sequence[int], *, 
 
     The samples are independent, so their order is already random: unshuffled, the bracket over
     the first N is the first part of the one over 2N, and with one `cached_judge` each match is
-    judged once across all N. `prompts` are chat prompts (as `generate` takes them); the judge
-    reads their context text. judge: default the policy itself.
+    judged once across all N. shuffle=True shuffles each bracket's candidates first (`run_brackets`),
+    as `tournament` does for its one N; the N then no longer share matches. `prompts` are chat
+    prompts (as `generate` takes them); the judge reads their context text. judge: default the
+    policy itself.
     """
     from sj_jax.data.chat import context_text
     from sj_jax.generate import generate
@@ -171,7 +169,8 @@ def tournaments_by_n(policy: Any, prompts: Sequence[Any], ns: Sequence[int], *, 
     contexts = [context_text(p) for p in prompts]
     out = {}
     for k in sorted(set(ns), reverse=True):  # the largest first: its rounds batch every match
-        brackets = run_brackets(contexts, [t[:k] for t in g.texts], decide, seed=seed, shuffle=False)
-        out[k] = TournamentResult(list(prompts), [t[:k] for t in g.texts], [t[:k] for t in g.token_ids],
+        candidates = [t[:k] for t in g.texts]
+        brackets = run_brackets(contexts, candidates, decide, seed=seed, shuffle=shuffle)
+        out[k] = TournamentResult(list(prompts), candidates, [t[:k] for t in g.token_ids],
                                   [f[:k] for f in g.finished], brackets)
     return {k: out[k] for k in ns}
