@@ -137,6 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     sj.add_argument("--config", help="YAML file of SelfJudgeConfig fields (see configs/self_judge.yaml)")
     sj.add_argument("--model", help="the initial policy, judge and reference (a JSFT run folder, or any model)")
     sj.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=20 judge_model=policy num_samples=4")
+    ej = sub.add_parser("eval-judge", help="a pairwise judge on RewardBench-format pairs, both orders: accuracy by "
+                                           "subset, no-verdict rate, each order alone, swap consistency")
+    ej.add_argument("--config", help="YAML file of EvalJudgeConfig fields (see configs/eval_judge.yaml)")
+    ej.add_argument("--model", help="the judge: any model sj-jax loads (a JSFT, SELF-JUDGE or self-taught run folder)")
+    ej.add_argument("--data", help='RewardBench-format JSONL: {"prompt", "chosen", "rejected", "subset", "id"}')
+    ej.add_argument("--mode", choices=("verdict", "generative"), help="one-pass verdict (default) or generative")
+    ej.add_argument("--samples", type=int, help="generative: judgments an order, majority vote (default 1)")
+    ej.add_argument("--out", help="the JSON results (default <data stem>.<mode>.judge.json)")
+    ej.add_argument("overrides", nargs="*", help="key=value overrides, e.g. limit=20 temperature=0.7")
+    st = sub.add_parser("self-taught", help="self-taught evaluator: the judge trains on its own filtered judgments "
+                                            "of synthetic pairs, iteration after iteration (SPEC 2)")
+    st.add_argument("--config", help="YAML file of SelfTaughtConfig fields (see configs/self_taught.yaml)")
+    st.add_argument("--model", help="the seed model: judge, pair writer and start of training")
+    st.add_argument("overrides", nargs="*", help="key=value overrides, e.g. iterations=3 annotate.samples=8")
     dm = sub.add_parser("demo", help="the SELF-JUDGE paper's table in miniature on the embedded default "
                                      "(every stage, every baseline, a report with plots)")
     dm.add_argument("--config", help="YAML file of DemoConfig fields (see configs/demo.yaml; default: built in)")
@@ -209,6 +223,23 @@ def main(argv: list[str] | None = None) -> int:
 
             overrides = _flag_overrides(args, (("model", "model"),))
             _report_run(self_judge(_configured(load_yaml(SelfJudgeConfig, args.config, overrides))))
+        elif args.command == "eval-judge":
+            from sj_jax.loops.eval_judge import EvalJudgeConfig, evaluate as eval_judge, markdown as judge_table
+
+            overrides = _flag_overrides(args, (("model", "model"), ("data", "data"), ("mode", "mode"),
+                                               ("samples", "samples"), ("out", "out")))
+            result = eval_judge(_configured(load_yaml(EvalJudgeConfig, args.config, overrides)),
+                                log=lambda m: print(m, file=sys.stderr))
+            print(judge_table(result))
+            print(f"per-pair results: {result['out']}", file=sys.stderr)
+        elif args.command == "self-taught":
+            from sj_jax.loops.self_taught import self_taught
+            from sj_jax.loops.self_taught_config import SelfTaughtConfig
+
+            overrides = _flag_overrides(args, (("model", "model"),))
+            result = self_taught(_configured(load_yaml(SelfTaughtConfig, args.config, overrides)))
+            if result.results is not None:
+                print(result.table)
         elif args.command == "demo":
             from sj_jax.loops.demo import demo, load_demo_config
             from sj_jax.loops.demo_report import summary_table

@@ -80,6 +80,8 @@ def generate(
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     key_ids: Sequence[int] | None = None,
+    forced: Sequence[int] = (),
+    budget: int = 0,
 ) -> Generations:
     """Samples `num_samples` continuations of each prompt with the KV-cached sampler.
 
@@ -88,7 +90,12 @@ def generate(
     the samples do not depend on it. progress: called after each batch with (rows, new tokens).
     key_ids: the number each prompt's sampling keys are drawn from (default: its position), so a
     prompt can keep its samples whatever else shares the call: sample j of prompt i draws from
-    (seed, key_ids[i] * num_samples + j).
+    (seed, key_ids[i] * num_samples + j). forced, budget: after `budget` free tokens (or at a stop
+    token, which is dropped) the `forced` token ids are fed, then the sample goes on to its next stop
+    (`sj_jax.sampler`); a template's fixed verdict prefix is reached this way.
+
+    When a batch holds whole prompts (batch_size a multiple of num_samples), each prompt is
+    prefilled once for all of its samples.
     """
     sampling = SamplingConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
     if max_new_tokens < 1:
@@ -108,14 +115,16 @@ def generate(
     pad = stop[0] if stop else (model.config.pad_token_id or 0)
     rows = [(i, j) for i in range(len(ids)) for j in range(num_samples)]
     step = batch_size or len(rows)
+    group = num_samples if num_samples > 1 and step % num_samples == 0 else 1
     result = Generations([[None] * num_samples for _ in ids], [[None] * num_samples for _ in ids],
                          [[None] * num_samples for _ in ids], [[None] * num_samples for _ in ids])
     for start in range(0, len(rows), step):
         chunk = rows[start:start + step]
-        out = run(model.config, model.mesh, model.params, [ids[i] for i, _ in chunk],
+        prompts = [ids[i] for i, j in chunk if j == 0] if group > 1 else [ids[i] for i, _ in chunk]
+        out = run(model.config, model.mesh, model.params, prompts,
                   max_new_tokens=max_new_tokens, sampling=sampling,
                   row_ids=[keys[i] * num_samples + j for i, j in chunk], seed=seed, stop_ids=stop, pad_id=pad,
-                  min_rows=step if len(rows) > step else 0)
+                  min_rows=step if len(rows) > step else 0, group=group, forced=tuple(forced), budget=budget)
         for r, (i, j) in enumerate(chunk):
             n = int(out["lengths"][r])
             toks = out["tokens"][r, :n].tolist()

@@ -3,6 +3,15 @@
 The cache, the left padding and the unrolled layer stack are `sj_jax.kv_cache`'s (the judge shares
 them). Each row draws from its own PRNG key (seed, prompt index, sample index), so a row's sample
 does not depend on the batch it shares.
+
+Two options serve the generative judge (`sj_jax.judge.generative`):
+- `group`: rows come in runs of `group` samples of one prompt; the prompt is prefilled once and its
+  cache (and first-token logits) repeated for the group's rows, so k samples of a judge prompt cost
+  one prefill, not k.
+- `forced` and `budget`: a row writes freely until it emits a stop token or has written `budget`
+  tokens; from there the `forced` tokens are fed (the stop token is dropped), then the row writes
+  freely again and ends at its next stop token. A template's verdict prefix ("Final verdict: [[")
+  is thus always reached, and the verdict after it is the model's own.
 """
 
 from __future__ import annotations
@@ -46,28 +55,55 @@ class DecodePlan:
     max_new_tokens: int
     sampling: SamplingConfig
     pad_id: int
+    group: int = 1  # consecutive rows that share one prompt (prefilled once)
+    forced: tuple[int, ...] = ()  # tokens fed after the free phase (see the module docstring)
+    budget: int = 0  # free tokens before `forced` is fed; used only with `forced`
 
 
 def _row_keys(keys: jax.Array, step) -> jax.Array:
     return jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
 
 
+def _advance(plan: DecodePlan, s: dict, token: jax.Array, logprob: jax.Array, stop_ids: jax.Array, step):
+    """The token each row emits at `step` from the one it drew: the forced phase applied. Returns
+    (token, logprob, hit a stop that ends the row, updates to the state's phase fields)."""
+    is_stop = jnp.isin(token, stop_ids)
+    if not plan.forced:
+        return token, logprob, is_stop, {}
+    forced = jnp.asarray(plan.forced, jnp.int32)
+    n = len(plan.forced)
+    start = (s["phase"] == 0) & (is_stop | (step >= plan.budget))
+    feeding = s["phase"] == 1
+    token = jnp.where(feeding, forced[jnp.minimum(s["fpos"], n - 1)], jnp.where(start, forced[0], token))
+    fpos = jnp.where(feeding, s["fpos"] + 1, jnp.where(start, 1, s["fpos"]))
+    phase = jnp.where((feeding | start) & (fpos >= n), 2, jnp.where(start, 1, s["phase"]))
+    logprob = jnp.where(feeding | start, 0.0, logprob)  # fed, not drawn
+    return token, logprob, (s["phase"] == 2) & is_stop, {"phase": phase, "fpos": fpos}
+
+
 def _prefill_and_first(cfg, plan, kv_sharding, params, ids, mask, keys, active, stop_ids):
     layer_params = unstack_layers(params["layers"], cfg.num_layers)
     logits, cache = prefill(cfg, params, layer_params, ids, mask, plan.prompt_len + plan.max_new_tokens,
                             kv_sharding)
-    token, logprob = sample(logits, _row_keys(keys, 0), plan.sampling)
+    if plan.group > 1:  # one prefill per prompt, its cache repeated for the prompt's samples
+        logits = jnp.repeat(logits, plan.group, axis=0)
+        cache = {k: (v if k == "index" else jax.tree.map(lambda x: jnp.repeat(x, plan.group, axis=0), v))
+                 for k, v in cache.items()}
     b, n = plan.batch, plan.max_new_tokens
-    done = ~active | jnp.isin(token, stop_ids)
+    start = {"phase": jnp.zeros((b,), jnp.int32), "fpos": jnp.zeros((b,), jnp.int32)}
+    token, logprob = sample(logits, _row_keys(keys, 0), plan.sampling)
+    token, logprob, hit, phase = _advance(plan, start, token, logprob, stop_ids, 0)
+    done = ~active | hit
     return {
         "cache": cache,
         "tokens": jnp.full((b, n), plan.pad_id, jnp.int32).at[:, 0].set(token),
         "logprobs": jnp.zeros((b, n), jnp.float32).at[:, 0].set(logprob),
-        "stopped": jnp.isin(token, stop_ids),
+        "stopped": hit,
         "done": done,
         "last": token,
         "step": jnp.int32(1),
         "keys": keys,
+        **({**start, **phase} if plan.forced else {}),
     }
 
 
@@ -80,11 +116,13 @@ def _decode_loop(cfg, plan, params, state, stop_ids):
     def body(s):
         logits, cache = decode_step(cfg, params, layer_params, s["cache"], s["last"])
         token, logprob = sample(logits, _row_keys(s["keys"], s["step"]), plan.sampling)
+        token, logprob, hit, phase = _advance(plan, s, token, logprob, stop_ids, s["step"])
         token = jnp.where(s["done"], plan.pad_id, token)
         logprob = jnp.where(s["done"], 0.0, logprob)
-        hit = ~s["done"] & jnp.isin(token, stop_ids)
+        hit = ~s["done"] & hit
         return {
             **s,
+            **phase,
             "cache": cache,
             "tokens": jax.lax.dynamic_update_slice(s["tokens"], token[:, None], (0, s["step"])),
             "logprobs": jax.lax.dynamic_update_slice(s["logprobs"], logprob[:, None], (0, s["step"])),
@@ -102,9 +140,10 @@ def compiled(cfg: ModelConfig, mesh: Mesh, plan: DecodePlan):
     """The jitted (prefill, decode loop) pair for one plan, with explicit shardings; the loop's state
     (cache included) is donated."""
     p_shard = param_shardings(abstract_params(cfg), mesh)
-    x_shard = batch_sharding(mesh, (plan.batch, plan.prompt_len))
+    prompts = plan.batch // plan.group
+    x_shard = batch_sharding(mesh, (prompts, plan.prompt_len))
     row_shard = batch_sharding(mesh, (plan.batch,))
-    k_shape, _ = kv_shapes(cfg, plan.batch, plan.prompt_len + plan.max_new_tokens)
+    k_shape, _ = kv_shapes(cfg, prompts, plan.prompt_len + plan.max_new_tokens)
     kv_shard = logical_sharding(("batch", "kv_heads", None, None), k_shape, mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
     first = jax.jit(
@@ -117,21 +156,29 @@ def compiled(cfg: ModelConfig, mesh: Mesh, plan: DecodePlan):
 
 def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *, max_new_tokens: int,
         sampling: SamplingConfig, row_ids: list[int], seed: int, stop_ids: list[int], pad_id: int,
-        min_rows: int = 0) -> dict:
-    """Generates for token-id prompts (one row each). Returns host arrays: `tokens` and `logprobs`
-    `[rows, max_new_tokens]`, `stopped` and the number of tokens per row `lengths` (stop included).
-    min_rows: compile for at least this many rows (the last, smaller batch of a run then reuses the
-    full batches' program instead of compiling its own)."""
-    rows = len(prompts)
+        min_rows: int = 0, group: int = 1, forced: tuple[int, ...] = (), budget: int = 0) -> dict:
+    """Generates for token-id prompts, `group` rows each (row r continues prompt r // group).
+    Returns host arrays: `tokens` and `logprobs` `[rows, max_new_tokens]`, `stopped` and the
+    number of tokens per row `lengths` (stop included). min_rows: compile for at least this many
+    rows (the last, smaller batch of a run then reuses the full batches' program instead of
+    compiling its own). forced, budget: see the module docstring."""
+    rows = len(prompts) * group
+    if len(row_ids) != rows:
+        raise ValueError(f"row_ids: {len(row_ids)} keys for {len(prompts)} prompts x {group} rows")
+    if forced and budget + len(forced) >= max_new_tokens:
+        raise ValueError(f"max_new_tokens: {max_new_tokens} leaves no room after the budget {budget} and "
+                         f"{len(forced)} forced tokens")
     longest = max(len(p) for p in prompts)
     plen = prompt_bucket(longest, max_new_tokens, cfg.max_position_embeddings)
     data_size = mesh.shape["data"] * mesh.shape["fsdp"]
-    b = batch_bucket(max(rows, min_rows), data_size)
-    ids, mask = left_pad(prompts, plen, b, pad_id)
+    b_prompts = batch_bucket(max(len(prompts), -(-min_rows // group)), data_size)
+    b = b_prompts * group
+    ids, mask = left_pad(prompts, plen, b_prompts, pad_id)
     active = np.arange(b) < rows
     base = jax.random.key(seed)
     keys = jax.vmap(lambda r: jax.random.fold_in(base, r))(jnp.asarray(list(row_ids) + [-1] * (b - rows), jnp.int32))
-    plan = DecodePlan(b, plen, max_new_tokens, sampling, pad_id)
+    plan = DecodePlan(b, plen, max_new_tokens, sampling, pad_id, group, tuple(int(t) for t in forced),
+                      int(budget) if forced else 0)
     first, loop = compiled(cfg, mesh, plan)
     stops = jnp.asarray(sorted(set(stop_ids)) or [-1], jnp.int32)
     state = first(params, ids, mask, keys, active, stops)
@@ -139,6 +186,8 @@ def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *,
     tokens = np.asarray(state["tokens"])[:rows]
     logprobs = np.asarray(state["logprobs"])[:rows]
     stopped = np.asarray(state["stopped"])[:rows]
+    # With `forced`, a stop drawn in the free phase was replaced by the fed tokens: the first stop
+    # in a row is the one that ended it either way.
     is_stop = np.isin(tokens, np.asarray(stop_ids, np.int32)) if stop_ids else np.zeros_like(tokens, bool)
     lengths = np.where(stopped, is_stop.argmax(axis=1) + 1, max_new_tokens)
     return {"tokens": tokens, "logprobs": logprobs, "stopped": stopped, "lengths": lengths}

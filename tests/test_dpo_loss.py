@@ -259,3 +259,20 @@ def test_matches_trl_dpo_trainer(loss_type, eps, beta):
 
 def test_loss_types_are_the_four_documented():
     assert LOSS_TYPES == ("sigmoid", "ipo", "hinge", "robust")
+
+
+@pytest.mark.parametrize("nll_weight", [0.5, 1.0])
+def test_the_nll_term_adds_the_chosen_mean_token_nll_weighted_against_float64(nll_weight):
+    """Sigmoid DPO + w * (-log p(chosen) / |chosen|), weighted over pairs (a zero-weight row adds nothing)."""
+    x = _pairs(31, 7)
+    w = np.array([1, 1, 0.5, 1, 0, 2, 1], np.float32)
+    loss, m = dpo_loss(x["pc"], x["pr"], x["rc"], x["rr"], beta=0.2, chosen_lengths=x["lc"], rejected_lengths=x["lr"],
+                       weights=w, nll_weight=nll_weight)
+    d = {k: v.astype(np.float64) for k, v in x.items()}
+    z = 0.2 * ((d["pc"] - d["rc"]) - (d["pr"] - d["rr"]))
+    nll = -d["pc"] / d["lc"]
+    ref = np.sum(w * (-_log_sigmoid(z) + nll_weight * nll)) / w.sum()
+    np.testing.assert_allclose(float(loss), ref, rtol=2e-6)
+    np.testing.assert_allclose(float(m["nll/chosen"]), np.sum(w * nll) / w.sum(), rtol=2e-6)
+    plain, m0 = dpo_loss(x["pc"], x["pr"], x["rc"], x["rr"], beta=0.2, weights=w)
+    assert "nll/chosen" not in m0 and float(plain) < float(loss)

@@ -226,3 +226,40 @@ def test_inverse_cdf_draws_follow_the_weights_over_a_large_vocabulary():
     # u = 0 and u just below 1 land on the first and last non-zero weights.
     edge = np.asarray(_inverse_cdf(jnp.asarray(np.stack([w, w]), jnp.float32), jnp.asarray([0.0, 1 - 2**-24])))
     assert edge[0] == np.flatnonzero(w)[0] and edge[1] == np.flatnonzero(w)[-1]
+
+
+def test_a_prompt_prefilled_once_for_its_samples_gives_the_samples_of_one_row_each(tiny):
+    """batch_size a multiple of num_samples: one prefill per prompt, its cache repeated; the samples
+    are those drawn with every row prefilled on its own (batch_size 1)."""
+    prompts = _prompts(np.random.default_rng(5), tiny.config.vocab_size, [6, 13, 3])
+    kw = dict(max_new_tokens=9, temperature=1.0, top_p=0.9, num_samples=4, seed=2, stop=[])
+    grouped = sj_jax.generate(tiny, prompts, batch_size=8, **kw)
+    alone = sj_jax.generate(tiny, prompts, batch_size=1, **kw)
+    assert grouped.token_ids == alone.token_ids
+    np.testing.assert_allclose(sum(grouped.logprobs, []), sum(alone.logprobs, []), rtol=1e-5, atol=1e-6)
+    assert len({tuple(t) for t in grouped.token_ids[1]}) > 1  # the samples of one prompt still differ
+
+
+def test_forced_tokens_follow_the_budget_or_a_stop_and_the_row_then_ends_at_its_next_stop(tiny):
+    """Free phase, then the fed tokens (log-prob 0; a stop drawn in the free phase dropped), then the
+    model's own tokens up to a stop: each part checked against a greedy continuation of the prefix."""
+    cfg = tiny.config
+    prompt = _prompts(np.random.default_rng(6), cfg.vocab_size, [7])[0]
+    forced = [5, 9, 17]
+    free = sj_jax.generate(tiny, [prompt], max_new_tokens=4, temperature=0.0, stop=[])
+    out = sj_jax.generate(tiny, [prompt], max_new_tokens=12, temperature=0.0, stop=[], forced=forced, budget=4)
+    toks = out.token_ids[0][0]
+    assert toks[:4] == free.token_ids[0][0] and toks[4:7] == forced
+    assert out.logprobs[0][0][4:7] == [0.0, 0.0, 0.0]
+    after = sj_jax.generate(tiny, [prompt + toks[:7]], max_new_tokens=5, temperature=0.0, stop=[])
+    assert toks[7:] == after.token_ids[0][0]  # the verdict part is the model's own continuation
+    # A stop met in the free phase starts the fed tokens at once and is dropped; the next one ends the row.
+    stop_tok = toks[1]
+    cut = sj_jax.generate(tiny, [prompt], max_new_tokens=12, temperature=0.0, stop=[stop_tok], forced=forced,
+                          budget=8)
+    t = cut.token_ids[0][0]
+    assert t[:4] == [toks[0]] + forced
+    cont = sj_jax.generate(tiny, [prompt + t[:4]], max_new_tokens=8, temperature=0.0, stop=[stop_tok])
+    assert t[4:] == cont.token_ids[0][0] and cut.finished[0][0] == cont.finished[0][0]
+    with pytest.raises(ValueError, match="no room"):
+        sj_jax.generate(tiny, [prompt], max_new_tokens=6, forced=forced, budget=3, stop=[])

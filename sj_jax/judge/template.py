@@ -29,6 +29,30 @@ class Principle:
     system: str
 
 
+def check_user(user: str, where: str = "judge.user") -> None:
+    """Each of {context}, {response_a}, {response_b} appears exactly once in `user`, plain, and no
+    other placeholder does; `ConfigError` naming `where` otherwise."""
+    found = []
+    try:
+        fields = list(string.Formatter().parse(user))
+    except ValueError as e:
+        raise ConfigError(f"{where}: malformed placeholder: {e} (write {{{{ and }}}} for literal braces)")
+    for _, field, spec, conversion in fields:
+        if field is None:
+            continue
+        if field not in PLACEHOLDERS:
+            allowed = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+            raise ConfigError(f"{where}: unknown placeholder {{{field}}}; allowed: {allowed}")
+        if spec or conversion:
+            raise ConfigError(f"{where}: placeholder {{{field}}} must be plain (no format spec or conversion)")
+        found.append(field)
+    for p in PLACEHOLDERS:
+        if found.count(p) != 1:
+            what = "is missing" if p not in found else f"appears {found.count(p)} times"
+            every = ", ".join("{" + q + "}" for q in PLACEHOLDERS)
+            raise ConfigError(f"{where}: placeholder {{{p}}} {what}; each of {every} must appear once")
+
+
 @dataclasses.dataclass(frozen=True)
 class JudgeTemplate:
     """The judge's text. `user` holds the placeholders {context}, {response_a}, {response_b} (each
@@ -45,25 +69,7 @@ class JudgeTemplate:
         for name in ("system", "user", "assistant_prefix", "verdict_a", "verdict_b"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"judge.{name}: expected a string, got {getattr(self, name)!r}")
-        found = []
-        try:
-            fields = list(string.Formatter().parse(self.user))
-        except ValueError as e:
-            raise ConfigError(f"judge.user: malformed placeholder: {e} (write {{{{ and }}}} for literal braces)")
-        for _, field, spec, conversion in fields:
-            if field is None:
-                continue
-            if field not in PLACEHOLDERS:
-                allowed = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
-                raise ConfigError(f"judge.user: unknown placeholder {{{field}}}; allowed: {allowed}")
-            if spec or conversion:
-                raise ConfigError(f"judge.user: placeholder {{{field}}} must be plain (no format spec or conversion)")
-            found.append(field)
-        for p in PLACEHOLDERS:
-            if found.count(p) != 1:
-                what = "is missing" if p not in found else f"appears {found.count(p)} times"
-                every = ", ".join("{" + q + "}" for q in PLACEHOLDERS)
-                raise ConfigError(f"judge.user: placeholder {{{p}}} {what}; each of {every} must appear once")
+        check_user(self.user)
         if not self.verdict_a or not self.verdict_b:
             raise ConfigError("judge.verdict_a/verdict_b: verdict strings must not be empty")
         if self.verdict_a == self.verdict_b:

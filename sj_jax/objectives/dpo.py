@@ -37,6 +37,7 @@ def dpo_loss(
     chosen_lengths: jax.Array | None = None,
     rejected_lengths: jax.Array | None = None,
     weights: jax.Array | None = None,
+    nll_weight: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """DPO-family loss of a batch of (chosen, rejected) pairs.
 
@@ -51,6 +52,9 @@ def dpo_loss(
         Required by ``ipo``; ignored by the other losses.
       weights: float [batch] >= 0 or None: each pair's share of the loss and metric means (0 = a padding row of
         a fixed-shape batch, which then adds nothing, not even its gradient). None = all pairs equal.
+      nll_weight: static Python float >= 0: adds ``nll_weight * mean(-policy_chosen_logps / chosen_lengths)``,
+        the chosen response's mean token NLL (the self-taught evaluator's DPO, RPO's form); needs
+        ``chosen_lengths``. The metric ``nll/chosen`` is that mean NLL.
 
     Returns:
       ``(loss, metrics)``: loss is a float32 scalar, the mean over pairs. metrics are float32 scalars (batch
@@ -107,6 +111,10 @@ def dpo_loss(
         "logps/chosen": mean(jax.lax.stop_gradient(pc)),
         "logps/rejected": mean(jax.lax.stop_gradient(pr)),
     }
+    if nll_weight:
+        nll = -pc / _as_lengths(chosen_lengths, "chosen_lengths", pc.shape)
+        metrics["nll/chosen"] = mean(jax.lax.stop_gradient(nll))
+        losses = losses + nll_weight * nll
     return mean(losses), metrics
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from sj_jax.errors import ConfigError
 from sj_jax.judge.template import DEFAULT_TEMPLATE, JudgeTemplate
 from sj_jax.registry import DEFAULT_MODEL
 from sj_jax.sharding import MeshConfig
@@ -42,6 +43,11 @@ class DPOConfig:
     beta: float = 0.1
     loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
     label_smoothing: float = 0.0
+    nll_weight: float = 0.0  # + nll_weight x the chosen response's mean token NLL (the self-taught evaluator's DPO)
+
+    def __post_init__(self):
+        if not self.nll_weight >= 0:
+            raise ConfigError(f"dpo.nll_weight: must be >= 0, got {self.nll_weight}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,7 +75,7 @@ def loss_and_metrics(spec: StepSpec, trainable: Any, frozen: Any, micro: dict):
     loss, metrics = dpo_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], beta=spec.dpo.beta,
                              loss_type=spec.dpo.loss_type, label_smoothing=spec.dpo.label_smoothing,
                              chosen_lengths=count[:, 0], rejected_lengths=count[:, 1],
-                             weights=micro.get("pair_weight"))
+                             weights=micro.get("pair_weight"), nll_weight=spec.dpo.nll_weight)
     return loss, {"loss": loss, **metrics}
 
 

@@ -1,0 +1,204 @@
+"""The generative judge: it writes an evaluation, then a final verdict in the template's fixed form.
+
+For a pair (a, b) the judge prompt is built in both orders, and `samples` judgments are drawn for
+each order through the KV-cached sampler (each prompt prefilled once for all of its samples). The
+verdict of a judgment is read by `sj_jax.judge.verdict.parse_verdict`, which never guesses. The
+pair's verdict is the majority over its 2 x samples judgments, counted as votes for the first or
+the second response (a judgment with no verdict votes for neither).
+
+With a `verdict_prefix` ("\\n\\nFinal verdict: [[" by default), the evaluation runs until the model
+ends its turn or has written `max_evaluation_tokens` tokens; then the prefix is fed and the model
+writes the rest of the verdict itself (`sj_jax.sampler`'s forced phase). A small model thus always
+reaches the verdict slot, and what it writes there is still parsed, not assumed. With an empty
+prefix the model must write the whole verdict itself, as large judges do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from sj_jax.api import Model
+from sj_jax.errors import ConfigError
+from sj_jax.generate import generate
+from sj_jax.judge.template import check_user, encode
+from sj_jax.judge.verdict import parse_verdict
+from sj_jax.tokenizer import end_of_turn_ids
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerativeTemplate:
+    """The generative judge's text. `user` holds {context}, {response_a}, {response_b}, each once;
+    the evaluation follows `assistant_prefix`; `verdict_prefix` is fed after it ("" = none) and the
+    verdict is `verdict_a` or `verdict_b` in the text."""
+
+    system: str = ("You are an impartial judge. Compare the two responses to the user's request below and decide "
+                   "which one follows the request and answers it better: correct, relevant and complete. Ignore "
+                   "the order of the responses and their length. First explain your comparison briefly, then "
+                   "give your final verdict: [[A]] if Response A is better, [[B]] if Response B is better.")
+    user: str = ("[User request]\n{context}\n\n[Response A]\n{response_a}\n[End of Response A]\n\n"
+                 "[Response B]\n{response_b}\n[End of Response B]")
+    assistant_prefix: str = ""
+    verdict_a: str = "[[A]]"
+    verdict_b: str = "[[B]]"
+    verdict_prefix: str = "\n\nFinal verdict: [["
+    max_evaluation_tokens: int = 64
+    max_verdict_tokens: int = 4
+
+    def __post_init__(self):
+        for name in ("system", "user", "assistant_prefix", "verdict_a", "verdict_b", "verdict_prefix"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"generative.{name}: expected a string, got {getattr(self, name)!r}")
+        check_user(self.user, "generative.user")
+        if not self.verdict_a or not self.verdict_b or self.verdict_a == self.verdict_b:
+            raise ConfigError(f"generative.verdict_a/verdict_b: two different non-empty markers, got "
+                              f"{self.verdict_a!r} and {self.verdict_b!r}")
+        if self.verdict_a in self.verdict_b or self.verdict_b in self.verdict_a:
+            raise ConfigError("generative.verdict_a/verdict_b: one marker contains the other")
+        if self.max_evaluation_tokens < 0 or self.max_verdict_tokens < 1:
+            raise ConfigError(f"generative.max_evaluation_tokens >= 0 and max_verdict_tokens >= 1, got "
+                              f"{self.max_evaluation_tokens} and {self.max_verdict_tokens}")
+        if not self.verdict_prefix and self.max_evaluation_tokens == 0:
+            raise ConfigError("generative.max_evaluation_tokens: 0 needs a verdict_prefix (nothing would be written)")
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.max_evaluation_tokens + self.max_verdict_tokens
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "generative") -> "GenerativeTemplate":
+        from sj_jax.config import from_dict
+
+        return from_dict(cls, data, where)
+
+
+def messages(template: GenerativeTemplate, context: str, response_a: str, response_b: str) -> list[dict]:
+    """The [system, user] turns of one judge prompt."""
+    user = template.user.format(context=context, response_a=response_a, response_b=response_b)
+    return [{"role": "system", "content": template.system}, {"role": "user", "content": user}]
+
+
+def render_prompt(tokenizer: Any, template: GenerativeTemplate, context: str, response_a: str,
+                  response_b: str) -> str:
+    """The prompt text through the chat template's generation prompt and the assistant prefix."""
+    head = tokenizer.apply_chat_template(messages(template, context, response_a, response_b), tokenize=False,
+                                         add_generation_prompt=True)
+    return head + template.assistant_prefix
+
+
+def judgment_row(template: GenerativeTemplate, context: str, response_a: str, response_b: str,
+                 judgment: str) -> dict:
+    """A chat row for SFT on one judgment: the prompt's turns and the judgment as the assistant's."""
+    return {"messages": messages(template, context, response_a, response_b)
+            + [{"role": "assistant", "content": template.assistant_prefix + judgment}]}
+
+
+@dataclasses.dataclass
+class GenerativeJudgments:
+    """Every judgment of one `judge_generative` call, `[pairs][order][sample]`; order 0 shows (a, b)
+    as (A, B), order 1 shows (b, a).
+
+    texts: the judgments (what followed the assistant prefix); labels: int8 `[pairs, 2, samples]`,
+    1 = "A", 2 = "B", 0 = no verdict; reasons: "ok" or why there is no verdict; finished: ended at
+    end of turn (not cut)."""
+
+    texts: list[list[list[str]]]
+    labels: np.ndarray
+    reasons: list[list[list[str]]]
+    finished: np.ndarray
+
+    @property
+    def names_first(self) -> np.ndarray:
+        """bool `[pairs, 2, samples]`: the judgment prefers a (the first response of the pair)."""
+        return np.stack([self.labels[:, 0] == 1, self.labels[:, 1] == 2], axis=1)
+
+    @property
+    def names_second(self) -> np.ndarray:
+        return np.stack([self.labels[:, 0] == 2, self.labels[:, 1] == 1], axis=1)
+
+    def votes(self, order: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(votes for a, votes for b) `[pairs]`, over both orders or one."""
+        first, second = self.names_first, self.names_second
+        if order is not None:
+            first, second = first[:, order:order + 1], second[:, order:order + 1]
+        return first.sum(axis=(1, 2)), second.sum(axis=(1, 2))
+
+    def majority(self, order: int | None = None) -> np.ndarray:
+        """int8 `[pairs]`: +1 the majority prefers a, -1 b, 0 a tie or no verdict at all."""
+        a, b = self.votes(order)
+        return np.sign(a - b).astype(np.int8)
+
+    @property
+    def prob_first(self) -> np.ndarray:
+        """float64 `[pairs]`: 1/2 + (votes for a - votes for b) / (2 x judgments), so > 1/2 exactly when
+        the majority prefers a, and swapping a and b gives 1 - p (the interface of `judge_pairs`)."""
+        a, b = self.votes()
+        return 0.5 + (a - b) / (2.0 * self.labels.shape[1] * self.labels.shape[2])
+
+    @property
+    def swap_consistent(self) -> np.ndarray:
+        """bool `[pairs]`: each order's own majority names the same response (a tie in either is not)."""
+        m0, m1 = self.majority(0), self.majority(1)
+        return (m0 == m1) & (m0 != 0)
+
+    @property
+    def no_verdict_rate(self) -> float:
+        """The fraction of judgments with no verdict."""
+        return float(np.mean(self.labels == 0)) if self.labels.size else 0.0
+
+
+def judge_generative(model: Model, contexts: Sequence[str], responses_a: Sequence[str],
+                     responses_b: Sequence[str], *, template: GenerativeTemplate | None = None, samples: int = 1,
+                     temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
+                     batch_size: int = 64, key_ids: Sequence[int] | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> GenerativeJudgments:
+    """Judges each (context, a, b) in both orders, `samples` judgments an order (temperature 0 =
+    greedy, when more than one sample repeats itself). batch_size: sampler rows a compiled batch,
+    rounded down to whole prompts. key_ids: one number per pair that its samples are keyed by
+    (default its position), so a pair keeps its judgments whatever else shares the call."""
+    from sj_jax.judge.scoring import _check_texts
+
+    template = GenerativeTemplate() if template is None else template
+    tok = model.tokenizer
+    if tok is None:
+        raise ValueError("model: judging needs a model loaded with a tokenizer (its chat template renders the prompt)")
+    if samples < 1:
+        raise ValueError(f"samples: must be at least 1, got {samples}")
+    n = _check_texts("contexts", contexts, None)
+    _check_texts("responses_a", responses_a, n)
+    _check_texts("responses_b", responses_b, n)
+    if n == 0:
+        return GenerativeJudgments([], np.zeros((0, 2, samples), np.int8), [], np.zeros((0, 2, samples), bool))
+    texts = [render_prompt(tok, template, c, *resp) for c, a, b in zip(contexts, responses_a, responses_b)
+             for resp in ((a, b), (b, a))]
+    prompts = [list(r) for r in tok(texts, add_special_tokens=False)["input_ids"]]
+    forced = encode(tok, template.verdict_prefix) if template.verdict_prefix else []
+    new = template.max_new_tokens + len(forced)
+    limit = model.config.max_position_embeddings
+    for j, row in enumerate(prompts):
+        if len(row) + new > limit:
+            raise ValueError(f"pair {j // 2}: its generative judge prompt has {len(row)} tokens; with {new} new "
+                             f"tokens that exceeds the model's max_position_embeddings {limit}")
+    keys = list(range(n)) if key_ids is None else [int(k) for k in key_ids]
+    if len(keys) != n:
+        raise ValueError(f"key_ids: {len(keys)} numbers for {n} pairs")
+    step = max(samples, batch_size // samples * samples)
+    g = generate(model, prompts, max_new_tokens=new, temperature=temperature, top_p=top_p, top_k=top_k,
+                 num_samples=samples, seed=seed, stop=end_of_turn_ids(tok), batch_size=step,
+                 key_ids=[2 * k + o for k in keys for o in range(2)], forced=forced,
+                 budget=template.max_evaluation_tokens, progress=progress)
+    labels = np.zeros((n, 2, samples), np.int8)
+    reasons = [[[""] * samples for _ in range(2)] for _ in range(n)]
+    out_texts = [[[""] * samples for _ in range(2)] for _ in range(n)]
+    finished = np.zeros((n, 2, samples), bool)
+    for r, row in enumerate(g.texts):
+        i, o = divmod(r, 2)
+        for s, text in enumerate(row):
+            v = parse_verdict(text, template.verdict_a, template.verdict_b)
+            labels[i, o, s] = {"A": 1, "B": 2, None: 0}[v.label]
+            reasons[i][o][s] = v.reason
+            out_texts[i][o][s] = text
+            finished[i, o, s] = g.finished[r][s]
+    return GenerativeJudgments(out_texts, labels, reasons, finished)
