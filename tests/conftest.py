@@ -227,3 +227,28 @@ def _unit_rank(item) -> tuple[int, int]:
 def pytest_xdist_auto_num_workers(config):
     # XLA already threads each worker's big matmuls; more workers than this only adds contention.
     return max(1, min(os.cpu_count() or 1, 4))
+
+
+@pytest.fixture()
+def ruled_verdicts(monkeypatch):
+    """The real judging through the sampler, then verdicts set by a rule (a random model's own are
+    never parseable): judgment s of pair p names the right response when p + s is even. So
+    rejection sampling has judgments to keep and to drop, and the judge is then trained on them."""
+    from sj_jax.judge import generative
+
+    real = generative.judge_generative
+
+    def judge(*args, **kw):
+        j = real(*args, **kw)
+        n, _, k = j.labels.shape
+        for p in range(n):
+            for o in range(2):
+                for s in range(k):
+                    right = 1 + o  # the good response is shown first, then second
+                    label = right if (p + s) % 2 == 0 else 3 - right
+                    j.labels[p, o, s] = label
+                    j.texts[p][o][s] = j.texts[p][o][s].split("Final verdict")[0] + f"Final verdict: [[{'AB'[label - 1]}]]"
+                    j.reasons[p][o][s] = "ok"
+        return j
+
+    monkeypatch.setattr(generative, "judge_generative", judge)

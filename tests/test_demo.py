@@ -173,3 +173,42 @@ def test_an_ordering_holds_only_when_the_spreads_do_not_overlap():
     assert compare([0.3, 0.4], [0.5], 100)[0] == "does not hold"
     assert compare([0.60], [0.40], 100)[0] == "holds"  # one value each: 2 standard errors (0.069)
     assert compare([0.45], [0.40], 100)[0] == "within the spread"
+
+
+@needs_tok
+def test_the_self_taught_stage_measures_its_judge_by_iteration_and_can_judge_for_self_judge(
+        full_run, tiny_folder, judge_file, tmp_path, ruled_verdicts):
+    out = tmp_path / "run"
+    for stage in ("data", "sft", "jsft", "eval", "judges"):  # done before the new stage: copied, then skipped
+        shutil.copytree(full_run[0] / stage, out / stage)
+    cfg = tiny_config(tiny_folder, out, judge_file, **{
+        "self_taught.enabled": "true", "self_taught.judge_for_self_judge": "true", "self_taught.iterations": 1,
+        "self_taught.instructions": 4, "self_taught.pool_limit": 8, "self_taught.max_evaluation_tokens": 4,
+        "self_taught.selection.keep_unparsed": "true", "self_taught.pairs.keep_cut": "true",
+        "self_taught.pairs.max_response_tokens": 5, "self_taught.pairs.max_instruction_tokens": 6,
+        "self_taught.annotate.samples": 2, "self_taught.train.steps": 2, "self_taught.train.batch_size": 2})
+    log: list[str] = []
+    r = Demo(cfg, progress=False, log=log.append).run().results
+    ran = [line.split("] ")[1].split(" ·")[0] for line in log if line.startswith("demo [")]
+    assert ran[0] == "self-taught"  # then stage 3 with the self-taught judge
+    st = r["self_taught"]
+    assert set(st["judges"]) == {"0", "1"} and st["iterations"]["1"]["train"]["trained"]
+    heldout = "pairs_test/generative"
+    assert st["judges"]["0"][heldout]["all"]["n"] == 4  # judge_limit 2 pairs per family
+    assert {"pairs_test/verdict", f"{judge_file.stem}/verdict", f"{judge_file.stem}/generative"} <= set(st["judges"]["1"])
+    assert r["claims"][-1]["claim"] == "The self-taught judge beats its seed model"
+    report = (out / "report.md").read_text()
+    assert "## Self-taught evaluator" in report and "| seed | pairs_test | generative |" in report
+    assert (out / "self_taught" / "judge_accuracy.png").exists()
+    on_policy = load_yaml_file(out / "seed0" / "on_policy" / "config.yaml")
+    assert on_policy["judge_model"] == str(out / "self_taught" / "iter1" / "train")
+    assert on_policy["judge_mode"] == "generative"
+    assert "judge/no_verdict_rate" in (out / "seed0" / "on_policy" / "metrics.jsonl").read_text()
+    quick = (full_run[0] / "report.md").read_text()
+    assert "Left out of this demo" in quick  # the quick demo says it left the stage out
+
+
+def load_yaml_file(path):
+    from sj_jax.config import read_yaml
+
+    return read_yaml(Path(path).read_text())

@@ -15,6 +15,8 @@ import sj_jax
 from sj_jax.loops import self_judge as sj_module
 from sj_jax.loops.pairs import Candidate, DegenerateRules, choose_pairs
 from sj_jax.loops.self_judge import SelfJudgeRun, step_seed
+from sj_jax.errors import ConfigError
+from sj_jax.judge.generative import GenerativeTemplate
 from sj_jax.loops.self_judge_config import SamplingSettings, SelfJudgeConfig, ValidationSettings
 from sj_jax.train.config import CheckpointConfig, LoraConfig, OptimConfig
 
@@ -244,6 +246,26 @@ def test_judge_policy_judges_with_the_updated_weights(tiny, files, tmp_path, mon
     by_policy = sj_jax.judge_pairs(seen[0], ctx, [t[0] for t in texts], [t[1] for t in texts])
     by_frozen = sj_jax.judge_pairs(tiny, ctx, [t[0] for t in texts], [t[1] for t in texts])
     assert not np.allclose(by_policy, by_frozen)  # a different judge, not the same one relabelled
+
+
+@pytestmark_tok
+def test_a_judge_of_its_own_judges_generatively_in_place_of_the_frozen_model(tiny, files, tmp_path, monkeypatch):
+    """judge_model a path (a self-taught run's judge, SPEC 3) with judge_mode generative: that model
+    writes the judgments; the policy and the reference stay the initial model."""
+    other = sj_jax.init_model(tiny.config, seed=11, tokenizer=tiny.tokenizer)
+    folder = sj_jax.save_hf(other, tmp_path / "judge")
+    seen = []
+    real = sj_module.judge_generative
+    monkeypatch.setattr(sj_module, "judge_generative", lambda model, *a, **k: seen.append(model) or real(model, *a, **k))
+    run = SelfJudgeRun(config(files, tmp_path / "g", judge_model=str(folder), judge_mode="generative", judge_samples=2,
+                              judge_temperature=1.0, generative=GenerativeTemplate(max_evaluation_tokens=3)), model=tiny)
+    _, row = run.step(0, run.state)
+    assert seen and all(same(host(m.params), host(other.params)) for m in seen)
+    assert same(host(run.frozen), host(tiny.params))
+    assert 0 <= row["judge/no_verdict_rate"] <= 1 and row["judge/judgments"] == sum(
+        1 for c in run.last.choices if c.decided_by == "judge")
+    with pytest.raises(ConfigError, match="principles"):
+        config(files, tmp_path / "x", judge_mode="generative", principles=("honesty",))
 
 
 def _rows(path):

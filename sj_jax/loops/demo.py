@@ -96,7 +96,14 @@ def dpo_config(cfg: DemoConfig, out: Path, variant: str, seed: int):
 
     p = cfg.dpo
     data = out / "data"
-    return SelfJudgeConfig(
+    judge = {}
+    if cfg.self_taught.judge_for_self_judge:
+        from sj_jax.loops.self_taught import last_judge
+
+        st = self_taught_config(cfg, out)
+        judge = dict(judge_model=last_judge(Path(st.output_dir), st), judge_mode="generative",
+                     generative=st.generative)
+    return SelfJudgeConfig(**judge,
         model=str(out / "jsft"), dtype=cfg.dtype, param_dtype=cfg.dtype,
         output_dir=str(seed_dir(out, seed) / variant), seed=seed,
         prompts_file=str(data / "prompts_train.jsonl"), offline_file=str(data / "pairs_train.jsonl"),
@@ -108,6 +115,24 @@ def dpo_config(cfg: DemoConfig, out: Path, variant: str, seed: int):
         dpo=DPOConfig(beta=p.beta, loss_type=p.loss_type),
         optim=OptimConfig(learning_rate=p.learning_rate, schedule="constant", warmup_ratio=p.warmup_ratio),
         lora=p.lora, checkpoint=_checkpoints(cfg), cache_dir=cfg.cache_dir)
+
+
+def self_taught_config(cfg: DemoConfig, out: Path):
+    """The self-taught stage's `sj-jax self-taught` config: seeded by the JSFT model, its pool the
+    train problems, its judge measured on the held-out pairs and the `judge_eval` file."""
+    from sj_jax.judge.generative import GenerativeTemplate
+    from sj_jax.loops.self_taught_config import JudgeEvalSettings, SelfTaughtConfig
+
+    t, data = cfg.self_taught, out / "data"
+    files = (str(data / "pairs_test.jsonl"),) + ((cfg.judge_eval,) if cfg.judge_eval else ())
+    return SelfTaughtConfig(
+        model=str(out / "jsft"), dtype=cfg.dtype, output_dir=str(out / "self_taught"), seed=cfg.seed,
+        pool_file=str(data / "prompts_train.jsonl"), pool_limit=t.pool_limit, iterations=t.iterations,
+        instructions=t.instructions, selection=t.selection, pairs=t.pairs, annotate=t.annotate, train=t.train,
+        eval=JudgeEvalSettings(files=files, limits=(cfg.eval.judge_limit, 0)),
+        generative=GenerativeTemplate(max_evaluation_tokens=t.max_evaluation_tokens), judge=cfg.judge,
+        batch_size=cfg.eval.batch_size, judge_batch_size=cfg.eval.judge_batch_size,
+        checkpoint=_checkpoints(cfg), cache_dir=cfg.cache_dir)
 
 
 def _checkpoints(cfg: DemoConfig):
@@ -299,6 +324,8 @@ class Demo:
             self._stage("judges", out / "judges", self._judges)
             if cfg.judge_eval:  # a stage of its own: a later run may add a file to a finished demo
                 self._stage("judge eval", judge_eval_dir(out, cfg), self._judge_eval)
+            if cfg.self_taught.enabled:
+                self._stage("self-taught", out / "self_taught", lambda: self._self_taught(stop_at))
             for k in range(cfg.seeds):
                 seed = cfg.seed + k
                 for v in VARIANTS:
@@ -337,6 +364,17 @@ class Demo:
             raise DemoStopped(f"stopped in stage {variant} (seed {seed}) at step {r.steps}; run the same command "
                               "again to resume")
         return {"steps": r.steps, "last_loss": r.last_loss}
+
+    def _self_taught(self, stop_at) -> dict:
+        from sj_jax.loops.self_taught import SelfTaughtRun
+
+        st = self_taught_config(self.cfg, self.out)
+        stop = stop_at[1] if stop_at and stop_at[0] == "self-taught" else None
+        r = SelfTaughtRun(st, model=self.model("jsft"), log=self.log, progress=self.progress).run(stop_at_step=stop)
+        if r.results is None:
+            raise DemoStopped(f"{r.stopped_in} (stage self-taught)")
+        return {"judges": r.results["judges"], "iterations": r.results["iterations"],
+                "selection": r.results["selection"], "stage_seconds": r.results["stage_seconds"]}
 
     def _eval_base(self) -> dict:
         rows = self._rows("test", "prompts", self.cfg.eval.test_limit)
@@ -394,6 +432,11 @@ def _plan(cfg: DemoConfig) -> dict[str, float]:
     plan["judges"] = 2 * (15 + 0.3 * e.judge_limit * families)
     if cfg.judge_eval:
         plan["judge eval"] = 90.0
+    t = cfg.self_taught
+    if t.enabled:  # as measured alone: judgments about 1 a second on 2 cores, eval files in both modes
+        evals = (t.iterations + 1) * (2 * e.judge_limit * families * 1.2 + (300.0 if cfg.judge_eval else 0.0))
+        plan["self-taught"] = 200 + evals + t.iterations * (2 * t.instructions * t.annotate.samples * 0.6 + 180
+                                                             + 60 * t.train.epochs)
     per_prompt = 0.3 * max(e.tournament_n) + 0.15 * (max(e.tournament_n) - 1)  # samples, then judgments
     for k in range(cfg.seeds):
         seed = cfg.seed + k

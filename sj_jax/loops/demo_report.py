@@ -59,6 +59,7 @@ def collect(out: Path, cfg: DemoConfig) -> dict[str, Any]:
         "stage_seconds": stages, "total_stage_seconds": round(sum(stages.values()), 1),
         "methods": methods, "tournament": tournament, "judges": judge_tables, "own_samples": own,
         "judge_eval_file": cfg.judge_eval or None,
+        "self_taught": _stage(out / "self_taught")["result"] if cfg.self_taught.enabled else None,
     }
     results["claims"] = claims(results)
     return results
@@ -131,6 +132,18 @@ def claims(results: dict) -> list[dict]:
         v, why = compare(hi["accuracy"], lo["accuracy"], hi["n"])
         tour.append({"higher": f"{p} N={ns[-1]}", "lower": f"{p} N={ns[0]}", "verdict": v, "detail": why})
     out.append({"claim": "Self-rejection improves with N", "comparisons": tour})
+    st = results.get("self_taught")
+    if st:
+        last = max(st["judges"], key=int)
+        better = []
+        for key, v in st["judges"][last].items():
+            if key == "judge":
+                continue
+            a, b = v["all"], st["judges"]["0"][key]["all"]
+            verdict, why = compare([a["accuracy"]], [b["accuracy"]], a["n"])
+            better.append({"higher": f"self-taught judge (iteration {last})", "lower": "JSFT seed", "on": key,
+                           "verdict": verdict, "detail": why})
+        out.append({"claim": "The self-taught judge beats its seed model", "comparisons": better})
     return out
 
 
@@ -215,6 +228,7 @@ def markdown(results: dict) -> str:
                   f"sample was correct ({', '.join(str(o['pairs']) for o in own)} per seed), it chose the correct "
                   f"one {_ms(acc)} of the time; {_ms([o['sample_accuracy'] for o in own])} of the samples were "
                   "correct.", ""]
+    lines += _self_taught_section(results)
     lines += _claims_section(results)
     lines += ["## Time", "", f"float32 matmul: {mach['matmul_gflops_float32']} GFLOP/s.", "",
               "| stage | seconds |", "|---|---|"]
@@ -223,6 +237,22 @@ def markdown(results: dict) -> str:
               "![accuracy](accuracy.png) ![tournament](tournament.png)", "",
               "![judges](judges.png) ![training](training.png)", ""]
     return "\n".join(lines)
+
+
+def _self_taught_section(results: dict) -> list[str]:
+    from sj_jax.loops.self_taught_report import data_table, table
+
+    lines = ["## Self-taught evaluator (SPEC 2)", ""]
+    st = results.get("self_taught")
+    if not st:
+        return lines + ["Left out of this demo (`self_taught.enabled: false`, the quick demo's default); `--full` "
+                        "runs it, and `sj-jax self-taught` runs it alone.", ""]
+    return lines + ["The JSFT model as the seed judge, then each iteration's judge, on the held-out pairs and the "
+                    "`--judge-eval` file, in both modes (verdict: one pass; generative: an evaluation, then "
+                    "[[A]] / [[B]]); a pair with no verdict counts 0.5. No verdict: a tie of the two orders, or "
+                    "none parsed.", "", table(st), "",
+                    "What each iteration made (the synthetic label checked against the task checkers):", "",
+                    data_table(st), "", "![self-taught judge](self_taught/judge_accuracy.png)", ""]
 
 
 def merged_metrics(out: Path, cfg: DemoConfig) -> list[dict]:

@@ -41,6 +41,7 @@ from sj_jax.data.chat import context_text
 from sj_jax.data.examples import DataReport, PairExample, load_examples, pair_example
 from sj_jax.errors import ConfigError, SJError
 from sj_jax.generate import encode_prompts, generate
+from sj_jax.judge.generative import GenerativeJudgments, judge_generative
 from sj_jax.judge.scoring import Judgments, judge_pairs_detailed
 from sj_jax.loops.eval_tasks import read_rows
 from sj_jax.loops.evaluate import policy_accuracy
@@ -57,7 +58,7 @@ from sj_jax.train.optim import make_optimizer
 from sj_jax.train.steps import StepSpec, batch_shape, mesh_shardings, shared_step
 from sj_jax.train.trainer import init_state
 
-_SALTS = {"sample": 1, "off_policy": 2, "pairs": 3}
+_SALTS = {"sample": 1, "off_policy": 2, "pairs": 3, "judge": 4}
 PLOTTED = ("loss", "rewards/margins", "rewards/accuracies", "judge/margin", "samples/length_mean",
            "samples/eos_fraction", "kl_estimate", "val/accuracy")
 
@@ -123,6 +124,11 @@ class SelfJudgeRun:
                        else None)
         v = cfg.validation
         self.val_rows = read_rows(v.file, ("prompt", "answer", "task"), v.limit) if v.file else []
+        self.judge = None  # a judge of its own (judge_model a path), loaded once
+        if cfg.judge_model not in ("frozen", "policy"):
+            self.judge = load_model(cfg.judge_model, dtype=cfg.dtype, mesh=model.mesh)
+            if self.judge.tokenizer is None:
+                raise ConfigError(f"judge_model: {cfg.judge_model} has no tokenizer to render the judge's prompt")
         self.last: StepRecord | None = None
         self._shapes: set[tuple] = set()  # the padded DPO batch shapes met so far: one compiled program each
 
@@ -172,18 +178,26 @@ class SelfJudgeRun:
                 for r in range(len(idx))]
 
     def judge_model(self, policy: dict) -> Model:
-        """The judge: the frozen initial model, or (`judge_model: policy`) the current weights."""
+        """The judge: the frozen initial model, (`judge_model: policy`) the current weights, or a model of its own."""
+        if self.judge is not None:
+            return self.judge
         return self._with(self.frozen if self.cfg.judge_model == "frozen" else policy)
 
     def choose(self, step: int, idx: list[int], candidates: list[list[Candidate]],
-               policy: dict) -> tuple[list[PairChoice], list[Judgments]]:
+               policy: dict) -> tuple[list[PairChoice], list[Judgments | GenerativeJudgments]]:
         cfg = self.cfg
         judge = self.judge_model(policy)
         seen: list[Judgments] = []
 
         def decide(contexts, a, b):
-            j = judge_pairs_detailed(judge, contexts, a, b, template=cfg.judge, principles=cfg.principle_list,
-                                     batch_size=cfg.judge_batch_size)
+            if cfg.judge_mode == "generative":  # each call of a step keyed by its place in the step
+                j = judge_generative(judge, contexts, a, b, template=cfg.generative, samples=cfg.judge_samples,
+                                     temperature=cfg.judge_temperature, top_p=cfg.sampling.top_p,
+                                     seed=step_seed(cfg.seed, step, "judge") + len(seen),
+                                     batch_size=cfg.sampling.batch_size)
+            else:
+                j = judge_pairs_detailed(judge, contexts, a, b, template=cfg.judge, principles=cfg.principle_list,
+                                         batch_size=cfg.judge_batch_size)
             seen.append(j)
             return j.prob_first
 
@@ -343,14 +357,17 @@ def _sample_metrics(candidates: list[list[Candidate]], cfg: SelfJudgeConfig) -> 
     }
 
 
-def _judge_metrics(judgments: list[Judgments], choices: list[PairChoice]) -> dict[str, float]:
+def _judge_metrics(judgments: list[Judgments | GenerativeJudgments], choices: list[PairChoice]) -> dict[str, float]:
     out = {f"skipped/{r}": float(sum(1 for c in choices if c.skipped == r)) for r in SKIP_REASONS}
     out["decided_by_rule"] = float(sum(1 for c in choices if c.skipped is None and c.decided_by == "rule"))
-    out["judge/judgments"] = float(sum(len(j.probs) for j in judgments))
+    out["judge/judgments"] = float(sum(len(j.prob_first) for j in judgments))
     if judgments:
         p = np.concatenate([j.prob_first for j in judgments])
         out["judge/margin"] = float(np.mean(np.abs(2 * p - 1)))  # 0: no preference, 1: certain
         out["judge/swap_consistency"] = float(np.mean(np.concatenate([j.swap_consistent.ravel() for j in judgments])))
+        no_verdict = [j.no_verdict_rate for j in judgments if isinstance(j, GenerativeJudgments)]
+        if no_verdict:
+            out["judge/no_verdict_rate"] = float(np.mean(no_verdict))
     return out
 
 

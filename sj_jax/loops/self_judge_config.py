@@ -11,6 +11,7 @@ import dataclasses
 from typing import Literal
 
 from sj_jax.errors import ConfigError
+from sj_jax.judge.generative import GenerativeTemplate
 from sj_jax.judge.template import DEFAULT_PRINCIPLES, DEFAULT_TEMPLATE, JudgeTemplate
 from sj_jax.loops.pairs import DegenerateRules
 from sj_jax.registry import DEFAULT_MODEL
@@ -58,7 +59,13 @@ class SelfJudgeConfig:
     epochs: float = 1.0
     num_samples: int = 2  # N per prompt
     pairing: Literal["tournament", "all_pairs"] = "tournament"  # N > 2: best vs worst of tournaments, or a round robin
-    judge_model: Literal["frozen", "policy"] = "frozen"  # frozen: the initial model (adapter off); policy: the current
+    # frozen: the initial model (adapter off); policy: the current weights; else a model of its own (a path or
+    # name sj-jax loads), e.g. the judge of a self-taught run's last iteration (SPEC 3)
+    judge_model: str = "frozen"
+    judge_mode: Literal["verdict", "generative"] = "verdict"  # one-pass `judge`, or the `generative` template
+    generative: GenerativeTemplate = GenerativeTemplate()
+    judge_samples: int = 1  # generative: judgments an order, majority vote
+    judge_temperature: float = 0.0  # generative: 0 = greedy
     samples: Literal["on_policy", "off_policy", "offline"] = "on_policy"
     offline_file: str = "data/pairs_train.jsonl"  # samples=offline: {"prompt", "chosen", "rejected"} rows
     sampling: SamplingSettings = SamplingSettings()
@@ -89,6 +96,12 @@ class SelfJudgeConfig:
                               "set it to 1 (raise batch_size for more pairs a step)")
         if self.sampling.max_new_tokens < 1:
             raise ConfigError(f"sampling.max_new_tokens: must be at least 1, got {self.sampling.max_new_tokens}")
+        if not self.judge_model:
+            raise ConfigError("judge_model: frozen, policy, or a model to load (a path or an embedded name)")
+        if self.judge_samples < 1:
+            raise ConfigError(f"judge_samples: at least 1, got {self.judge_samples}")
+        if self.judge_mode == "generative" and self.principles:
+            raise ConfigError("principles: the generative judge has one template; principles apply to judge_mode verdict")
         known = [p.name for p in DEFAULT_PRINCIPLES]
         for p in self.principles:
             if p not in known:

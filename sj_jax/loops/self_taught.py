@@ -149,7 +149,9 @@ class SelfTaughtRun:
 
         self.cfg, self.out, self.progress = cfg, Path(cfg.output_dir), progress
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self.eval_rows = {Path(f).stem: read_pairs(f, cfg.eval.limit) for f in cfg.eval.files}  # bad files fail now
+        e = cfg.eval
+        self.eval_rows = {Path(f).stem: read_pairs(f, e.limits[k] if k < len(e.limits) else e.limit)
+                          for k, f in enumerate(e.files)}  # a bad file fails now, before any work
         if len(self.eval_rows) != len(cfg.eval.files):
             raise ConfigError("eval.files: two files share a name; each needs its own stem")
         self._check_folder()
@@ -194,11 +196,7 @@ class SelfTaughtRun:
 
     def judge_source(self, i: int) -> str:
         """What the judge after iteration i is: the seed model, or the last iteration <= i that trained."""
-        for k in range(i, 0, -1):
-            marker = self.iter_dir(k) / "train" / "stage.json"
-            if marker.exists() and json.loads(marker.read_text())["result"].get("trained"):
-                return str(self.iter_dir(k) / "train")
-        return self.cfg.model
+        return last_judge(self.out, self.cfg, i)
 
     def model(self, i: int):
         """The judge after iteration i (0: the seed model), loaded once; older ones are let go."""
@@ -443,6 +441,16 @@ class SelfTaughtRun:
                 (self.out / "eval" / f"iter{i}" / f"{name}.{mode}.json").write_text(json.dumps(r, indent=1))
                 out[f"{name}/{mode}"] = {k: v for k, v in r.items() if k != "pairs"}
         return out
+
+
+def last_judge(out: Path, cfg: SelfTaughtConfig, iterations: int | None = None) -> str:
+    """The judge after `iterations` iterations (default: all of them): the last one that trained, or
+    the seed model."""
+    for k in range(cfg.iterations if iterations is None else iterations, 0, -1):
+        marker = out / f"iter{k}" / "train" / "stage.json"
+        if marker.exists() and json.loads(marker.read_text())["result"].get("trained"):
+            return str(out / f"iter{k}" / "train")
+    return cfg.model
 
 
 def self_taught(cfg: SelfTaughtConfig, **kw) -> SelfTaughtResult:

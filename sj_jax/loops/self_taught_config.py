@@ -123,6 +123,7 @@ class JudgeEvalSettings:
 
     files: tuple[str, ...] = ()
     limit: int = 0  # the first N pairs of each subset of each file (0 = all)
+    limits: tuple[int, ...] = ()  # per file, in place of `limit` (a file beyond the list takes `limit`)
     modes: tuple[str, ...] = ("verdict", "generative")
     samples: int = 1
     temperature: float = 0.0
