@@ -65,6 +65,24 @@ def _messages(p: Any, i: int) -> list[dict] | None:
     return None
 
 
+def length_batches(lengths: Sequence[int], new_tokens: int, *, rows_per_prompt: int = 1, max_rows: int = 64,
+                   max_tokens: int = 32768) -> list[list[int]]:
+    """Prompt indices in batches of similar length, shortest first: each batch holds at most
+    `max_rows` rows (prompts x rows_per_prompt) and at most `max_tokens` cache positions (rows x
+    (longest prompt + new tokens)), so a few long prompts neither pad every batch nor exhaust memory
+    (64 rows of a 2048-position SmolLM2 cache alone are 12 GB)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    out: list[list[int]] = []
+    for i in order:
+        if out:
+            rows = (len(out[-1]) + 1) * rows_per_prompt
+            if rows <= max_rows and rows * (lengths[i] + new_tokens) <= max_tokens:  # lengths only grow
+                out[-1].append(i)
+                continue
+        out.append([i])
+    return out
+
+
 def generate(
     model: Model,
     prompts: Sequence[str] | Sequence[Sequence[int]],

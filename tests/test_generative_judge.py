@@ -118,3 +118,16 @@ def test_judging_runs_both_orders_through_the_sampler_and_reaches_the_verdict_sl
     assert again.texts[0] == j.texts[0]  # a pair's judgments do not depend on what shares the call
     with pytest.raises(ValueError, match="responses_b"):
         judge_generative(tiny, ctx, a, ["x", " "], template=tpl)
+
+
+def test_length_batches_group_similar_lengths_within_the_row_and_cache_budgets():
+    from sj_jax.generate import length_batches
+
+    lengths = [900, 10, 12, 11, 300, 14, 950]
+    b = length_batches(lengths, 40, rows_per_prompt=2, max_rows=6, max_tokens=3000)
+    assert sorted(i for chunk in b for i in chunk) == list(range(7))
+    for chunk in b:
+        rows = 2 * len(chunk)
+        assert rows <= 6 and (rows * (max(lengths[i] for i in chunk) + 40) <= 3000 or len(chunk) == 1)
+    assert b[0] == [1, 3, 2]  # the shortest first, 3 prompts x 2 rows
+    assert [6] in b and [0] in b  # a long prompt takes a batch of its own when the budget says so

@@ -217,3 +217,15 @@ def test_eval_judge_reports_each_subset_both_orders_and_swap_consistency(tiny_fo
         if mode == "generative":
             assert r["samples"] == 2 and 0 <= r["judgment_no_verdict_rate"] <= 1
             assert len(r["pairs"][0]["judgments"]) == 2 and len(r["pairs"][0]["judgments"][0]) == 2
+
+
+def test_the_config_files_load_and_name_a_bad_key():
+    from sj_jax.loops.eval_judge import EvalJudgeConfig
+
+    st = load_yaml(SelfTaughtConfig, "configs/self_taught.yaml")
+    assert st == SelfTaughtConfig()
+    assert load_yaml(EvalJudgeConfig, "configs/eval_judge.yaml") == EvalJudgeConfig()
+    with pytest.raises(ConfigError, match="annotate.sampels: unknown key"):
+        load_yaml(SelfTaughtConfig, "configs/self_taught.yaml", ["annotate.sampels=3"])
+    with pytest.raises(ConfigError, match="samples"):
+        load_yaml(EvalJudgeConfig, None, ["samples=4"])  # samples count only in the generative mode

@@ -1,4 +1,5 @@
-"""Pairwise judging in one forward pass: the judge template and verdict scoring."""
+"""Pairwise judging: in one forward pass (the judge template, verdict scoring), or generatively (an
+evaluation, then a parsed verdict: `sj_jax.judge.generative`, `sj_jax.judge.verdict`)."""
 
 from sj_jax.judge.scoring import Judgments, judge_pairs, judge_pairs_detailed, majority_probability
 from sj_jax.judge.template import (DEFAULT_PRINCIPLES, DEFAULT_TEMPLATE, JudgeTemplate, Principle, VerdictTokenError,

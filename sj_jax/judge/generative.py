@@ -22,7 +22,7 @@ import numpy as np
 
 from sj_jax.api import Model
 from sj_jax.errors import ConfigError
-from sj_jax.generate import generate
+from sj_jax.generate import generate, length_batches
 from sj_jax.judge.template import check_user, encode
 from sj_jax.judge.verdict import parse_verdict
 from sj_jax.tokenizer import end_of_turn_ids
@@ -152,11 +152,11 @@ class GenerativeJudgments:
 def judge_generative(model: Model, contexts: Sequence[str], responses_a: Sequence[str],
                      responses_b: Sequence[str], *, template: GenerativeTemplate | None = None, samples: int = 1,
                      temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
-                     batch_size: int = 64, key_ids: Sequence[int] | None = None,
+                     batch_size: int = 64, key_ids: Sequence[int] | None = None, max_batch_tokens: int = 32768,
                      progress: Callable[[int, int], None] | None = None) -> GenerativeJudgments:
     """Judges each (context, a, b) in both orders, `samples` judgments an order (temperature 0 =
-    greedy, when more than one sample repeats itself). batch_size: sampler rows a compiled batch,
-    rounded down to whole prompts. key_ids: one number per pair that its samples are keyed by
+    greedy, when more than one sample repeats itself). batch_size: sampler rows a compiled batch
+    (whole prompts); max_batch_tokens: cache positions a batch (`sj_jax.generate.length_batches`). key_ids: one number per pair that its samples are keyed by
     (default its position), so a pair keeps its judgments whatever else shares the call."""
     from sj_jax.judge.scoring import _check_texts
 
@@ -184,21 +184,28 @@ def judge_generative(model: Model, contexts: Sequence[str], responses_a: Sequenc
     keys = list(range(n)) if key_ids is None else [int(k) for k in key_ids]
     if len(keys) != n:
         raise ValueError(f"key_ids: {len(keys)} numbers for {n} pairs")
-    step = max(samples, batch_size // samples * samples)
-    g = generate(model, prompts, max_new_tokens=new, temperature=temperature, top_p=top_p, top_k=top_k,
-                 num_samples=samples, seed=seed, stop=end_of_turn_ids(tok), batch_size=step,
-                 key_ids=[2 * k + o for k in keys for o in range(2)], forced=forced,
-                 budget=template.max_evaluation_tokens, progress=progress)
+    # Prompts of similar length share a batch (judge prompts differ by hundreds of tokens), within a
+    # cache budget; the samples are keyed by pair and order, so the batching does not change them.
+    texts_out: list[list[str]] = [[] for _ in prompts]
+    finished_out: list[list[bool]] = [[] for _ in prompts]
+    for chunk in length_batches([len(p) for p in prompts], new, rows_per_prompt=samples,
+                                max_rows=max(samples, batch_size), max_tokens=max_batch_tokens):
+        g = generate(model, [prompts[r] for r in chunk], max_new_tokens=new, temperature=temperature, top_p=top_p,
+                     top_k=top_k, num_samples=samples, seed=seed, stop=end_of_turn_ids(tok),
+                     key_ids=[2 * keys[r // 2] + r % 2 for r in chunk], forced=forced,
+                     budget=template.max_evaluation_tokens, progress=progress)
+        for k, r in enumerate(chunk):
+            texts_out[r], finished_out[r] = g.texts[k], g.finished[k]
     labels = np.zeros((n, 2, samples), np.int8)
     reasons = [[[""] * samples for _ in range(2)] for _ in range(n)]
     out_texts = [[[""] * samples for _ in range(2)] for _ in range(n)]
     finished = np.zeros((n, 2, samples), bool)
-    for r, row in enumerate(g.texts):
+    for r, row in enumerate(texts_out):
         i, o = divmod(r, 2)
         for s, text in enumerate(row):
             v = parse_verdict(text, template.verdict_a, template.verdict_b)
             labels[i, o, s] = {"A": 1, "B": 2, None: 0}[v.label]
             reasons[i][o][s] = v.reason
             out_texts[i][o][s] = text
-            finished[i, o, s] = g.finished[r][s]
+            finished[i, o, s] = finished_out[r][s]
     return GenerativeJudgments(out_texts, labels, reasons, finished)

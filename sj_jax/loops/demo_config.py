@@ -125,7 +125,7 @@ class DemoSelfTaught:
     selection: SelectionSettings = SelectionSettings()
     pairs: PairSettings = PairSettings()
     annotate: AnnotateSettings = AnnotateSettings()
-    train: JudgeTraining = JudgeTraining(epochs=2.0)
+    train: JudgeTraining = JudgeTraining()
     judge_for_self_judge: bool = False
 
 

@@ -247,19 +247,22 @@ class SelfTaughtRun:
 
     def _sample(self, model, prompts: list, max_new_tokens: int, temperature: float, seed: int):
         """(texts, finished) for token-id or text prompts; None for a prompt too long for the model."""
-        from sj_jax.generate import encode_prompts, generate
+        from sj_jax.generate import encode_prompts, generate, length_batches
+        from sj_jax.progress import sampling_bar
 
         ids = encode_prompts(model, prompts, chat=True)
         limit = model.config.max_position_embeddings - max_new_tokens
         fits = [i for i, p in enumerate(ids) if len(p) <= limit]
         texts: list[str | None] = [None] * len(ids)
         finished = [False] * len(ids)
-        if fits:
-            g = generate(model, [ids[i] for i in fits], max_new_tokens=max_new_tokens, temperature=temperature,
-                         top_p=self.cfg.pairs.top_p if temperature > 0 else 1.0, seed=seed,
-                         batch_size=self.cfg.batch_size, key_ids=fits)
-            for k, i in enumerate(fits):
-                texts[i], finished[i] = g.texts[k][0], g.finished[k][0]
+        with sampling_bar(len(fits), enabled=self.progress) as bar:
+            for chunk in length_batches([len(ids[i]) for i in fits], max_new_tokens, max_rows=self.cfg.batch_size):
+                rows = [fits[k] for k in chunk]
+                g = generate(model, [ids[i] for i in rows], max_new_tokens=max_new_tokens, temperature=temperature,
+                             top_p=self.cfg.pairs.top_p if temperature > 0 else 1.0, seed=seed, key_ids=rows,
+                             progress=bar)
+                for k, i in enumerate(rows):
+                    texts[i], finished[i] = g.texts[k][0], g.finished[k][0]
         return texts, finished
 
     def _select(self) -> dict:

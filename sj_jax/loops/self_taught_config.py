@@ -105,7 +105,7 @@ class JudgeTraining:
     method: Literal["sft", "dpo"] = "sft"
     init_from: Literal["seed", "last"] = "seed"
     steps: int = 0  # 0: `epochs` passes over the kept judgments
-    epochs: float = 1.0
+    epochs: float = 2.0
     batch_size: int = 8
     learning_rate: float = 5e-4
     schedule: Literal["cosine", "constant", "linear"] = "cosine"
@@ -144,9 +144,9 @@ class SelfTaughtConfig:
     output_dir: str = "runs/self_taught"
     seed: int = 0
     pool_file: str = "data/prompts_train.jsonl"  # {"prompt": ...} rows; task-suite rows ({"task", "answer"}) are checked
-    pool_limit: int = 0  # at most N rows of the pool, drawn with the seed (0 = all)
+    pool_limit: int = 400  # at most N rows of the pool, drawn with the seed (0 = all)
     iterations: int = 2
-    instructions: int = 64  # instructions an iteration
+    instructions: int = 96  # instructions an iteration
     selection: SelectionSettings = SelectionSettings()
     pairs: PairSettings = PairSettings()
     annotate: AnnotateSettings = AnnotateSettings()
