@@ -1,0 +1,92 @@
+"""Generative judging speed on SmolLM2-135M-Instruct, float32, CPU: sj_jax vs PyTorch `generate`.
+
+    python -m benchmarks.generative_judge [--pairs 8] [--samples 4] [--rounds 3]
+
+Work: `pairs` task-suite pairs, both orders, `samples` judgments an order (T 0.8, top-p 0.95), each
+exactly `NEW` new tokens (no stop token, so all three do the same work). Timed in alternation in one
+run: sj_jax as `judge_generative` runs it (each judge prompt prefilled once for its samples), sj_jax
+with one prefill per row (as without grouping), and PyTorch `generate` with
+`num_return_sequences=samples` over the same left-padded prompts. Printed: the machine's float32
+matmul rate first, judgments/s of each, and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax  # noqa: E402
+
+import sj_jax  # noqa: E402
+from benchmarks.common import alternate, jax_matmul_peak, load_default_pair, write_json  # noqa: E402
+
+NEW = 32
+
+
+def judge_prompts(model, pairs: int) -> list[list[int]]:
+    """Token ids of the generative judge's prompts for `pairs` task-suite pairs, both orders."""
+    from sj_jax.judge.generative import GenerativeTemplate, render_prompt
+    from sj_jax.tasks.suite import TaskSuiteConfig, build_split, split_pairs
+
+    split = build_split(TaskSuiteConfig(test=4), "test")
+    rows = split_pairs(split, ("format_broken", "truncated"), 1, 0, "test")[:pairs]
+    tpl = GenerativeTemplate()
+    texts = [render_prompt(model.tokenizer, tpl, r["prompt"], *resp) for r in rows
+             for resp in ((r["chosen"], r["rejected"]), (r["rejected"], r["chosen"]))]
+    return [list(x) for x in model.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def main() -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+
+    import torch
+
+    gflops = jax_matmul_peak()
+    print(f"float32 matmul: {gflops:.0f} GFLOP/s ({jax.devices()[0]})")
+    model, tm = load_default_pair(tokenizer=True)
+    prompts = judge_prompts(model, args.pairs)
+    k, rows = args.samples, len(prompts) * args.samples
+    kw = dict(max_new_tokens=NEW, temperature=0.8, top_p=0.95, num_samples=k, stop=[], seed=0)
+
+    def grouped():  # batch_size a multiple of k: one prefill per prompt
+        out = sj_jax.generate(model, prompts, batch_size=rows, **kw)
+        assert all(len(t) == NEW for row in out.token_ids for t in row)
+
+    def per_row():  # batch_size not a multiple of k: every row prefilled on its own
+        out = sj_jax.generate(model, prompts, batch_size=rows - 1, **kw)
+        assert all(len(t) == NEW for row in out.token_ids for t in row)
+
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[2] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+
+    def theirs():
+        with torch.inference_mode():
+            out = tm.generate(ids, attention_mask=mask, do_sample=True, temperature=0.8, top_p=0.95, top_k=0,
+                              max_new_tokens=NEW, min_new_tokens=NEW, num_return_sequences=k, pad_token_id=2)
+        assert out.shape == (rows, width + NEW)
+
+    grouped(), per_row(), theirs()  # compile and warm up
+    secs = alternate({"grouped": grouped, "per_row": per_row, "torch": theirs}, args.rounds)
+    r = {"pairs": args.pairs, "samples": k, "judgments": rows, "new_tokens": NEW, "prompt_tokens_max": width,
+         "matmul_gflops": gflops, **{f"{name}_s": v for name, v in secs.items()},
+         **{f"{name}_judgments_per_s": rows / v for name, v in secs.items()},
+         "ratio_vs_torch": secs["torch"] / secs["grouped"], "ratio_grouped_vs_per_row": secs["per_row"] / secs["grouped"]}
+    print(f"{args.pairs} pairs x 2 orders x {k} samples = {rows} judgments of {NEW} tokens, prompts up to {width} tokens:")
+    for name in ("grouped", "per_row", "torch"):
+        print(f"   {name:8s} {r[f'{name}_judgments_per_s']:6.2f} judgments/s ({secs[name]:.1f} s)")
+    print(f"   sj_jax / torch {r['ratio_vs_torch']:.2f}x; one prefill a prompt / one a row "
+          f"{r['ratio_grouped_vs_per_row']:.2f}x")
+    write_json(args.json, [r])
+    return [r]
+
+
+if __name__ == "__main__":
+    main()
