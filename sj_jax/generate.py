@@ -100,6 +100,7 @@ def generate(
     key_ids: Sequence[int] | None = None,
     forced: Sequence[int] = (),
     budget: int = 0,
+    after: int = 0,
 ) -> Generations:
     """Samples `num_samples` continuations of each prompt with the KV-cached sampler.
 
@@ -110,7 +111,8 @@ def generate(
     prompt can keep its samples whatever else shares the call: sample j of prompt i draws from
     (seed, key_ids[i] * num_samples + j). forced, budget: after `budget` free tokens (or at a stop
     token, which is dropped) the `forced` token ids are fed, then the sample goes on to its next stop
-    (`sj_jax.sampler`); a template's fixed verdict prefix is reached this way.
+    or for at most `after` tokens (0 = no limit) (`sj_jax.sampler`); a template's fixed verdict
+    prefix is reached this way.
 
     When a batch holds whole prompts (batch_size a multiple of num_samples), each prompt is
     prefilled once for all of its samples.
@@ -142,7 +144,8 @@ def generate(
         out = run(model.config, model.mesh, model.params, prompts,
                   max_new_tokens=max_new_tokens, sampling=sampling,
                   row_ids=[keys[i] * num_samples + j for i, j in chunk], seed=seed, stop_ids=stop, pad_id=pad,
-                  min_rows=step if len(rows) > step else 0, group=group, forced=tuple(forced), budget=budget)
+                  min_rows=step if len(rows) > step else 0, group=group, forced=tuple(forced), budget=budget,
+                  after=after)
         for r, (i, j) in enumerate(chunk):
             n = int(out["lengths"][r])
             toks = out["tokens"][r, :n].tolist()

@@ -10,7 +10,7 @@ Two options serve the generative judge (`sj_jax.judge.generative`):
   one prefill, not k.
 - `forced` and `budget`: a row writes freely until it emits a stop token or has written `budget`
   tokens; from there the `forced` tokens are fed (the stop token is dropped), then the row writes
-  freely again and ends at its next stop token. A template's verdict prefix ("Final verdict: [[")
+  freely again and ends at its next stop token, or after `after` tokens (0 = no limit). A template's verdict prefix ("Final verdict: [[")
   is thus always reached, and the verdict after it is the model's own.
 """
 
@@ -58,6 +58,7 @@ class DecodePlan:
     group: int = 1  # consecutive rows that share one prompt (prefilled once)
     forced: tuple[int, ...] = ()  # tokens fed after the free phase (see the module docstring)
     budget: int = 0  # free tokens before `forced` is fed; used only with `forced`
+    after: int = 0  # with `forced`: tokens a row may write after the fed ones (0 = up to max_new_tokens)
 
 
 def _row_keys(keys: jax.Array, step) -> jax.Array:
@@ -66,10 +67,11 @@ def _row_keys(keys: jax.Array, step) -> jax.Array:
 
 def _advance(plan: DecodePlan, s: dict, token: jax.Array, logprob: jax.Array, stop_ids: jax.Array, step):
     """The token each row emits at `step` from the one it drew: the forced phase applied. Returns
-    (token, logprob, hit a stop that ends the row, updates to the state's phase fields)."""
+    (token, logprob, hit a stop that ends the row, wrote its last allowed token, updates to the
+    state's phase fields)."""
     is_stop = jnp.isin(token, stop_ids)
     if not plan.forced:
-        return token, logprob, is_stop, {}
+        return token, logprob, is_stop, jnp.zeros_like(is_stop), {}
     forced = jnp.asarray(plan.forced, jnp.int32)
     n = len(plan.forced)
     start = (s["phase"] == 0) & (is_stop | (step >= plan.budget))
@@ -78,7 +80,10 @@ def _advance(plan: DecodePlan, s: dict, token: jax.Array, logprob: jax.Array, st
     fpos = jnp.where(feeding, s["fpos"] + 1, jnp.where(start, 1, s["fpos"]))
     phase = jnp.where((feeding | start) & (fpos >= n), 2, jnp.where(start, 1, s["phase"]))
     logprob = jnp.where(feeding | start, 0.0, logprob)  # fed, not drawn
-    return token, logprob, (s["phase"] == 2) & is_stop, {"phase": phase, "fpos": fpos}
+    free = s["phase"] == 2
+    vpos = jnp.where(free, s["vpos"] + 1, s["vpos"])
+    last = free & (vpos >= plan.after) if plan.after else jnp.zeros_like(is_stop)
+    return token, logprob, free & is_stop, last, {"phase": phase, "fpos": fpos, "vpos": vpos}
 
 
 def _prefill_and_first(cfg, plan, kv_sharding, params, ids, mask, keys, active, stop_ids):
@@ -90,10 +95,10 @@ def _prefill_and_first(cfg, plan, kv_sharding, params, ids, mask, keys, active, 
         cache = {k: (v if k == "index" else jax.tree.map(lambda x: jnp.repeat(x, plan.group, axis=0), v))
                  for k, v in cache.items()}
     b, n = plan.batch, plan.max_new_tokens
-    start = {"phase": jnp.zeros((b,), jnp.int32), "fpos": jnp.zeros((b,), jnp.int32)}
+    start = {k: jnp.zeros((b,), jnp.int32) for k in ("phase", "fpos", "vpos")}
     token, logprob = sample(logits, _row_keys(keys, 0), plan.sampling)
-    token, logprob, hit, phase = _advance(plan, start, token, logprob, stop_ids, 0)
-    done = ~active | hit
+    token, logprob, hit, last, phase = _advance(plan, start, token, logprob, stop_ids, 0)
+    done = ~active | hit | last
     return {
         "cache": cache,
         "tokens": jnp.full((b, n), plan.pad_id, jnp.int32).at[:, 0].set(token),
@@ -102,6 +107,7 @@ def _prefill_and_first(cfg, plan, kv_sharding, params, ids, mask, keys, active, 
         "done": done,
         "last": token,
         "step": jnp.int32(1),
+        "count": active.astype(jnp.int32),  # tokens each row has written
         "keys": keys,
         **({**start, **phase} if plan.forced else {}),
     }
@@ -116,18 +122,19 @@ def _decode_loop(cfg, plan, params, state, stop_ids):
     def body(s):
         logits, cache = decode_step(cfg, params, layer_params, s["cache"], s["last"])
         token, logprob = sample(logits, _row_keys(s["keys"], s["step"]), plan.sampling)
-        token, logprob, hit, phase = _advance(plan, s, token, logprob, stop_ids, s["step"])
+        token, logprob, hit, last, phase = _advance(plan, s, token, logprob, stop_ids, s["step"])
         token = jnp.where(s["done"], plan.pad_id, token)
         logprob = jnp.where(s["done"], 0.0, logprob)
         hit = ~s["done"] & hit
         return {
             **s,
             **phase,
+            "count": s["count"] + ~s["done"],
             "cache": cache,
             "tokens": jax.lax.dynamic_update_slice(s["tokens"], token[:, None], (0, s["step"])),
             "logprobs": jax.lax.dynamic_update_slice(s["logprobs"], logprob[:, None], (0, s["step"])),
             "stopped": s["stopped"] | hit,
-            "done": s["done"] | hit,
+            "done": s["done"] | hit | last,
             "last": token,
             "step": s["step"] + 1,
         }
@@ -156,12 +163,12 @@ def compiled(cfg: ModelConfig, mesh: Mesh, plan: DecodePlan):
 
 def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *, max_new_tokens: int,
         sampling: SamplingConfig, row_ids: list[int], seed: int, stop_ids: list[int], pad_id: int,
-        min_rows: int = 0, group: int = 1, forced: tuple[int, ...] = (), budget: int = 0) -> dict:
+        min_rows: int = 0, group: int = 1, forced: tuple[int, ...] = (), budget: int = 0, after: int = 0) -> dict:
     """Generates for token-id prompts, `group` rows each (row r continues prompt r // group).
     Returns host arrays: `tokens` and `logprobs` `[rows, max_new_tokens]`, `stopped` and the
     number of tokens per row `lengths` (stop included). min_rows: compile for at least this many
     rows (the last, smaller batch of a run then reuses the full batches' program instead of
-    compiling its own). forced, budget: see the module docstring."""
+    compiling its own). forced, budget, after: see the module docstring."""
     rows = len(prompts) * group
     if len(row_ids) != rows:
         raise ValueError(f"row_ids: {len(row_ids)} keys for {len(prompts)} prompts x {group} rows")
@@ -178,7 +185,7 @@ def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *,
     base = jax.random.key(seed)
     keys = jax.vmap(lambda r: jax.random.fold_in(base, r))(jnp.asarray(list(row_ids) + [-1] * (b - rows), jnp.int32))
     plan = DecodePlan(b, plen, max_new_tokens, sampling, pad_id, group, tuple(int(t) for t in forced),
-                      int(budget) if forced else 0)
+                      int(budget) if forced else 0, int(after) if forced else 0)
     first, loop = compiled(cfg, mesh, plan)
     stops = jnp.asarray(sorted(set(stop_ids)) or [-1], jnp.int32)
     state = first(params, ids, mask, keys, active, stops)
@@ -186,8 +193,5 @@ def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *,
     tokens = np.asarray(state["tokens"])[:rows]
     logprobs = np.asarray(state["logprobs"])[:rows]
     stopped = np.asarray(state["stopped"])[:rows]
-    # With `forced`, a stop drawn in the free phase was replaced by the fed tokens: the first stop
-    # in a row is the one that ended it either way.
-    is_stop = np.isin(tokens, np.asarray(stop_ids, np.int32)) if stop_ids else np.zeros_like(tokens, bool)
-    lengths = np.where(stopped, is_stop.argmax(axis=1) + 1, max_new_tokens)
+    lengths = np.asarray(state["count"])[:rows]  # the stop token included
     return {"tokens": tokens, "logprobs": logprobs, "stopped": stopped, "lengths": lengths}

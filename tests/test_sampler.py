@@ -261,5 +261,8 @@ def test_forced_tokens_follow_the_budget_or_a_stop_and_the_row_then_ends_at_its_
     assert t[:4] == [toks[0]] + forced
     cont = sj_jax.generate(tiny, [prompt + t[:4]], max_new_tokens=8, temperature=0.0, stop=[stop_tok])
     assert t[4:] == cont.token_ids[0][0] and cut.finished[0][0] == cont.finished[0][0]
+    capped = sj_jax.generate(tiny, [prompt], max_new_tokens=12, temperature=0.0, stop=[], forced=forced, budget=4,
+                             after=2)
+    assert capped.token_ids[0][0] == toks[:9] and not capped.finished[0][0]  # 2 of the model's tokens after the fed ones
     with pytest.raises(ValueError, match="no room"):
         sj_jax.generate(tiny, [prompt], max_new_tokens=6, forced=forced, budget=3, stop=[])

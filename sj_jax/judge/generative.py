@@ -8,7 +8,8 @@ the second response (a judgment with no verdict votes for neither).
 
 With a `verdict_prefix` ("\\n\\nFinal verdict: [[" by default), the evaluation runs until the model
 ends its turn or has written `max_evaluation_tokens` tokens; then the prefix is fed and the model
-writes the rest of the verdict itself (`sj_jax.sampler`'s forced phase). A small model thus always
+writes the rest of the verdict itself, in at most `max_verdict_tokens` tokens (`sj_jax.sampler`'s
+forced phase). A small model thus always
 reaches the verdict slot, and what it writes there is still parsed, not assumed. With an empty
 prefix the model must write the whole verdict itself, as large judges do.
 """
@@ -193,7 +194,7 @@ def judge_generative(model: Model, contexts: Sequence[str], responses_a: Sequenc
         g = generate(model, [prompts[r] for r in chunk], max_new_tokens=new, temperature=temperature, top_p=top_p,
                      top_k=top_k, num_samples=samples, seed=seed, stop=end_of_turn_ids(tok),
                      key_ids=[2 * keys[r // 2] + r % 2 for r in chunk], forced=forced,
-                     budget=template.max_evaluation_tokens, progress=progress)
+                     budget=template.max_evaluation_tokens, after=template.max_verdict_tokens, progress=progress)
         for k, r in enumerate(chunk):
             texts_out[r], finished_out[r] = g.texts[k], g.finished[k]
     labels = np.zeros((n, 2, samples), np.int8)

@@ -5,7 +5,8 @@ prefix, `sj_jax.judge.scoring`), and `generative`, the judge that writes an eval
 verdict (`sj_jax.judge.generative`, `samples` judgments an order, majority vote). Per pair, as
 RewardBench scores: 1 when the verdict names the chosen response, 0 when it names the rejected
 one, 0.5 when there is none (a tie, or no verdict parsed). Reported per subset and overall:
-accuracy, the no-verdict rate, accuracy with the chosen response shown first and shown second
+accuracy, the rate of pairs without a verdict (`no_verdict`: the votes tie or none was parsed;
+the judgments without a parsed verdict are counted apart, by reason), accuracy with the chosen response shown first and shown second
 (each order read alone) and swap consistency (both orders, read alone, name the same response).
 The same command scores any model sj-jax loads: the base model, a JSFT or SELF-JUDGE run's judge,
 an iteration of the self-taught loop, so every judge is compared on the same files.
@@ -187,7 +188,7 @@ def evaluate(cfg: EvalJudgeConfig, log: Callable[[str], None] = print) -> dict[s
 
 def markdown(result: dict[str, Any]) -> str:
     """The table: a row per subset and one for all pairs."""
-    head = ["subset", "pairs", "accuracy", "no verdict", "chosen first", "chosen second", "swap consistent"]
+    head = ["subset", "pairs", "accuracy", "tie or no verdict", "chosen first", "chosen second", "swap consistent"]
     lines = [f"judge {result.get('model', '')} on {result.get('data', '')} ({result['mode']}"
              + (f", {result['samples']} samples an order" if result["mode"] == "generative" else "") + ")", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -11,7 +11,7 @@ from typing import Any
 from sj_jax.config import to_dict
 from sj_jax.loops.self_taught_config import SelfTaughtConfig
 
-COLUMNS = (("accuracy", "acc"), ("no_verdict", "no verdict"), ("accuracy_chosen_first", "chosen 1st"),
+COLUMNS = (("accuracy", "acc"), ("no_verdict", "tie or none"), ("accuracy_chosen_first", "chosen 1st"),
            ("accuracy_chosen_second", "chosen 2nd"), ("swap_consistent", "swap"))
 
 
