@@ -131,3 +131,25 @@ def test_length_batches_group_similar_lengths_within_the_row_and_cache_budgets()
         assert rows <= 6 and (rows * (max(lengths[i] for i in chunk) + 40) <= 3000 or len(chunk) == 1)
     assert b[0] == [1, 3, 2]  # the shortest first, 3 prompts x 2 rows
     assert [6] in b and [0] in b  # a long prompt takes a batch of its own when the budget says so
+
+
+@needs_tok
+def test_a_verdict_the_model_wrote_itself_is_read_before_the_fed_prefix(tiny):
+    """The judge that learned to end with "Final verdict: [[B]]" is then fed the prefix again and may
+    write another letter: its own verdict counts (never the conflict we made); without one of its
+    own, the fed prefix and what follows are read."""
+    from sj_jax.judge.generative import own_verdict
+    from sj_jax.judge.template import encode
+
+    tok, tpl = tiny.tokenizer, GenerativeTemplate()
+    fed = encode(tok, tpl.verdict_prefix)
+
+    def ids(own: str, after: str) -> list[int]:
+        return encode(tok, own) + fed + encode(tok, after)
+
+    assert own_verdict(tok, ids("1476\n\nFinal verdict: [[B]]", "A]]"), fed, tpl) == "1476\n\nFinal verdict: [[B]]"
+    assert parse_verdict(own_verdict(tok, ids("1476\n\nFinal verdict: [[B]]", "A]]"), fed, tpl)).label == "B"
+    assert parse_verdict(own_verdict(tok, ids("1476 is right", "A]]"), fed, tpl)).label == "A"
+    both = own_verdict(tok, ids("[[A]] or [[B]]", "A]]"), fed, tpl)
+    assert parse_verdict(both).reason == "conflicting"  # its own text conflicts: no verdict
+    assert parse_verdict(own_verdict(tok, ids('it says "[[B]]"', "A]]"), fed, tpl)).label == "A"  # quoted only

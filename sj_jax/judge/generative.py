@@ -33,7 +33,8 @@ from sj_jax.tokenizer import end_of_turn_ids
 class GenerativeTemplate:
     """The generative judge's text. `user` holds {context}, {response_a}, {response_b}, each once;
     the evaluation follows `assistant_prefix`; `verdict_prefix` is fed after it ("" = none) and the
-    verdict is `verdict_a` or `verdict_b` in the text."""
+    verdict is `verdict_a` or `verdict_b` in the text (a verdict the model wrote in its evaluation
+    itself is its verdict: see `own_verdict`)."""
 
     system: str = ("You are an impartial judge. Compare the two responses to the user's request below and decide "
                    "which one follows the request and answers it better: correct, relevant and complete. Ignore "
@@ -150,6 +151,26 @@ class GenerativeJudgments:
         return float(np.mean(self.labels == 0)) if self.labels.size else 0.0
 
 
+def own_verdict(tok: Any, ids: Sequence[int], forced: Sequence[int], template: GenerativeTemplate) -> str:
+    """The judgment text of one sample's token ids: the evaluation alone when the model wrote a
+    verdict there itself (or two different ones), else the evaluation, the fed prefix and what the
+    model wrote after it. The fed prefix is the last run of the `forced` ids (at most
+    `max_verdict_tokens` tokens follow it), so a judge that learned to write "Final verdict: [[A]]"
+    and end its turn is read by its own verdict, not by a second one it was made to write."""
+    from sj_jax.judge.verdict import parse_verdict
+
+    text = tok.decode(list(ids), skip_special_tokens=True)
+    n = len(forced)
+    if not n:
+        return text
+    at = next((i for i in range(len(ids) - n, -1, -1) if list(ids[i:i + n]) == list(forced)), None)
+    if at is None:
+        return text
+    evaluation = tok.decode(list(ids[:at]), skip_special_tokens=True)
+    v = parse_verdict(evaluation, template.verdict_a, template.verdict_b)
+    return evaluation if v.reason in ("ok", "conflicting") else text
+
+
 def judge_generative(model: Model, contexts: Sequence[str], responses_a: Sequence[str],
                      responses_b: Sequence[str], *, template: GenerativeTemplate | None = None, samples: int = 1,
                      temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
@@ -196,7 +217,8 @@ def judge_generative(model: Model, contexts: Sequence[str], responses_a: Sequenc
                      key_ids=[2 * keys[r // 2] + r % 2 for r in chunk], forced=forced,
                      budget=template.max_evaluation_tokens, after=template.max_verdict_tokens, progress=progress)
         for k, r in enumerate(chunk):
-            texts_out[r], finished_out[r] = g.texts[k], g.finished[k]
+            texts_out[r] = [own_verdict(tok, ids, forced, template) for ids in g.token_ids[k]]
+            finished_out[r] = g.finished[k]
     labels = np.zeros((n, 2, samples), np.int8)
     reasons = [[[""] * samples for _ in range(2)] for _ in range(n)]
     out_texts = [[[""] * samples for _ in range(2)] for _ in range(n)]
