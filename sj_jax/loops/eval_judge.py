@@ -190,7 +190,7 @@ def markdown(result: dict[str, Any]) -> str:
     """The table: a row per subset and one for all pairs."""
     head = ["subset", "pairs", "accuracy", "tie or no verdict", "chosen first", "chosen second", "swap consistent"]
     lines = [f"judge {result.get('model', '')} on {result.get('data', '')} ({result['mode']}"
-             + (f", {result['samples']} samples an order" if result["mode"] == "generative" else "") + ")", "",
+             + (f", {result['samples']} sample(s) an order" if result["mode"] == "generative" else "") + ")", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for subset, t in result["by_subset"].items():
         lines.append(f"| {subset} | {t['n']} | " + " | ".join(f"{t[k]:.3f}" for k in METRICS) + " |")
