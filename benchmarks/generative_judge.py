@@ -5,7 +5,7 @@
 Work: `pairs` task-suite pairs, both orders, `samples` judgments an order (T 0.8, top-p 0.95), each
 exactly `NEW` new tokens (no stop token, so all three do the same work). Timed in alternation in one
 run: sj_jax as `judge_generative` runs it (each judge prompt prefilled once for its samples), sj_jax
-with one prefill per row (as without grouping), and PyTorch `generate` with
+with one prefill per row in the same single batch, and PyTorch `generate` with
 `num_return_sequences=samples` over the same left-padded prompts. Printed: the machine's float32
 matmul rate first, judgments/s of each, and the ratios.
 """
@@ -59,9 +59,14 @@ def main() -> list[dict]:
         out = sj_jax.generate(model, prompts, batch_size=rows, **kw)
         assert all(len(t) == NEW for row in out.token_ids for t in row)
 
-    def per_row():  # batch_size not a multiple of k: every row prefilled on its own
-        out = sj_jax.generate(model, prompts, batch_size=rows - 1, **kw)
-        assert all(len(t) == NEW for row in out.token_ids for t in row)
+    from sj_jax.sampler import run
+    from sj_jax.sampling import SamplingConfig
+
+    def per_row():  # the same one batch, every row prefilled on its own (group 1)
+        out = run(model.config, model.mesh, model.params, [p for p in prompts for _ in range(k)], max_new_tokens=NEW,
+                  sampling=SamplingConfig(temperature=0.8, top_p=0.95), row_ids=list(range(rows)), seed=0,
+                  stop_ids=[], pad_id=2)
+        assert out["tokens"].shape == (rows, NEW)
 
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[2] * (width - len(p)) + p for p in prompts])
