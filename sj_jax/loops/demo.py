@@ -28,7 +28,6 @@ results as one that never stopped. Stages 3 to 5 repeat for each seed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -259,23 +258,16 @@ class Demo:
 
     def _stage(self, key: str, folder: Path, fn: Callable[[], Any]) -> Any:
         """Runs `fn` unless `folder/stage.json` says it is done; keeps its result and time."""
-        marker = folder / "stage.json"
+        from sj_jax.loops.stages import run_stage
+
         weight = self.plan[key]
         index = list(self.plan).index(key) + 1
-        if marker.exists():
-            self.clock["done"] += weight
-            return json.loads(marker.read_text())["result"]
-        self.log(f"demo [{index}/{len(self.plan)}] {key} · {self._eta()}")
-        t0 = time.perf_counter()
-        result = fn()
-        seconds = time.perf_counter() - t0
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_name("stage.json.tmp")
-        tmp.write_text(json.dumps({"stage": key, "seconds": seconds, "result": result}, indent=1))
-        tmp.replace(marker)
+        done = run_stage(key, folder, fn,
+                         on_start=lambda: self.log(f"demo [{index}/{len(self.plan)}] {key} · {self._eta()}"))
         self.clock["done"] += weight
-        self.clock["ran"] += weight
-        return result
+        if done.ran:
+            self.clock["ran"] += weight
+        return done.result
 
     def _eta(self) -> str:
         elapsed = time.perf_counter() - self.clock["t0"]

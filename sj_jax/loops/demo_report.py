@@ -15,13 +15,10 @@ from sj_jax.config import to_dict
 from sj_jax.loops.demo import (BASE_POLICIES, JUDGES, METHODS, TOURNAMENT_POLICIES, VARIANTS, _plan,
                               judge_eval_dir, seed_dir)
 from sj_jax.loops.demo_config import DemoConfig
+from sj_jax.loops.stages import STAGE_FILE, finished_stage
 
 LABELS = {"base": "base", "sft": "SFT", "jsft": "JSFT", "offline": "offline DPO", "off_policy": "off-policy",
           "on_policy": "SELF-JUDGE"}
-
-
-def _stage(folder: Path) -> dict:
-    return json.loads((folder / "stage.json").read_text())
 
 
 def collect(out: Path, cfg: DemoConfig) -> dict[str, Any]:
@@ -30,8 +27,8 @@ def collect(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     from sj_jax.train.checkpoint import Checkpointer
 
     seeds = [cfg.seed + k for k in range(cfg.seeds)]
-    base_eval = _stage(out / "eval")
-    per_seed = {s: _stage(seed_dir(out, s) / "eval") for s in seeds}
+    base_eval = finished_stage(out / "eval")
+    per_seed = {s: finished_stage(seed_dir(out, s) / "eval") for s in seeds}
     methods: dict[str, Any] = {}
     for m in METHODS:
         evals = [base_eval["result"][m]] if m in BASE_POLICIES else [per_seed[s]["result"]["policies"][m]
@@ -39,15 +36,15 @@ def collect(out: Path, cfg: DemoConfig) -> dict[str, Any]:
         methods[m] = _values(evals, with_tasks=True)
     tournament = {p: {n: _values([per_seed[s]["result"]["tournament"][p]["by_n"][n] for s in seeds])
                       for n in map(str, cfg.eval.tournament_n)} for p in TOURNAMENT_POLICIES}
-    judges = _stage(out / "judges")["result"]
+    judges = finished_stage(out / "judges")["result"]
     judge_tables = {j: {"heldout": judges[j]["heldout"]["by_subset"]} for j in JUDGES}
     if cfg.judge_eval:
-        on_file = _stage(judge_eval_dir(out, cfg))["result"]
+        on_file = finished_stage(judge_eval_dir(out, cfg))["result"]
         for j in JUDGES:
             judge_tables[j]["judge_eval"] = on_file[j]["by_subset"]
     own = [per_seed[s]["result"]["own_samples"] for s in seeds]
     found = {}
-    for folder in out.rglob("stage.json"):
+    for folder in out.rglob(STAGE_FILE):
         st = json.loads(folder.read_text())
         found[st["stage"]] = round(st["seconds"], 1)
     stages = {k: found[k] for k in _plan(cfg) if k in found}  # in the order they run
@@ -59,7 +56,7 @@ def collect(out: Path, cfg: DemoConfig) -> dict[str, Any]:
         "stage_seconds": stages, "total_stage_seconds": round(sum(stages.values()), 1),
         "methods": methods, "tournament": tournament, "judges": judge_tables, "own_samples": own,
         "judge_eval_file": cfg.judge_eval or None,
-        "self_taught": _stage(out / "self_taught")["result"] if cfg.self_taught.enabled else None,
+        "self_taught": finished_stage(out / "self_taught")["result"] if cfg.self_taught.enabled else None,
     }
     results["claims"] = claims(results)
     return results

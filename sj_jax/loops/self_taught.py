@@ -37,6 +37,7 @@ import numpy as np
 from sj_jax.config import read_yaml, save_yaml, to_dict
 from sj_jax.errors import ConfigError, SJError
 from sj_jax.loops.self_taught_config import CATEGORIES, PromptText, SelfTaughtConfig
+from sj_jax.loops.stages import read_stage, run_stage
 
 _SALTS = {"select": 1, "pairs": 2, "modify": 3, "judgments": 4, "balance": 5}
 
@@ -176,20 +177,11 @@ class SelfTaughtRun:
         save_yaml(self.cfg, saved)
 
     def _stage(self, name: str, folder: Path, fn: Callable[[], dict], stop_after: str | None) -> dict:
-        marker = folder / "stage.json"
-        if marker.exists():
-            return json.loads(marker.read_text())["result"]
-        self.log(f"self-taught: {name} · elapsed {time.perf_counter() - self.t0:.0f} s")
-        folder.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        result = fn()
-        tmp = marker.with_name("stage.json.tmp")
-        tmp.write_text(json.dumps({"stage": name, "seconds": round(time.perf_counter() - t0, 1), "result": result},
-                                  indent=1))
-        tmp.replace(marker)
-        if stop_after == name:
+        done = run_stage(name, folder, fn,
+                         on_start=lambda: self.log(f"self-taught: {name} · elapsed {time.perf_counter() - self.t0:.0f} s"))
+        if done.ran and stop_after == name:
             raise SelfTaughtStopped(f"stopped after stage {name}; run the same command again to resume")
-        return result
+        return done.result
 
     def iter_dir(self, i: int) -> Path:
         return self.out / f"iter{i}"
@@ -450,8 +442,8 @@ def last_judge(out: Path, cfg: SelfTaughtConfig, iterations: int | None = None) 
     """The judge after `iterations` iterations (default: all of them): the last one that trained, or
     the seed model."""
     for k in range(cfg.iterations if iterations is None else iterations, 0, -1):
-        marker = out / f"iter{k}" / "train" / "stage.json"
-        if marker.exists() and json.loads(marker.read_text())["result"].get("trained"):
+        done = read_stage(out / f"iter{k}" / "train")
+        if done is not None and done["result"].get("trained"):
             return str(out / f"iter{k}" / "train")
     return cfg.model
 

@@ -10,13 +10,10 @@ from typing import Any
 
 from sj_jax.config import to_dict
 from sj_jax.loops.self_taught_config import SelfTaughtConfig
+from sj_jax.loops.stages import finished_stage
 
 COLUMNS = (("accuracy", "acc"), ("no_verdict", "tie or none"), ("accuracy_chosen_first", "chosen 1st"),
            ("accuracy_chosen_second", "chosen 2nd"), ("swap_consistent", "swap"))
-
-
-def _stage(folder: Path) -> dict:
-    return json.loads((folder / "stage.json").read_text())
 
 
 def collect(out: Path, cfg: SelfTaughtConfig) -> dict[str, Any]:
@@ -27,10 +24,10 @@ def collect(out: Path, cfg: SelfTaughtConfig) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     judges: dict[str, dict] = {}
     iterations: dict[str, dict] = {}
-    select = _stage(out / "select")
+    select = finished_stage(out / "select")
     seconds["select"] = select["seconds"]
     for i in range(cfg.iterations + 1):
-        ev = _stage(out / "eval" / f"iter{i}")
+        ev = finished_stage(out / "eval" / f"iter{i}")
         seconds[f"eval {i}"] = ev["seconds"]
         judges[str(i)] = {k: {"all": v["by_subset"]["all"], "by_subset": v["by_subset"],
                               **{x: v[x] for x in ("judgment_no_verdict_rate", "judgment_reasons", "seconds") if x in v}}
@@ -40,7 +37,7 @@ def collect(out: Path, cfg: SelfTaughtConfig) -> dict[str, Any]:
             continue
         it = {}
         for stage in ("pairs", "judgments", "train"):
-            st = _stage(out / f"iter{i}" / stage)
+            st = finished_stage(out / f"iter{i}" / stage)
             seconds[f"{stage} {i}"] = st["seconds"]
             it[stage] = st["result"]
         iterations[str(i)] = it
