@@ -226,8 +226,8 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=_unit_rank)
 
 
-_HEAVY_FILES = ("test_sampler.py", "test_trainer.py", "test_train_steps.py", "test_model_vs_torch.py",
-                "test_judge.py", "test_logprobs.py", "test_packing.py")
+_HEAVY_FILES = ("test_demo.py", "test_sampler.py", "test_trainer.py", "test_self_taught.py", "test_train_steps.py",
+                "test_model_vs_torch.py", "test_judge.py", "test_logprobs.py", "test_packing.py")
 
 
 def _unit_rank(item) -> tuple[int, int]:

@@ -124,6 +124,7 @@ def test_one_whole_iteration_runs_end_to_end_and_a_rerun_skips_every_stage(tiny_
     else:
         assert all(isinstance(r_["prompt"], list) and r_["chosen"] != r_["rejected"] for r_ in rows)
     assert it["train"]["trained"] and it["train"]["steps"] == 2
+    assert list(res["stage_seconds"]) == ["select", "eval 0", "pairs 1", "judgments 1", "train 1", "eval 1"]
     assert res["judges"]["1"]["judge"] == str(out / "iter1" / "train")
     assert set(res["judges"]["0"]) == {"judge", "pairs/verdict", "pairs/generative"}
     assert (out / "eval" / "iter1" / "pairs.generative.json").exists()

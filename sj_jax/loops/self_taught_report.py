@@ -27,20 +27,19 @@ def collect(out: Path, cfg: SelfTaughtConfig) -> dict[str, Any]:
     select = finished_stage(out / "select")
     seconds["select"] = select["seconds"]
     for i in range(cfg.iterations + 1):
+        if i > 0:  # in the order they run: pairs, judgments, train, then the eval of iteration i
+            it = {}
+            for stage in ("pairs", "judgments", "train"):
+                st = finished_stage(out / f"iter{i}" / stage)
+                seconds[f"{stage} {i}"] = st["seconds"]
+                it[stage] = st["result"]
+            iterations[str(i)] = it
         ev = finished_stage(out / "eval" / f"iter{i}")
         seconds[f"eval {i}"] = ev["seconds"]
         judges[str(i)] = {k: {"all": v["by_subset"]["all"], "by_subset": v["by_subset"],
                               **{x: v[x] for x in ("judgment_no_verdict_rate", "judgment_reasons", "seconds") if x in v}}
                           for k, v in ev["result"].items() if k != "judge"}
         judges[str(i)]["judge"] = ev["result"]["judge"]
-        if i == 0:
-            continue
-        it = {}
-        for stage in ("pairs", "judgments", "train"):
-            st = finished_stage(out / f"iter{i}" / stage)
-            seconds[f"{stage} {i}"] = st["seconds"]
-            it[stage] = st["result"]
-        iterations[str(i)] = it
     info = Checkpointer.run_info({"kind": "self_taught", **to_dict(cfg)}, cfg.seed)
     return {"config": to_dict(cfg), "selection": select["result"], "judges": judges, "iterations": iterations,
             "stage_seconds": seconds, "total_stage_seconds": round(sum(seconds.values()), 1),
