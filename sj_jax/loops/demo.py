@@ -38,6 +38,7 @@ import numpy as np
 from sj_jax.config import read_yaml, save_yaml, to_dict
 from sj_jax.errors import ConfigError, SJError
 from sj_jax.loops.demo_config import DemoConfig
+from sj_jax.loops.stages import run_stage
 
 VARIANTS = ("offline", "off_policy", "on_policy")  # stage 3, in this order
 BASE_POLICIES = ("base", "sft", "jsft")
@@ -258,8 +259,6 @@ class Demo:
 
     def _stage(self, key: str, folder: Path, fn: Callable[[], Any]) -> Any:
         """Runs `fn` unless `folder/stage.json` says it is done; keeps its result and time."""
-        from sj_jax.loops.stages import run_stage
-
         weight = self.plan[key]
         index = list(self.plan).index(key) + 1
         done = run_stage(key, folder, fn,

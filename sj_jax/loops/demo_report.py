@@ -44,8 +44,8 @@ def collect(out: Path, cfg: DemoConfig) -> dict[str, Any]:
             judge_tables[j]["judge_eval"] = on_file[j]["by_subset"]
     own = [per_seed[s]["result"]["own_samples"] for s in seeds]
     found = {}
-    for folder in out.rglob(STAGE_FILE):
-        st = json.loads(folder.read_text())
+    for marker in out.rglob(STAGE_FILE):
+        st = finished_stage(marker.parent)
         found[st["stage"]] = round(st["seconds"], 1)
     stages = {k: found[k] for k in _plan(cfg) if k in found}  # in the order they run
     info = Checkpointer.run_info({"kind": "demo", **to_dict(cfg)}, cfg.seed)

@@ -177,8 +177,8 @@ class SelfTaughtRun:
         save_yaml(self.cfg, saved)
 
     def _stage(self, name: str, folder: Path, fn: Callable[[], dict], stop_after: str | None) -> dict:
-        done = run_stage(name, folder, fn,
-                         on_start=lambda: self.log(f"self-taught: {name} · elapsed {time.perf_counter() - self.t0:.0f} s"))
+        done = run_stage(name, folder, fn, on_start=lambda: self.log(
+            f"self-taught: {name} · elapsed {time.perf_counter() - self.t0:.0f} s"))
         if done.ran and stop_after == name:
             raise SelfTaughtStopped(f"stopped after stage {name}; run the same command again to resume")
         return done.result
