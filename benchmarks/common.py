@@ -6,7 +6,6 @@ import statistics
 import time
 from typing import Callable
 
-import numpy as np
 
 
 def time_call(fn: Callable[[], object], repeats: int) -> list[float]:
@@ -38,8 +37,8 @@ def forward_flops(cfg, batch: int, seq: int) -> float:
 
 
 def jax_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
-    """GFLOP/s of a float32 n x n matmul in JAX on this machine (`sj_jax.machine.matmul_gflops`)."""
-    from sj_jax.machine import matmul_gflops
+    """GFLOP/s of a float32 n x n matmul in JAX on this machine (`sj_jax.core.machine.matmul_gflops`)."""
+    from sj_jax.core.machine import matmul_gflops
 
     return matmul_gflops(n, repeats)
 
@@ -52,7 +51,7 @@ def load_default_pair(tokenizer: bool = False):
     from transformers import AutoModelForCausalLM
 
     import sj_jax
-    from sj_jax.registry import DEFAULT_MODEL, resolve
+    from sj_jax.weights.registry import DEFAULT_MODEL, resolve
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     model = sj_jax.load_model(DEFAULT_MODEL, tokenizer="auto" if tokenizer else None)

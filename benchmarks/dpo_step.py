@@ -30,8 +30,8 @@ import numpy as np  # noqa: E402
 import sj_jax  # noqa: E402
 from benchmarks.common import forward_flops, jax_matmul_peak, write_json  # noqa: E402
 from benchmarks.trl_dpo import TRLDPOStep, load_torch_model_and_tokenizer, make_pairs  # noqa: E402
-from sj_jax.config import from_dict  # noqa: E402
-from sj_jax.registry import DEFAULT_MODEL  # noqa: E402
+from sj_jax.core.config import from_dict  # noqa: E402
+from sj_jax.weights.registry import DEFAULT_MODEL  # noqa: E402
 from sj_jax.train.config import TrainConfig  # noqa: E402
 from sj_jax.train.optim import make_optimizer  # noqa: E402
 from sj_jax.train.steps import StepSpec, compile_step  # noqa: E402

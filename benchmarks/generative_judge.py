@@ -59,8 +59,8 @@ def main() -> list[dict]:
         out = sj_jax.generate(model, prompts, batch_size=rows, **kw)
         assert all(len(t) == NEW for row in out.token_ids for t in row)
 
-    from sj_jax.sampler import run
-    from sj_jax.sampling import SamplingConfig
+    from sj_jax.inference.sampler import run
+    from sj_jax.inference.sampling import SamplingConfig
 
     def per_row():  # the same one batch, every row prefilled on its own (group 1)
         out = run(model.config, model.mesh, model.params, [p for p in prompts for _ in range(k)], max_new_tokens=NEW,

@@ -59,9 +59,9 @@ def task_prompts(n: int) -> list[dict]:
 class SJSide:
     def __init__(self, prompts: list[dict], new: int):
         import sj_jax
-        from sj_jax.config import from_dict
-        from sj_jax.loops.self_judge import SelfJudgeRun
-        from sj_jax.loops.self_judge_config import SelfJudgeConfig
+        from sj_jax.core.config import from_dict
+        from sj_jax.algorithms.self_judge import SelfJudgeRun
+        from sj_jax.algorithms.self_judge_config import SelfJudgeConfig
 
         self.dir = tempfile.TemporaryDirectory(prefix="sj_bench_")
         path = os.path.join(self.dir.name, "prompts.jsonl")
@@ -204,7 +204,7 @@ def floors(n: int, new: int, work: dict) -> dict[str, float]:
     import sj_jax
     from benchmarks.common import forward_flops, jax_matmul_peak
     from benchmarks.sample import read_bandwidth
-    from sj_jax.registry import DEFAULT_MODEL
+    from sj_jax.weights.registry import DEFAULT_MODEL
 
     cfg = sj_jax.load_model(DEFAULT_MODEL, tokenizer=None).config
     peak = jax_matmul_peak() * 1e9

@@ -26,7 +26,7 @@ import logging, sys
 logging.getLogger("transformers").setLevel(logging.ERROR)
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from sj_jax.registry import resolve
+from sj_jax.weights.registry import resolve
 p = resolve("smollm2-135m-instruct")
 tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
 model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=torch.float32).eval()

@@ -2,7 +2,7 @@
 
     python -m benchmarks.train_steps [--steps 12] [--kinds sft,jsft,dpo,self_judge] [--json out.json]
 
-The work is the demo's (`sj_jax.loops.demo_config`): batch 8 of the task suite's SFT rows, of its
+The work is the demo's (`sj_jax.experiments.demo_config`): batch 8 of the task suite's SFT rows, of its
 JSFT mixture (the demo's short judge template), of its known-label pairs (offline DPO, the joint
 layout), and SELF-JUDGE steps (8 prompts, 2 samples of at most 48 tokens, the frozen model judging).
 
@@ -53,7 +53,7 @@ def projection_flops(cfg, tokens: int) -> float:
 
 def build_data(root: Path, template) -> Path:
     from sj_jax.data.build import DataBuildConfig, build
-    from sj_jax.loops.demo_config import DemoData
+    from sj_jax.experiments.demo_config import DemoData
 
     d = DemoData()
     from sj_jax.tasks.suite import TaskSuiteConfig
@@ -101,8 +101,8 @@ def bench_dpo(model, data: Path, template, steps: int, peak: float, variant: str
     """offline DPO or the whole SELF-JUDGE step, through `SelfJudgeRun` (the demo's stage 3)."""
     from sj_jax.judge.scoring import judge_prompts
     from sj_jax.judge.template import as_principles
-    from sj_jax.loops.self_judge import SelfJudgeRun
-    from sj_jax.loops.self_judge_config import SamplingSettings, SelfJudgeConfig, ValidationSettings
+    from sj_jax.algorithms.self_judge import SelfJudgeRun
+    from sj_jax.algorithms.self_judge_config import SamplingSettings, SelfJudgeConfig, ValidationSettings
     from sj_jax.train.config import CheckpointConfig, LoraConfig
 
     out = Path(tempfile.mkdtemp(prefix="bench_dpo_"))
@@ -191,10 +191,10 @@ def main() -> dict:
     import jax
 
     import sj_jax
-    from sj_jax.cache import configure_caches
-    from sj_jax.loops.demo_config import DEMO_TEMPLATE
-    from sj_jax.machine import matmul_gflops
-    from sj_jax.registry import DEFAULT_MODEL
+    from sj_jax.core.cache import configure_caches
+    from sj_jax.experiments.demo_config import DEMO_TEMPLATE
+    from sj_jax.core.machine import matmul_gflops
+    from sj_jax.weights.registry import DEFAULT_MODEL
 
     peak = matmul_gflops(repeats=10) * 1e9
     print(f"float32 matmul: {peak / 1e9:.1f} GFLOP/s on {jax.devices()[0]} ({os.cpu_count()} cores)", flush=True)

@@ -8,19 +8,34 @@ import json
 import os
 import sys
 
-from sj_jax.cache import configure_caches
-from sj_jax.config import load_yaml, to_dict
-from sj_jax.errors import ConfigError, SJError
-from sj_jax.registry import DEFAULT_MODEL
-from sj_jax.sharding import MeshConfig
+from sj_jax.algorithms.own_samples import build_with_own_samples
+from sj_jax.algorithms.self_judge import self_judge
+from sj_jax.algorithms.self_judge_config import SelfJudgeConfig
+from sj_jax.algorithms.self_taught import self_taught
+from sj_jax.algorithms.self_taught_config import SelfTaughtConfig
+from sj_jax.core.cache import configure_caches
+from sj_jax.core.config import Runtime, load_yaml, to_dict
+from sj_jax.core.errors import ConfigError, SJError
+from sj_jax.core.jsonl import read_jsonl
+from sj_jax.core.progress import sampling_bar
+from sj_jax.data.build import DataBuildConfig
+from sj_jax.evaluation import eval_judge, eval_tasks
+from sj_jax.experiments import tournament
+from sj_jax.experiments.demo import demo, load_demo_config
+from sj_jax.experiments.demo_report import summary_table
+from sj_jax.inference.generate import generate
+from sj_jax.loading.model import load_model, save_hf
+from sj_jax.models.sharding import MeshConfig
+from sj_jax.train.config import TrainConfig
+from sj_jax.train.trainer import train
+from sj_jax.weights.registry import DEFAULT_MODEL
 
 
 @dataclasses.dataclass(frozen=True)
-class GenerateConfig:
+class GenerateConfig(Runtime):
     """`sj-jax generate`: KV-cached sampling of one prompt or a JSONL file of them."""
 
     model: str = DEFAULT_MODEL
-    dtype: str = "float32"
     prompt: str = "What is the capital of France? Answer in one sentence."
     prompts_file: str | None = None  # JSONL, one {"prompt": "..."} per line
     out: str | None = None  # JSONL results (default: print)
@@ -33,13 +48,10 @@ class GenerateConfig:
     seed: int = 0
     batch_size: int = 64  # rows (prompts x samples) per compiled batch; samples do not depend on it
     mesh: MeshConfig = MeshConfig(data=1)
-    cache_dir: str | None = "auto"  # compiled executables and dequantised weights; "off" = none (sj_jax.cache)
 
 
 def read_prompts(path: str) -> list[str]:
     """The "prompt" field of each line of a JSONL file; errors name the file and line."""
-    from sj_jax.data.jsonl import read_jsonl
-
     prompts = []
     for n, row in read_jsonl(path):
         if not isinstance(row.get("prompt"), str) or not row["prompt"]:
@@ -56,16 +68,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _generate(cfg: GenerateConfig) -> list[dict]:
-    import sj_jax
-    from sj_jax.progress import sampling_bar
-
     prompts = read_prompts(cfg.prompts_file) if cfg.prompts_file else [cfg.prompt]
-    model = sj_jax.load_model(cfg.model, dtype=cfg.dtype, mesh=cfg.mesh)
+    model = load_model(cfg.model, dtype=cfg.dtype, mesh=cfg.mesh)
     rows = len(prompts) * cfg.num_samples
     with sampling_bar(rows, enabled=rows > cfg.batch_size) as progress:
-        g = sj_jax.generate(model, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                            top_p=cfg.top_p, top_k=cfg.top_k, num_samples=cfg.num_samples, seed=cfg.seed,
-                            chat=cfg.chat, batch_size=cfg.batch_size, progress=progress)
+        g = generate(model, prompts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                     top_p=cfg.top_p, top_k=cfg.top_k, num_samples=cfg.num_samples, seed=cfg.seed,
+                     chat=cfg.chat, batch_size=cfg.batch_size, progress=progress)
     results = [{"prompt": p, "samples": [
         {"text": g.texts[i][j], "token_ids": g.token_ids[i][j], "logprobs": g.logprobs[i][j],
          "finished": g.finished[i][j]} for j in range(cfg.num_samples)]} for i, p in enumerate(prompts)]
@@ -186,78 +195,63 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"[{len(sample['token_ids'])} tokens, "
                               f"{'stopped at end of turn' if sample['finished'] else 'cut'}]", file=sys.stderr)
         elif args.command in ("sft", "jsft", "dpo"):
-            from sj_jax.train.config import TrainConfig
-            from sj_jax.train.trainer import train
-
             _report_run(train(args.command, _configured(load_yaml(TrainConfig, args.config, list(args.overrides)))))
         elif args.command == "data":
-            from sj_jax.data.build import DataBuildConfig, build as build_data
-
-            build_data(_configured(load_yaml(DataBuildConfig, args.config, list(args.overrides))),
-                       log=lambda m: print(m, file=sys.stderr))
+            build_with_own_samples(_configured(load_yaml(DataBuildConfig, args.config, list(args.overrides))),
+                                   log=lambda m: print(m, file=sys.stderr))
         elif args.command == "eval-tasks":
-            from sj_jax.loops.eval_tasks import EvalTasksConfig, evaluate, markdown
-
-            result = evaluate(_configured(load_yaml(EvalTasksConfig, args.config, list(args.overrides))),
-                              log=lambda m: print(m, file=sys.stderr))
-            print(markdown(result))
+            result = eval_tasks.evaluate(_configured(load_yaml(eval_tasks.EvalTasksConfig, args.config,
+                                                               list(args.overrides))),
+                                         log=lambda m: print(m, file=sys.stderr))
+            print(eval_tasks.markdown(result))
             print(f"per-row results: {result['out']}", file=sys.stderr)
         elif args.command == "info":
-            import sj_jax
-
-            model = sj_jax.load_model(args.model, tokenizer=None)  # configures the "auto" caches
+            model = load_model(args.model, tokenizer=None)  # configures the "auto" caches
             print(json.dumps({**to_dict(model.config), "num_params": model.config.num_params}, indent=1))
         elif args.command == "tournament":
-            from sj_jax.loops.tournament_report import TournamentConfig, markdown, run as run_tournament
-
             overrides = _flag_overrides(args, (("model", "model"), ("prompts", "prompts_file")))
             if args.n is not None:
                 overrides.append(f"n=[{args.n}]")
-            result = run_tournament(_configured(load_yaml(TournamentConfig, args.config, overrides)),
+            result = tournament.run(_configured(load_yaml(tournament.TournamentConfig, args.config, overrides)),
                                     log=lambda m: print(m, file=sys.stderr))
-            print(markdown(result))
+            print(tournament.markdown(result))
             print(f"per-prompt winners: {result['out']}", file=sys.stderr)
         elif args.command == "self-judge":
-            from sj_jax.loops.self_judge import self_judge
-            from sj_jax.loops.self_judge_config import SelfJudgeConfig
-
             overrides = _flag_overrides(args, (("model", "model"),))
             _report_run(self_judge(_configured(load_yaml(SelfJudgeConfig, args.config, overrides))))
         elif args.command == "eval-judge":
-            from sj_jax.loops.eval_judge import EvalJudgeConfig, evaluate as eval_judge, markdown as judge_table
-
             overrides = _flag_overrides(args, (("model", "model"), ("data", "data"), ("mode", "mode"),
                                                ("samples", "samples"), ("out", "out")))
-            result = eval_judge(_configured(load_yaml(EvalJudgeConfig, args.config, overrides)),
-                                log=lambda m: print(m, file=sys.stderr))
-            print(judge_table(result))
+            result = eval_judge.evaluate(_configured(load_yaml(eval_judge.EvalJudgeConfig, args.config, overrides)),
+                                         log=lambda m: print(m, file=sys.stderr))
+            print(eval_judge.markdown(result))
             print(f"per-pair results: {result['out']}", file=sys.stderr)
         elif args.command == "self-taught":
-            from sj_jax.loops.self_taught import self_taught
-            from sj_jax.loops.self_taught_config import SelfTaughtConfig
-
             overrides = _flag_overrides(args, (("model", "model"),))
             result = self_taught(_configured(load_yaml(SelfTaughtConfig, args.config, overrides)))
             if result.results is not None:
                 print(result.table)
         elif args.command == "demo":
-            from sj_jax.loops.demo import demo, load_demo_config
-            from sj_jax.loops.demo_report import summary_table
-
             overrides = _flag_overrides(args, (("seeds", "seeds"), ("out", "out"), ("judge_eval", "judge_eval")))
             result = demo(_configured(load_demo_config(args.config, overrides, args.full)))
             if result.results is not None:
                 print(summary_table(result.results))
         elif args.command == "export":
-            import sj_jax
-
-            model = sj_jax.load_model(args.run, param_dtype=args.dtype)
-            out = sj_jax.save_hf(model, args.out)
+            model = load_model(args.run, param_dtype=args.dtype)
+            out = save_hf(model, args.out)
             print(f"wrote {model.source} to {out}", file=sys.stderr)
     except SJError as e:
         # one line, whatever the message quotes (a YAML parser's context, a library's own lines)
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"sj-jax: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A path the command was given (or one under it) that cannot be made, read or written, where
+        # no module named it first: one line naming it, like any other bad input. Others are bugs.
+        if e.filename is None:
+            raise
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
+        print(f"sj-jax: error: {where}: {e.strerror or e}", file=sys.stderr)
         return 2
     return 0
 

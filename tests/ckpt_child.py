@@ -57,7 +57,7 @@ def _save(ckpt, step: int, n: int, marker: str | None = None) -> None:
 
 
 def run(directory: Path, mode: str) -> None:
-    from sj_jax.train import checkpoint as ck
+    from sj_jax.weights import checkpoint as ck
 
     if mode == "before_rename":
         from orbax.checkpoint._src.path import async_path
@@ -105,7 +105,7 @@ def mesh(directory: Path) -> dict:
     import jax
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from sj_jax.train.checkpoint import Checkpointer
+    from sj_jax.weights.checkpoint import Checkpointer
 
     devs = np.array(jax.devices())
     assert devs.size == 8, devs

@@ -27,7 +27,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def pytest_configure(config):
-    from sj_jax.cache import configure_caches
+    from sj_jax.core.cache import configure_caches
 
     configure_caches("auto")
 
@@ -106,7 +106,7 @@ def tiny_folder(tmp_path_factory):
     """A tiny random-weight chat model (`tiny_chat_config`, 2048 positions) saved as a Hugging Face
     folder with SmolLM2's tokenizer: a model that loops load by path, as run folders do."""
     import sj_jax
-    from sj_jax.tokenizer import load_tokenizer
+    from sj_jax.weights.tokenizer import load_tokenizer
 
     path = smollm2_gguf_path()
     if path is None:
@@ -136,7 +136,7 @@ def smollm2_path() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_tokenizer(smollm2_path):
     """The real SmolLM2 tokenizer and chat template, loaded once (5 s) for the whole session."""
-    from sj_jax.tokenizer import load_tokenizer
+    from sj_jax.weights.tokenizer import load_tokenizer
 
     return load_tokenizer(smollm2_path)
 
@@ -250,6 +250,7 @@ def ruled_verdicts(monkeypatch):
     """The real judging through the sampler, then verdicts set by a rule (a random model's own are
     never parseable): judgment s of pair p names the right response when p + s is even. So
     rejection sampling has judgments to keep and to drop, and the judge is then trained on them."""
+    from sj_jax.algorithms import self_taught as self_taught_module
     from sj_jax.judge import generative
 
     real = generative.judge_generative
@@ -268,3 +269,4 @@ def ruled_verdicts(monkeypatch):
         return j
 
     monkeypatch.setattr(generative, "judge_generative", judge)
+    monkeypatch.setattr(self_taught_module, "judge_generative", judge)  # where the loop took the name from

@@ -67,8 +67,8 @@ def main(which: str) -> dict:
         mask[3, 5:] = 0
     else:
         load = lambda mesh: sj_jax.load_model("smollm2-135m-instruct", mesh=mesh)  # noqa: E731
-        from sj_jax.registry import resolve
-        from sj_jax.tokenizer import load_tokenizer
+        from sj_jax.weights.registry import resolve
+        from sj_jax.weights.tokenizer import load_tokenizer
 
         tok = load_tokenizer(resolve("smollm2-135m-instruct"))
         texts = ["The capital of France is Paris, and the capital of Germany is",

@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from tiny_files import write_tiny_gguf
 
-from sj_jax.cache import resolve_cache_dir
+from sj_jax.core.cache import resolve_cache_dir
 from sj_jax.weights.dequant_cache import FORMAT, CachedGGUFSource
 from sj_jax.weights.gguf_io import GGUFSource
 

@@ -25,8 +25,8 @@ import pytest
 from orbax.checkpoint._src.path import async_path
 
 from ckpt_child import make_meta, make_state
-from sj_jax.errors import ConfigError, SJError
-from sj_jax.train.checkpoint import (CHECKSUMS, COMMIT_MARKER, TMP_SUFFIX, TRASH, Checkpointer, CheckpointError,
+from sj_jax.core.errors import ConfigError, SJError
+from sj_jax.weights.checkpoint import (CHECKSUMS, COMMIT_MARKER, TMP_SUFFIX, TRASH, Checkpointer, CheckpointError,
                                      CorruptCheckpointError)
 from sj_jax.train.preemption import PreemptionGuard
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import sj_jax.cli
 from sj_jax.cli import main
 
 
@@ -100,16 +104,55 @@ def _front_door_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "unknown model name": (["generate", "--model", "smollm9-1t"],
                                "sj-jax: error: smollm9-1t: no such file or folder, and not a known model name"),
         "unknown config key": (["generate", "max_new_tokns=3"], "sj-jax: error: max_new_tokns: unknown key"),
+        **_unusable_folder_cases(tmp, text),
     }
+
+
+def _unusable_folder_cases(tmp: Path, text: Path) -> dict[str, tuple[list[str], str]]:
+    """Output folders that cannot be made or written: the demo names its run folder (its own check),
+    and any other command names the path from the OSError (the command line's last resort)."""
+    cases = {
+        "demo run folder is a file": (["demo", "--out", str(text)],
+                                      f"sj-jax: error: out: {text}: is a file, not a folder"),
+        "demo run folder under a file": (["demo", "--out", str(text / "run")],
+                                         f"sj-jax: error: out: {text / 'run'}: cannot make or read the run folder"),
+        "data output under a file": (["data", "build", f"output_dir={text / 'data'}"],
+                                     f"sj-jax: error: {text / 'data'}: Not a directory"),
+        "train output under a file": (["dpo", f"output_dir={text / 'dpo'}"],
+                                      f"sj-jax: error: {text / 'dpo'}: Not a directory"),
+    }
+    if Path("/proc/self").exists():  # the report's own example: nothing can be made in /proc
+        cases["demo run folder in /proc"] = (["demo", "--out", "/proc/forbidden"],
+                                             "sj-jax: error: out: /proc/forbidden: cannot make or read the run folder")
+    if hasattr(os, "geteuid") and os.geteuid() != 0:  # root may write anywhere
+        locked = tmp / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        cases["demo run folder without permission"] = (
+            ["demo", "--out", str(locked / "run")],
+            f"sj-jax: error: out: {locked / 'run'}: cannot make or read the run folder (Permission denied)")
+    return cases
+
+
+def test_an_os_error_on_a_path_is_one_line_naming_it_and_others_are_not_hidden(tmp_path, monkeypatch, capsys):
+    def unwritable(cfg, **_):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "run" / "report.md"))
+
+    monkeypatch.setattr(sj_jax.cli, "demo", unwritable)
+    assert main(["demo", "--out", str(tmp_path / "run")]) == 2  # cache_dir auto: the session's caches
+    assert capsys.readouterr().err == f"sj-jax: error: {tmp_path / 'run' / 'report.md'}: Permission denied\n"
+
+    def no_path(cfg, **_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sj_jax.cli, "demo", no_path)
+    with pytest.raises(OSError, match="No space left"):  # no path to name: not a bad input, a traceback
+        main(["demo", "--out", str(tmp_path / "run")])
 
 
 def test_front_door_errors_are_one_line(tmp_path):
     """Each mistake a new user makes at the command line ends in exit code 2 and one line on stderr
     (run as the real command, in its own process, so nothing a library prints at import hides)."""
-    import os
-    import subprocess
-    import sys
-
     cases = _front_door_cases(tmp_path)
     env = {**os.environ, "SJ_JAX_CACHE_DIR": "off"}
     procs = {name: subprocess.Popen([sys.executable, "-m", "sj_jax.cli", *args], stdout=subprocess.PIPE,

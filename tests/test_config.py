@@ -1,4 +1,4 @@
-"""The YAML/dataclass config system (sj_jax.config) and the mesh built from a MeshConfig."""
+"""The YAML/dataclass config system (sj_jax.core.config) and the mesh built from a MeshConfig."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sj_jax.config import apply_overrides, from_dict, load_yaml, save_yaml, to_dict
-from sj_jax.errors import ConfigError
-from sj_jax.model_config import ModelConfig, RopeConfig
-from sj_jax.sharding import MeshConfig, make_mesh
+from sj_jax.core.config import apply_overrides, from_dict, load_yaml, save_yaml, to_dict
+from sj_jax.core.errors import ConfigError
+from sj_jax.models.config import ModelConfig, RopeConfig
+from sj_jax.models.sharding import MeshConfig, make_mesh
 
 
 @dataclasses.dataclass(frozen=True)

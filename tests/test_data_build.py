@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sj_jax.cli import main
-from sj_jax.config import from_dict
+from sj_jax.core.config import from_dict
 from sj_jax.tasks.families import FAMILIES, check
 from sj_jax.tasks.suite import SPLITS
 
@@ -135,7 +135,7 @@ def test_bad_source_line_is_named_and_nothing_is_half_written(tmp_path, capsys, 
 
 @pytest.mark.slow
 def test_own_wrong_samples_make_checked_pairs(smollm2):
-    from sj_jax.loops.own_samples import own_wrong_pairs
+    from sj_jax.algorithms.own_samples import own_wrong_pairs
     from sj_jax.tasks.suite import TaskSuiteConfig, build_split
 
     rows = build_split(TaskSuiteConfig(families=("arithmetic", "repeat_word"), train=3), "train").rows

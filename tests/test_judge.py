@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import sj_jax
-from sj_jax.errors import ConfigError, SJError
+from sj_jax.core.errors import ConfigError, SJError
 from sj_jax.judge import (DEFAULT_TEMPLATE, JudgeTemplate, Principle, VerdictTokenError, judge_pairs,
                           judge_pairs_detailed, majority_probability, render_prompt, verdict_token_ids)
-from sj_jax.model_config import ModelConfig
+from sj_jax.models.config import ModelConfig
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sj_jax.data import loaders
 from sj_jax.data.examples import DataReport, pair_example, sft_example
 from sj_jax.data.hh_rlhf import format_hh_dialogue, parse_hh_dialogue
-from sj_jax.data.jsonl import DataError
+from sj_jax.core.errors import DataError
 from sj_jax.data.loaders import (FORMATS, UF_PRINCIPLES, LoadReport, alpaca_prompt, load_alpaca, load_hh_rlhf,
                                  load_messages, load_rewardbench, load_source, load_ultrafeedback, pairs_to_sft,
                                  read_rows)
@@ -509,12 +509,13 @@ def test_a_json_array_file_reads_like_json_lines_with_item_lines(tmp_path, tok):
     for i, row in enumerate(rows):
         sft_example(tok, row, f"a:{i}", 256, DataReport())
     bad = tmp_path / "bad.json"
-    for body, line, match in [('[\n {"a": 1},\n {"a": \n]', 3, "not valid JSON"),
+    # json's own message, at the line json names (the first: the "]" where a value should be)
+    for body, line, match in [('[\n {"a": 1},\n {"a": \n]', 4, "not valid JSON: Expecting value"),
                               ('[\n {"a": 1},\n 5\n]', 3, "expected a JSON object"),
-                              ('[\n {"a": 1},\n]', 3, "a trailing comma"),
-                              ('[\n {"a": 1}\n {"a": 2}]', 3, "expected ',' or ']'"),
-                              ('[\n {"a": 1}\n', 3, "the JSON array is not closed"),
-                              ('[{"a": 1}]\n[{"a": 2}]', 2, "text after the end")]:
+                              ('[\n {"a": 1},\n]', 3, "not valid JSON: Expecting value"),  # a trailing comma
+                              ('[\n {"a": 1}\n {"a": 2}]', 3, "not valid JSON: Expecting ',' delimiter"),
+                              ('[\n {"a": 1}\n', 3, "not valid JSON: the JSON array is not closed"),
+                              ('[{"a": 1}]\n[{"a": 2}]', 2, "not valid JSON: Extra data")]:  # text after the array
         bad.write_text(body)
         with pytest.raises(DataError, match=rf"bad\.json:{line}: {match}"):
             read_rows(bad)

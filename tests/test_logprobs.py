@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sj_jax import ModelConfig, init_model
-from sj_jax.model import Transformer
+from sj_jax.models.transformer import Transformer
 from sj_jax.objectives.logprobs import head_weight, token_logprobs
 from sj_jax.objectives.sequence import sequence_logprobs
 from sj_jax.objectives.sft import sft_loss

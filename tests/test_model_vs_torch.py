@@ -131,7 +131,7 @@ def test_every_parameter_carries_logical_axis_names():
     from flax import linen as nn
     from flax.traverse_util import flatten_dict
 
-    from sj_jax.model_config import from_hf_config
+    from sj_jax.models.config import from_hf_config
     from sj_jax.weights.loader import abstract_params
 
     for hf in CASES.values():
@@ -146,7 +146,7 @@ def test_rematerialisation_changes_neither_logits_nor_gradients(remat):
     import jax
     import jax.numpy as jnp
 
-    from sj_jax.model_config import from_hf_config
+    from sj_jax.models.config import from_hf_config
 
     cfg = from_hf_config(CASES["llama3-gqa-untied"])
     plain = sj_jax.init_model(cfg, seed=4)

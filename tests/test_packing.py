@@ -12,7 +12,7 @@ from sj_jax import ModelConfig, init_model
 from sj_jax.data.batches import collate_sft
 from sj_jax.data.examples import SFTExample
 from sj_jax.data.packing import pack
-from sj_jax.model import positions_from_mask
+from sj_jax.models.transformer import positions_from_mask
 from sj_jax.objectives import sequence, sft
 
 # jitted: run eagerly, every call would trace and compile the scanned layers again

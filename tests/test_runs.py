@@ -11,11 +11,11 @@ import pytest
 import sj_jax
 from sj_jax import init_model, save_hf
 from sj_jax.cli import main
-from sj_jax.config import from_dict
-from sj_jax.runs import load_run_parts
-from sj_jax.tokenizer import load_tokenizer
-from sj_jax.train import lora
-from sj_jax.train.checkpoint import Checkpointer
+from sj_jax.core.config import from_dict
+from sj_jax.loading.model import load_run_parts
+from sj_jax.weights.tokenizer import load_tokenizer
+from sj_jax.models import lora
+from sj_jax.weights.checkpoint import Checkpointer
 from sj_jax.train.config import TrainConfig
 from sj_jax.train.trainer import train
 
@@ -85,7 +85,7 @@ def test_a_full_weight_run_is_its_latest_checkpoint(sft_run, base):
 
 def _state_target(run: Path, start):
     """The full saved state's abstract tree (params, AdamW moments, step, rng), for Orbax's own restore."""
-    from sj_jax.config import load_yaml
+    from sj_jax.core.config import load_yaml
     from sj_jax.train.optim import make_optimizer
     from sj_jax.train.trainer import init_state
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import sj_jax
-from sj_jax import kv_cache
-from sj_jax.model_config import ModelConfig
-from sj_jax.sampling import NUCLEUS_CANDIDATES, SamplingConfig, processed_logits, sample
+from sj_jax.inference import kv_cache
+from sj_jax.models.config import ModelConfig
+from sj_jax.inference.sampling import NUCLEUS_CANDIDATES, SamplingConfig, processed_logits, sample
 
 TINY = ModelConfig(model_type="llama", vocab_size=61, hidden_size=48, intermediate_size=72, num_layers=2,
                    num_heads=6, num_kv_heads=2, head_dim=8, max_position_embeddings=256, eos_token_id=0)
@@ -212,7 +212,7 @@ def test_inverse_cdf_draws_follow_the_weights_over_a_large_vocabulary():
     """The two-level draw (blocks, then a token) is the plain categorical over sparse weights."""
     from scipy import stats
 
-    from sj_jax.sampling import _inverse_cdf
+    from sj_jax.inference.sampling import _inverse_cdf
 
     rng = np.random.default_rng(13)
     n, rows = 3000, 60_000  # not a multiple of the block size; zero weights scattered

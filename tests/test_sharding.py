@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sj_jax.sharding import MeshConfig, logical_to_spec, make_mesh
+from sj_jax.models.sharding import MeshConfig, logical_to_spec, make_mesh
 
 
 def _run_mesh_check(which: str) -> dict:
@@ -69,7 +69,7 @@ def test_logical_rules_drop_axes_that_do_not_divide():
 def test_unknown_logical_axis_is_an_error():
     import jax
 
-    from sj_jax.errors import ConfigError
+    from sj_jax.core.errors import ConfigError
 
     mesh = make_mesh(MeshConfig(), jax.devices()[:1])
     with pytest.raises(ConfigError, match="logical axis 'experts' has no rule"):

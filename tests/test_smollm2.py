@@ -82,7 +82,7 @@ def test_bfloat16_real_model(smollm2_torch, batch):
 
 
 def test_chat_template_and_end_of_turn(smollm2):
-    from sj_jax.tokenizer import end_of_turn_ids
+    from sj_jax.weights.tokenizer import end_of_turn_ids
 
     text = smollm2.tokenizer.apply_chat_template(
         [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True

@@ -39,7 +39,7 @@ _NO_TORCH = textwrap.dedent("""
     import importlib.util, json
     assert importlib.util.find_spec("torch") is None
     import sj_jax
-    from sj_jax.tokenizer import load_tokenizer
+    from sj_jax.weights.tokenizer import load_tokenizer
     tok = load_tokenizer(sys.argv[1])
     conversations = json.loads(sys.argv[2])
     ids = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True)["input_ids"] for c in conversations]
@@ -144,7 +144,7 @@ def test_same_pipeline_and_special_tokens_as_transformers(smollm2_tokenizer, ora
 def test_tiny_gguf_tokenizer_keeps_control_tokens_whole(tmp_path):
     from tiny_files import write_tiny_gguf
 
-    from sj_jax.tokenizer import load_tokenizer
+    from sj_jax.weights.tokenizer import load_tokenizer
 
     tok = load_tokenizer(write_tiny_gguf(tmp_path / "tiny.gguf"))
     ids = tok("<|im_start|>the 12<|im_end|>")["input_ids"]

@@ -4,7 +4,7 @@ call per round, empty candidates never judged; end to end on a tiny model with t
 import numpy as np
 import pytest
 
-from sj_jax.loops.tournament import run_brackets, tournament
+from sj_jax.algorithms.tournament import run_brackets, tournament
 
 from conftest import smollm2_gguf_path, tiny_chat_config
 
@@ -74,7 +74,7 @@ def test_tournament_on_a_tiny_model_keeps_the_judges_winner(tmp_path):
     rounds for 4 samples, the kept response is the bracket's winner among the samples, and the
     brackets replayed with `judge_pairs` on those samples pick the same winners."""
     import sj_jax
-    from sj_jax.tokenizer import load_tokenizer
+    from sj_jax.weights.tokenizer import load_tokenizer
 
     tok = load_tokenizer(smollm2_gguf_path())
     cfg = tiny_chat_config(tok, eos_token_id=2)
@@ -97,9 +97,10 @@ def test_every_n_plays_over_the_first_n_of_one_draw_and_judges_each_match_once(m
     N samples, N = 1 keeps sample 0, and the judge is asked only the 3 matches of N = 4 per prompt
     (the brackets of N = 2 and 1 are its first parts, answered from the cache)."""
     import sj_jax
+    import sj_jax.algorithms.tournament as tournament_module
     import sj_jax.judge.scoring as scoring
-    from sj_jax.loops.tournament import tournaments_by_n
-    from sj_jax.tokenizer import load_tokenizer
+    from sj_jax.algorithms.tournament import tournaments_by_n
+    from sj_jax.weights.tokenizer import load_tokenizer
 
     tok = load_tokenizer(smollm2_gguf_path())
     model = sj_jax.init_model(tiny_chat_config(tok, eos_token_id=2), seed=5, tokenizer=tok)
@@ -110,7 +111,7 @@ def test_every_n_plays_over_the_first_n_of_one_draw_and_judges_each_match_once(m
         asked.extend(zip(c, a, b))
         return real(m, c, a, b, **kw)
 
-    monkeypatch.setattr(scoring, "judge_pairs", recorded)
+    monkeypatch.setattr(tournament_module, "judge_pairs", recorded)  # where the tournament took the name from
     prompts = ["Name a colour.", "What is 2 + 2?"]
     played = tournaments_by_n(model, prompts, [1, 2, 4], max_new_tokens=4, seed=2)
     assert list(played) == [1, 2, 4]
@@ -135,7 +136,7 @@ def test_the_command_scores_every_n_on_task_rows(tmp_path, capsys):
     from sj_jax.cli import main
     from sj_jax.tasks.families import check
     from sj_jax.tasks.suite import TaskSuiteConfig, build_split
-    from sj_jax.tokenizer import load_tokenizer
+    from sj_jax.weights.tokenizer import load_tokenizer
 
     tok = load_tokenizer(smollm2_gguf_path())
     cfg = tiny_chat_config(tok, eos_token_id=2)

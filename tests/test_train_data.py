@@ -5,10 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from sj_jax.config import load_yaml
-from sj_jax.data.batches import EpochIterator, collate_pairs, collate_sft, length_bucket
+from sj_jax.core.config import load_yaml
+from sj_jax.core.buckets import bucket
+from sj_jax.data.batches import EpochIterator, collate_pairs, collate_sft
 from sj_jax.data.examples import DataReport, load_examples, pair_example, sft_example
-from sj_jax.data.jsonl import DataError, read_jsonl
+from sj_jax.core.errors import DataError
+from sj_jax.core.jsonl import read_jsonl
 from sj_jax.train.config import TrainConfig
 
 
@@ -77,14 +79,14 @@ def test_pair_layout_puts_responses_in_the_last_columns(tok):
              for p, c, r in [("Hi", "Hello there, friend.", "Go away."), ("What is 2+2? Think.", "4", "5")]]
     batch, r = collate_pairs(pairs, 64, 64, pad_id=0)
     p = batch["input_ids"].shape[-1] - r
-    assert r == 16 and p == length_bucket(max(len(x.prompt_ids) for x in pairs), 64)
+    assert r == 16 and p == bucket(max(len(x.prompt_ids) for x in pairs), 64)
     for i, x in enumerate(pairs):
         for j, resp in enumerate((x.chosen_ids, x.rejected_ids)):
             row = batch["input_ids"][i, j]
             np.testing.assert_array_equal(row[p - len(x.prompt_ids):p], x.prompt_ids)
             np.testing.assert_array_equal(row[batch["loss_mask"][i, j] == 1], resp)
             assert batch["loss_mask"][i, j, :p].sum() == 0
-    assert length_bucket(17, 1024) == 32 and length_bucket(3, 1024) == 16 and length_bucket(600, 512) == 600
+    assert bucket(17, 1024) == 32 and bucket(3, 1024) == 16 and bucket(600, 512) == 600
 
 
 def test_the_joint_layout_runs_each_prompt_once_and_gives_the_separate_layouts_numbers():
@@ -122,7 +124,7 @@ def test_the_joint_layout_runs_each_prompt_once_and_gives_the_separate_layouts_n
     # the DPO gradient into a LoRA adapter (b = 0 would make the loss flat: perturb it)
     lcfg = LoraConfig(enabled=True, rank=2)
     adapter = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(2), x.shape),
-                           sj_jax.train.lora.init_lora(lcfg, model.params, jax.random.key(1)))
+                           sj_jax.models.lora.init_lora(lcfg, model.params, jax.random.key(1)))
     spec = StepSpec("dpo", cfg, lora=lcfg, response_len=r)
     grad = jax.jit(jax.grad(lambda p, m: loss_and_metrics(spec, p, model.params, m)[0]))
     ga, gb = grad(adapter, sep), grad(adapter, joint)

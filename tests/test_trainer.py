@@ -8,9 +8,9 @@ import pytest
 
 from sj_jax import init_model, save_hf
 from sj_jax.cli import main
-from sj_jax.config import from_dict
-from sj_jax.tokenizer import load_tokenizer
-from sj_jax.train.checkpoint import Checkpointer
+from sj_jax.core.config import from_dict
+from sj_jax.weights.tokenizer import load_tokenizer
+from sj_jax.weights.checkpoint import Checkpointer
 from sj_jax.train.config import TrainConfig
 from sj_jax.train.loop import NonFiniteLossError
 from sj_jax.train.trainer import train

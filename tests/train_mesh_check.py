@@ -13,12 +13,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sj_jax import MeshConfig, ModelConfig, init_model  # noqa: E402
-from sj_jax.api import Model  # noqa: E402
-from sj_jax.config import from_dict  # noqa: E402
+from sj_jax.loading.model import Model  # noqa: E402
+from sj_jax.core.config import from_dict  # noqa: E402
 from sj_jax.train.config import TrainConfig  # noqa: E402
 from sj_jax.train.optim import make_optimizer  # noqa: E402
 from sj_jax.train.steps import StepSpec, compile_step  # noqa: E402
-from sj_jax.sharding import make_mesh, param_shardings  # noqa: E402
+from sj_jax.models.sharding import make_mesh, param_shardings  # noqa: E402
 from sj_jax.train.trainer import init_state  # noqa: E402
 from sj_jax.weights.loader import abstract_params  # noqa: E402
 

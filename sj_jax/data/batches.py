@@ -13,24 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from sj_jax.core.buckets import bucket
 from sj_jax.data.examples import PairExample, SFTExample
-
-
-def length_bucket(n: int, cap: int, minimum: int = 16) -> int:
-    """The smallest power of two >= n (at least `minimum`), but never above `cap`."""
-    b = minimum
-    while b < n:
-        b *= 2
-    return min(b, max(cap, n))
-
-
-def fine_bucket(length: int, cap: int) -> int:
-    """The smallest of 16, 24, 32, 48, 64, 96, ... (2^k and 3 * 2^(k-1)) that holds `length`, capped
-    at `cap`: a padded length that wastes under a third and keeps the compiled shapes few."""
-    b = 16
-    while b < length:
-        b = b * 3 // 2 if b & (b - 1) == 0 else b * 4 // 3
-    return min(b, cap)
 
 
 def example_length(e: SFTExample | PairExample) -> int:
@@ -41,16 +25,16 @@ def example_length(e: SFTExample | PairExample) -> int:
 
 
 def collate_sft(examples: Sequence[SFTExample], max_length: int, pad_id: int) -> dict[str, np.ndarray]:
-    """int32 `input_ids`, `attention_mask`, `loss_mask` `[batch, T]`, right-padded to a `fine_bucket`
+    """int32 `input_ids`, `attention_mask`, `loss_mask` `[batch, T]`, right-padded to a fine `bucket`
     length; and the trained tokens gathered into `K` slots a row (K a power of two, at least 8):
     `source_index` (the position whose hidden state predicts the slot's token, the one before it),
     `target_ids` and `target_mask` (1 for a trained token, 0 for padding), each `[batch, K]`, so the
     output projection runs on trained tokens only: a judgment row trains one verdict token of its
     ~80. A packed example's attention mask holds its segment ids (see `sj_jax.data.packing`)."""
-    t = fine_bucket(max(len(e.input_ids) for e in examples), max(max_length, 16))
+    t = bucket(max(len(e.input_ids) for e in examples), max(max_length, 16), fine=True)
     t = max(t, max(len(e.input_ids) for e in examples))
     b = len(examples)
-    k = length_bucket(max(int(np.sum(e.loss_mask[1:])) for e in examples), t, minimum=8)
+    k = bucket(max(int(np.sum(e.loss_mask[1:])) for e in examples), t, minimum=8)
     ids = np.full((b, t), pad_id, np.int32)
     att = np.zeros((b, t), np.int32)
     loss = np.zeros((b, t), np.int32)
@@ -69,8 +53,8 @@ def collate_sft(examples: Sequence[SFTExample], max_length: int, pad_id: int) ->
 def collate_pairs(pairs: Sequence[PairExample], max_prompt: int, max_response: int,
                   pad_id: int) -> tuple[dict[str, np.ndarray], int]:
     """(`[pairs, 2, P + R]` int32 arrays, R): prompts left-padded to P, responses right-padded to R."""
-    p = length_bucket(max(len(x.prompt_ids) for x in pairs), max_prompt)
-    r = length_bucket(max(max(len(x.chosen_ids), len(x.rejected_ids)) for x in pairs), max_response)
+    p = bucket(max(len(x.prompt_ids) for x in pairs), max_prompt)
+    r = bucket(max(max(len(x.chosen_ids), len(x.rejected_ids)) for x in pairs), max_response)
     n = len(pairs)
     ids = np.full((n, 2, p + r), pad_id, np.int32)
     att = np.zeros((n, 2, p + r), np.int32)
@@ -92,7 +76,7 @@ def collate_pairs_joint(pairs: Sequence[PairExample], max_prompt: int, max_respo
     A row is the prompt (segment 1), the chosen response (segment 2), the rejected one (segment 3),
     then padding; both responses see the prompt (the model's `shared_prefix`) and continue its
     positions. A pair costs prompt + chosen + rejected tokens, where `collate_pairs` pads it to
-    2 (P + R); T comes in `fine_bucket` steps, S in powers of two. Keys: input_ids, attention_mask (segment ids),
+    2 (P + R); T comes in fine `bucket` steps, S in powers of two. Keys: input_ids, attention_mask (segment ids),
     positions, and over S response slots (chosen tokens, then rejected ones, then padding):
     source_index (the row position whose hidden state predicts the slot's token: the one before it,
     but the prompt's last for the first rejected token), target_ids and response_mask (1 chosen,
@@ -102,10 +86,10 @@ def collate_pairs_joint(pairs: Sequence[PairExample], max_prompt: int, max_respo
         if len(x.prompt_ids) > max_prompt or max(len(x.chosen_ids), len(x.rejected_ids)) > max_response:
             raise ValueError(f"pair {i}: prompt {len(x.prompt_ids)} / responses {len(x.chosen_ids)}, "
                              f"{len(x.rejected_ids)} tokens exceed max_prompt {max_prompt} / max_response {max_response}")
-    t = fine_bucket(max(len(x.prompt_ids) + len(x.chosen_ids) + len(x.rejected_ids) for x in pairs),
-                    max_prompt + 2 * max_response)
+    t = bucket(max(len(x.prompt_ids) + len(x.chosen_ids) + len(x.rejected_ids) for x in pairs),
+               max_prompt + 2 * max_response, fine=True)
     # S in powers of two: every (T, S) is a program of its own, and S only sizes the output projection
-    s = length_bucket(max(len(x.chosen_ids) + len(x.rejected_ids) for x in pairs), 2 * max_response)
+    s = bucket(max(len(x.chosen_ids) + len(x.rejected_ids) for x in pairs), 2 * max_response)
     n = len(pairs)
     ids = np.full((n, t), pad_id, np.int32)
     seg, pos = np.zeros((n, t), np.int32), np.zeros((n, t), np.int32)

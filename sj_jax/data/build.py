@@ -16,18 +16,20 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
-from sj_jax.config import to_dict
+from sj_jax.core.config import Runtime, to_dict
+from sj_jax.core.errors import ConfigError
 from sj_jax.data.jsft import JSFTConfig, build_jsft
+from sj_jax.data.loaders import FORMATS, PAIR_FORMATS, format_name, load_source, pairs_to_sft
 from sj_jax.data.summary import pair_lengths, sft_lengths
-from sj_jax.errors import ConfigError
 from sj_jax.judge.template import DEFAULT_TEMPLATE, JudgeTemplate
-from sj_jax.registry import DEFAULT_MODEL
 from sj_jax.tasks.families import FLAWS, MODEL_KINDS
 from sj_jax.tasks.suite import SPLITS, TaskSuiteConfig, build_split, sft_row, split_pairs
+from sj_jax.weights.registry import DEFAULT_MODEL, resolve
+from sj_jax.weights.tokenizer import load_tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +76,6 @@ class SourceConfig:
     options: dict = dataclasses.field(default_factory=dict)  # passed to the loader
 
     def __post_init__(self):
-        from sj_jax.data.loaders import FORMATS, PAIR_FORMATS, format_name
-
         fmt = format_name(self.format)
         if fmt not in FORMATS:
             raise ConfigError(f"format: unknown data format {self.format!r}; known: {', '.join(sorted(FORMATS))}")
@@ -84,7 +84,7 @@ class SourceConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class DataBuildConfig:
+class DataBuildConfig(Runtime):
     output_dir: str = "data"
     seed: int = 0
     model: str = DEFAULT_MODEL  # its tokenizer measures lengths; its sampler makes own_samples
@@ -97,7 +97,6 @@ class DataBuildConfig:
     jsft: JSFTConfig = JSFTConfig()
     judge: JudgeTemplate = DEFAULT_TEMPLATE
     sources: tuple[SourceConfig, ...] = ()
-    cache_dir: str | None = "auto"  # compiled executables and dequantised weights; "off" = none (sj_jax.cache)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -128,7 +127,6 @@ def _load_sources(cfg: DataBuildConfig, summary: dict) -> tuple[list[dict], list
     """(sft rows, pair rows, eval sets) from the configured sources."""
     if not cfg.sources:
         return [], [], {}
-    from sj_jax.data.loaders import PAIR_FORMATS, format_name, load_source, pairs_to_sft
 
     sft, pairs, evals = [], [], {}
     for src in cfg.sources:
@@ -156,11 +154,11 @@ def _count(rows: list[dict], *keys: str) -> dict[str, Any]:
     return out
 
 
-def build(cfg: DataBuildConfig, log=print) -> dict[str, Any]:
-    """Builds every file (see the module docstring) and returns the summary it writes."""
-    from sj_jax.tokenizer import load_tokenizer
-    from sj_jax.registry import resolve
-
+def build(cfg: DataBuildConfig, log=print,
+          own_pairs: Callable[[list[dict]], tuple[list[dict], dict[str, int]]] | None = None) -> dict[str, Any]:
+    """Builds every file (see the module docstring) and returns the summary it writes. `own_pairs`
+    turns the chosen train problems into pairs of the model's own wrong answers and their counts
+    (needed when `cfg.own_samples.enabled`; the data layer loads no model)."""
     start = time.perf_counter()
     for i, src in enumerate(cfg.sources):  # before minutes of work, not after
         if not Path(src.path).is_file():
@@ -178,22 +176,15 @@ def build(cfg: DataBuildConfig, log=print) -> dict[str, Any]:
     log(f"tasks: {', '.join(f'{s} {len(sp.rows)}' for s, sp in splits.items())} problems")
 
     if cfg.own_samples.enabled:
-        from sj_jax.api import load_model
-        from sj_jax.progress import sampling_bar
-        from sj_jax.loops.own_samples import own_wrong_pairs
-
-        o = cfg.own_samples
-        model = load_model(cfg.model)
-        chosen = _spread(splits["train"].rows, o.problems, cfg.seed)
-        log(f"own samples: {o.samples} per problem for {len(chosen)} train problems ...")
-        with sampling_bar(len(chosen) * o.samples) as progress:
-            own, stats = own_wrong_pairs(model, chosen, samples=o.samples, per_problem=o.per_problem,
-                                         temperature=o.temperature, top_p=o.top_p,
-                                         max_new_tokens=o.max_new_tokens, seed=cfg.seed, batch_size=o.batch_size,
-                                         progress=progress)
+        if own_pairs is None:
+            raise ConfigError("own_samples.enabled: the model's own samples need a model; build with "
+                              "sj_jax.algorithms.own_samples.build_with_own_samples (what `sj-jax data build` runs)")
+        chosen = _spread(splits["train"].rows, cfg.own_samples.problems, cfg.seed)
+        log(f"own samples: {cfg.own_samples.samples} per problem for {len(chosen)} train problems ...")
+        own, stats = own_pairs(chosen)
         files["pairs_train"] = files["pairs_train"] + own
-        summary["own_samples"] = stats.as_dict()
-        log(f"own samples: {stats.as_dict()}")
+        summary["own_samples"] = stats
+        log(f"own samples: {stats}")
 
     ext_sft, ext_pairs, evals = _load_sources(cfg, summary)
     files["sft_train"] = [sft_row(r) for r in splits["train"].rows] + ext_sft

@@ -11,8 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sj_jax.data.jsonl import DataError
-from sj_jax.tokenizer import end_of_turn_ids
+from sj_jax.core.errors import DataError
+from sj_jax.weights.tokenizer import end_of_turn_ids
 
 Span = tuple[int, int]
 

@@ -15,8 +15,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from sj_jax.core.errors import DataError
+from sj_jax.core.jsonl import read_jsonl
 from sj_jax.data.chat import assistant_spans, render, tokens_with_mask, turn_span
-from sj_jax.data.jsonl import DataError, read_jsonl
 
 
 @dataclasses.dataclass

@@ -18,8 +18,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from sj_jax.core.errors import ConfigError
 from sj_jax.data.chat import context_text
-from sj_jax.errors import ConfigError
 from sj_jax.judge.template import DEFAULT_PRINCIPLES
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sj_jax.core.errors import DataError
 from sj_jax.data.chat import Span
-from sj_jax.data.jsonl import DataError
 from sj_jax.judge.template import DEFAULT_PRINCIPLES, JudgeTemplate, render_prompt
-from sj_jax.tokenizer import end_of_turn_ids
+from sj_jax.weights.tokenizer import end_of_turn_ids
 
 RATIONALE_SEPARATOR = "\n"
 

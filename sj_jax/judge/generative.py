@@ -8,7 +8,7 @@ the second response (a judgment with no verdict votes for neither).
 
 With a `verdict_prefix` ("\\n\\nFinal verdict: [[" by default), the evaluation runs until the model
 ends its turn or has written `max_evaluation_tokens` tokens; then the prefix is fed and the model
-writes the rest of the verdict itself, in at most `max_verdict_tokens` tokens (`sj_jax.sampler`'s
+writes the rest of the verdict itself, in at most `max_verdict_tokens` tokens (`sj_jax.inference.sampler`'s
 forced phase). A small model thus always
 reaches the verdict slot, and what it writes there is still parsed, not assumed. With an empty
 prefix the model must write the whole verdict itself, as large judges do.
@@ -21,12 +21,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sj_jax.api import Model
-from sj_jax.errors import ConfigError
-from sj_jax.generate import generate, length_batches
-from sj_jax.judge.template import check_user, encode
+from sj_jax.core.config import from_dict
+from sj_jax.core.errors import ConfigError
+from sj_jax.inference.generate import generate, length_batches
+from sj_jax.judge.template import check_texts, check_user, encode
 from sj_jax.judge.verdict import parse_verdict
-from sj_jax.tokenizer import end_of_turn_ids
+from sj_jax.loading.model import Model
+from sj_jax.weights.tokenizer import end_of_turn_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +72,6 @@ class GenerativeTemplate:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "generative") -> "GenerativeTemplate":
-        from sj_jax.config import from_dict
-
         return from_dict(cls, data, where)
 
 
@@ -157,8 +156,6 @@ def own_verdict(tok: Any, ids: Sequence[int], forced: Sequence[int], template: G
     model wrote after it. The fed prefix is the last run of the `forced` ids (at most
     `max_verdict_tokens` tokens follow it), so a judge that learned to write "Final verdict: [[A]]"
     and end its turn is read by its own verdict, not by a second one it was made to write."""
-    from sj_jax.judge.verdict import parse_verdict
-
     text = tok.decode(list(ids), skip_special_tokens=True)
     n = len(forced)
     if not n:
@@ -178,19 +175,17 @@ def judge_generative(model: Model, contexts: Sequence[str], responses_a: Sequenc
                      progress: Callable[[int, int], None] | None = None) -> GenerativeJudgments:
     """Judges each (context, a, b) in both orders, `samples` judgments an order (temperature 0 =
     greedy, when more than one sample repeats itself). batch_size: sampler rows a compiled batch
-    (whole prompts); max_batch_tokens: cache positions a batch (`sj_jax.generate.length_batches`). key_ids: one number per pair that its samples are keyed by
+    (whole prompts); max_batch_tokens: cache positions a batch (`sj_jax.inference.generate.length_batches`). key_ids: one number per pair that its samples are keyed by
     (default its position), so a pair keeps its judgments whatever else shares the call."""
-    from sj_jax.judge.scoring import _check_texts
-
     template = GenerativeTemplate() if template is None else template
     tok = model.tokenizer
     if tok is None:
         raise ValueError("model: judging needs a model loaded with a tokenizer (its chat template renders the prompt)")
     if samples < 1:
         raise ValueError(f"samples: must be at least 1, got {samples}")
-    n = _check_texts("contexts", contexts, None)
-    _check_texts("responses_a", responses_a, n)
-    _check_texts("responses_b", responses_b, n)
+    n = check_texts("contexts", contexts, None)
+    check_texts("responses_a", responses_a, n)
+    check_texts("responses_b", responses_b, n)
     if n == 0:
         return GenerativeJudgments([], np.zeros((0, 2, samples), np.int8), [], np.zeros((0, 2, samples), bool))
     texts = [render_prompt(tok, template, c, *resp) for c, a, b in zip(contexts, responses_a, responses_b)

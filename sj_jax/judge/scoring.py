@@ -28,15 +28,21 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sj_jax import kv_cache
-from sj_jax.api import Model
-from sj_jax.judge.template import (DEFAULT_TEMPLATE, JudgeTemplate, Principle, as_principles, render_prompt,
-                                   verdict_token_ids)
-from sj_jax.model import Transformer, positions_from_mask
-from sj_jax.model_config import ModelConfig
-from sj_jax.data.batches import fine_bucket as length_bucket
-from sj_jax.kv_cache import batch_bucket
-from sj_jax.sharding import batch_sharding, logical_sharding, param_shardings
+from sj_jax.core.buckets import bucket
+from sj_jax.inference import kv_cache
+from sj_jax.judge.template import (
+    DEFAULT_TEMPLATE,
+    JudgeTemplate,
+    Principle,
+    as_principles,
+    check_texts,
+    render_prompt,
+    verdict_token_ids,
+)
+from sj_jax.loading.model import Model
+from sj_jax.models.config import ModelConfig
+from sj_jax.models.sharding import batch_sharding, logical_sharding, param_shardings
+from sj_jax.models.transformer import Transformer, positions_from_mask
 from sj_jax.weights.loader import abstract_params
 
 
@@ -140,8 +146,8 @@ def verdict_probs(model: Model, prompts: Sequence[Sequence[int]], verdict_ids: t
     pending = []
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        t = length_bucket(max(len(prompts[i]) for i in rows), cfg.max_position_embeddings)
-        b = batch_bucket(len(rows), multiple)
+        t = bucket(max(len(prompts[i]) for i in rows), cfg.max_position_embeddings, fine=True)
+        b = bucket(len(rows), minimum=1, multiple=multiple)
         ids, mask = kv_cache.left_pad([prompts[i] for i in rows], t, b, pad)
         fn, x_shard = compiled_verdict_logprobs(cfg, mesh, (b, t))
         # Dispatch every batch before reading any back, so host work overlaps device work.
@@ -222,9 +228,9 @@ def verdict_probs_shared(model: Model, prompts: Sequence[Sequence[int]], verdict
     pending = []
     for start in range(0, groups, step):
         chunk = order[start:start + step]
-        pl = length_bucket(max(shared[g] for g in chunk), cfg.max_position_embeddings)
-        sl = length_bucket(max(rest[g] for g in chunk), cfg.max_position_embeddings)
-        b = batch_bucket(len(chunk), multiple)
+        pl = bucket(max(shared[g] for g in chunk), cfg.max_position_embeddings, fine=True)
+        sl = bucket(max(rest[g] for g in chunk), cfg.max_position_embeddings, fine=True)
+        b = bucket(len(chunk), minimum=1, multiple=multiple)
         pre_ids, pre_mask = kv_cache.left_pad([prompts[2 * g][:shared[g]] for g in chunk], pl, b, pad)
         suf_ids, suf_mask = kv_cache.left_pad(
             [prompts[2 * g + o][shared[g]:] for g in chunk for o in range(2)], sl, 2 * b, pad)
@@ -237,19 +243,6 @@ def verdict_probs_shared(model: Model, prompts: Sequence[Sequence[int]], verdict
         if progress is not None:
             progress(2 * len(chunk))
     return out.reshape(len(prompts), 2)
-
-
-def _check_texts(name: str, texts: Sequence[str], n: int | None) -> int:
-    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
-        raise ValueError(f"{name}: expected a list of strings, got {type(texts).__name__}")
-    if n is not None and len(texts) != n:
-        raise ValueError(f"{name}: {len(texts)} items, but contexts has {n}; the lists must be equally long")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise ValueError(f"{name}[{i}]: expected a string, got {type(t).__name__}")
-        if not t.strip():
-            raise ValueError(f"{name}[{i}]: empty text; the judge needs a non-empty context and responses")
-    return len(texts)
 
 
 def judge_prompts(model: Model, contexts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str],
@@ -285,9 +278,9 @@ def judge_pairs_detailed(model: Model, contexts: Sequence[str], responses_a: Seq
     template = DEFAULT_TEMPLATE if template is None else template
     if model.tokenizer is None:
         raise ValueError("model: judging needs a model loaded with a tokenizer (its chat template renders the prompt)")
-    n = _check_texts("contexts", contexts, None)
-    _check_texts("responses_a", responses_a, n)
-    _check_texts("responses_b", responses_b, n)
+    n = check_texts("contexts", contexts, None)
+    check_texts("responses_a", responses_a, n)
+    check_texts("responses_b", responses_b, n)
     plist = as_principles(principles, template)
     # Fails loudly, before any forward pass, if a verdict is not one token in place.
     verdict_ids = verdict_token_ids(model.tokenizer, template)

@@ -12,7 +12,8 @@ import dataclasses
 import string
 from typing import Any, Sequence
 
-from sj_jax.errors import ConfigError
+from sj_jax.core.config import from_dict
+from sj_jax.core.errors import ConfigError
 
 PLACEHOLDERS = ("context", "response_a", "response_b")
 
@@ -78,8 +79,6 @@ class JudgeTemplate:
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "judge") -> "JudgeTemplate":
         """Builds a template from a config mapping; unknown keys are rejected by name."""
-        from sj_jax.config import from_dict
-
         return from_dict(cls, data, where)
 
 
@@ -125,6 +124,20 @@ def as_principles(principles: Sequence[Any] | None, template: JudgeTemplate) -> 
     if dup is not None:
         raise ConfigError(f"principles: the name {dup!r} appears twice")
     return tuple(out)
+
+
+def check_texts(name: str, texts: Sequence[str], n: int | None) -> int:
+    """The length of `texts`, a list of non-empty strings (of length `n` when given), else a ValueError naming `name`."""
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+        raise ValueError(f"{name}: expected a list of strings, got {type(texts).__name__}")
+    if n is not None and len(texts) != n:
+        raise ValueError(f"{name}: {len(texts)} items, but contexts has {n}; the lists must be equally long")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ValueError(f"{name}[{i}]: expected a string, got {type(t).__name__}")
+        if not t.strip():
+            raise ValueError(f"{name}[{i}]: empty text; the judge needs a non-empty context and responses")
+    return len(texts)
 
 
 def render_prompt(tokenizer: Any, template: JudgeTemplate, context: str, response_a: str, response_b: str,

@@ -18,7 +18,7 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from sj_jax.errors import ConfigError
+from sj_jax.core.errors import ConfigError
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 _SMOOTHED = ("sigmoid", "robust")  # the loss types that read label_smoothing

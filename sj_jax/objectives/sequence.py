@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sj_jax.model import Transformer
-from sj_jax.model_config import ModelConfig
+from sj_jax.models.config import ModelConfig
+from sj_jax.models.transformer import Transformer
 from sj_jax.objectives.logprobs import DEFAULT_CHUNK, head_weight, token_logprobs
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sj_jax.model_config import ModelConfig
+from sj_jax.models.config import ModelConfig
 from sj_jax.objectives.logprobs import DEFAULT_CHUNK
 from sj_jax.objectives.sequence import sequence_logprobs, slot_logprobs
 

@@ -17,9 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from sj_jax.data.jsonl import DataError
+from sj_jax.core.errors import ConfigError, DataError
 from sj_jax.tasks.families import FAMILIES, FLAWS, MAX_DIFFICULTY, Problem
-from sj_jax.errors import ConfigError
 
 SPLITS = ("train", "validation", "test")
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from sj_jax.errors import ConfigError
+from sj_jax.core.config import Runtime
+from sj_jax.core.errors import ConfigError
 from sj_jax.judge.template import DEFAULT_TEMPLATE, JudgeTemplate
-from sj_jax.registry import DEFAULT_MODEL
-from sj_jax.sharding import MeshConfig
+from sj_jax.models.lora import LoraConfig
+from sj_jax.models.sharding import MeshConfig
+from sj_jax.weights.registry import DEFAULT_MODEL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,16 +28,6 @@ class OptimConfig:
     eps: float = 1e-8
     clip_norm: float = 1.0  # 0 = off
     grad_accum: int = 1  # micro-batches per optimizer step, accumulated inside one jitted step
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraConfig:
-    """Low-rank adapters; off by default. With LoRA, the DPO reference is the base weights, adapter off."""
-
-    enabled: bool = False
-    rank: int = 8
-    alpha: float = 16.0
-    targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,11 +66,10 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Runtime):
     """One run. `steps` = optimizer steps (0: `epochs` passes over the data)."""
 
     model: str = DEFAULT_MODEL
-    dtype: str = "float32"  # compute dtype: float32 | bfloat16
     param_dtype: str = "float32"  # master weights
     remat: Literal["none", "full", "dots"] = "none"
     output_dir: str = "runs/train"
@@ -97,4 +88,3 @@ class TrainConfig:
     judge: JudgeTemplate = DEFAULT_TEMPLATE  # jsft: the text of judgment examples
     checkpoint: CheckpointConfig = CheckpointConfig()
     mesh: MeshConfig = MeshConfig()
-    cache_dir: str | None = "auto"  # compiled executables and dequantised weights; "off" = none (sj_jax.cache)

@@ -2,7 +2,7 @@
 
 `run_loop` drives any step function, `(step index, state) -> (state, metrics row)`, from the latest
 complete checkpoint (or step 0) to `total`: `sj-jax sft|jsft|dpo` (`sj_jax.train.trainer`) and the
-SELF-JUDGE loop (`sj_jax.loops.self_judge`) both run through it, so a checkpoint, a metrics file, a
+SELF-JUDGE loop (`sj_jax.algorithms.self_judge`) both run through it, so a checkpoint, a metrics file, a
 preempted run and a NaN mean the same thing everywhere. The step function owns everything between
 two checkpoints (data, sampling, the jitted update); whatever it needs to continue exactly, besides
 the state, is its data position (`data_state` / `restore_data`), saved in every checkpoint.
@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+from tqdm import tqdm
 
-from sj_jax.errors import SJError
-from sj_jax.train.checkpoint import Checkpointer
+from sj_jax.core.errors import SJError
 from sj_jax.train.config import CheckpointConfig
 from sj_jax.train.metrics import MetricsLog
 from sj_jax.train.preemption import PreemptionGuard
+from sj_jax.weights.checkpoint import Checkpointer
 
 StepFn = Callable[[int, Any], tuple[Any, dict]]
 
@@ -71,7 +72,6 @@ def run_loop(*, out: Path, state: Any, total: int, step_fn: StepFn, checkpoint: 
         print(f"resumed from step {start} ({out / 'checkpoints'})", file=sys.stderr)
     log = MetricsLog(out / "metrics.jsonl", resume_step=start)
     last_loss, nonfinite_run, preempted, step = float("nan"), 0, False, start
-    from tqdm import tqdm
 
     try:
         if on_start is not None:

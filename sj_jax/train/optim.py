@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from sj_jax.errors import ConfigError
+from sj_jax.core.errors import ConfigError
 from sj_jax.train.config import OptimConfig
 
 

@@ -25,8 +25,9 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
-from sj_jax.errors import SJError
+from sj_jax.core.errors import SJError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,6 @@ class PreemptionGuard:
         """Whether to checkpoint `step` and stop; the same answer on every process (a collective if > 1)."""
         if jax.process_count() == 1:
             return self.requested
-        from jax.experimental import multihost_utils
 
         flags = multihost_utils.process_allgather(np.asarray([self.requested], np.int32))
         stop = bool(np.asarray(flags).any())

@@ -20,14 +20,14 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sj_jax.model_config import ModelConfig
+from sj_jax.models import lora
+from sj_jax.models.config import ModelConfig
+from sj_jax.models.sharding import logical_sharding
 from sj_jax.objectives.dpo import dpo_loss
 from sj_jax.objectives.sequence import joint_pair_logprobs, sequence_logprobs
 from sj_jax.objectives.sft import sft_loss
-from sj_jax.train import lora
-from sj_jax.sharding import logical_sharding
 from sj_jax.train.config import DPOConfig, LoraConfig
-
+from sj_jax.train.optim import make_optimizer
 
 UNROLL_MICRO_BATCHES = 4  # up to this many micro-batches are unrolled in the step; more are scanned
 
@@ -169,8 +169,6 @@ def shared_step(spec: StepSpec, optim: Any, total: int, mesh: Mesh, state: dict,
     everything static (spec, optimizer settings, mesh, and the layouts of state, frozen and batch),
     so a resumed, repeated or second run in one process reuses the compiled program. The arrays
     only lend their shardings."""
-    from sj_jax.train.optim import make_optimizer
-
     key = (spec, optim, total, mesh, _layout(state), _layout(frozen), _layout(batch))
     if key not in _SHARED:
         if len(_SHARED) >= 64:

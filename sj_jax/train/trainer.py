@@ -19,21 +19,21 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from sj_jax.api import Model, load_model
-from sj_jax.config import save_yaml, to_dict
+from sj_jax.core.config import save_yaml, to_dict
+from sj_jax.core.errors import SJError
 from sj_jax.data.batches import EpochIterator, collate_pairs, collate_pairs_joint, collate_sft, example_length
 from sj_jax.data.examples import DataReport, load_examples, pair_example, sft_example
 from sj_jax.data.judgment import judgment_text
 from sj_jax.data.packing import pack
-from sj_jax.errors import SJError
-from sj_jax.sharding import make_mesh
-from sj_jax.train import lora
-from sj_jax.train.checkpoint import Checkpointer
+from sj_jax.loading.model import Model, load_model
+from sj_jax.models import lora
+from sj_jax.models.sharding import make_mesh
 from sj_jax.train.config import TrainConfig
 from sj_jax.train.loop import run_loop
 from sj_jax.train.metrics import read_metrics, write_report
 from sj_jax.train.optim import make_optimizer
 from sj_jax.train.steps import StepSpec, batch_shape, mesh_shardings, shared_step
+from sj_jax.weights.checkpoint import Checkpointer
 
 Kind = Literal["sft", "jsft", "dpo"]
 

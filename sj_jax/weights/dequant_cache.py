@@ -18,8 +18,10 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import safetensors.numpy
+from safetensors import safe_open
 
-from sj_jax.errors import WeightsError
+from sj_jax.core.errors import WeightsError
 from sj_jax.weights.gguf_io import GGUFSource
 
 log = logging.getLogger(__name__)
@@ -68,8 +70,6 @@ class CachedGGUFSource:
             pass
 
     def _open(self) -> None:
-        from safetensors import safe_open
-
         try:
             handle = safe_open(str(self.cache_path), framework="numpy")
             meta = handle.metadata() or {}
@@ -114,8 +114,6 @@ class CachedGGUFSource:
     def save(self) -> None:
         """Writes the cache from the tensors this load decoded, when it decoded all of them. Atomic; a
         failure to write (a full disk, a read-only folder) is a warning, never an error."""
-        import safetensors.numpy
-
         if self.complete_hit or set(self._decoded) != self.gguf.names():
             self._decoded.clear()
             return

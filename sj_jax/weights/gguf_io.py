@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gguf import quants
+from gguf.constants import GGMLQuantizationType
 
-from sj_jax.errors import ConfigError, WeightsError
-from sj_jax.model_config import ModelConfig, RopeConfig
+from sj_jax.core.errors import ConfigError, WeightsError
+from sj_jax.models.config import ModelConfig, RopeConfig
 from sj_jax.weights.gguf_reader import GGUFFile, TensorInfo
 
 _MAX_COUNT = 1 << 20  # layers, heads, ... far above any real model
@@ -168,9 +170,6 @@ class GGUFSource:
         return self.path
 
     def get(self, name: str) -> np.ndarray:
-        from gguf import quants
-        from gguf.constants import GGMLQuantizationType
-
         t = self._tensors[name]
         try:
             raw = quants.dequantize(self.file.tensor_bytes(t), GGMLQuantizationType(t.type_code))

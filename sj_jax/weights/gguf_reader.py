@@ -19,8 +19,9 @@ import struct
 from typing import Any
 
 import numpy as np
+from gguf.constants import GGML_QUANT_SIZES
 
-from sj_jax.errors import WeightsError
+from sj_jax.core.errors import WeightsError
 
 MAGIC = b"GGUF"
 _DEFAULT_ALIGNMENT = 32
@@ -39,8 +40,6 @@ _STRING, _ARRAY = 8, 9
 
 def _ggml_types() -> dict[int, tuple[str, int, int]]:
     """ggml type code -> (name, elements per block, bytes per block), from the gguf package."""
-    from gguf.constants import GGML_QUANT_SIZES
-
     return {int(t): (t.name, int(b), int(s)) for t, (b, s) in GGML_QUANT_SIZES.items()}
 
 

@@ -17,10 +17,10 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 from jax.sharding import Mesh
 
-from sj_jax.errors import WeightsError
-from sj_jax.model import Transformer
-from sj_jax.model_config import ModelConfig
-from sj_jax.sharding import param_shardings
+from sj_jax.core.errors import WeightsError
+from sj_jax.models.config import ModelConfig
+from sj_jax.models.sharding import param_shardings
+from sj_jax.models.transformer import Transformer
 from sj_jax.weights.keymap import IGNORED_SUFFIXES, RULES, KeyRule
 
 log = logging.getLogger(__name__)

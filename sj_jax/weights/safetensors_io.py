@@ -10,7 +10,7 @@ import safetensors
 import safetensors.numpy
 from safetensors import safe_open
 
-from sj_jax.errors import WeightsError
+from sj_jax.core.errors import WeightsError
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"

@@ -1,0 +1,123 @@
+"""The KV-cache forward that the sampler and the judge share: left-padded prompts, per-layer caches.
+
+Prompts are left-padded to a length bucket, so every row writes its next key/value at the same
+cache slot; positions count real tokens only, so padding changes nothing. Layers are unrolled over
+per-layer parameter slices taken once per call: no weight is copied inside a loop, and each cache
+is updated in place. `prefill` runs prompts into a fresh cache, `decode_step` feeds one token per
+row, `run_layers` is the layer stack over any cache slot (the judge runs each order's suffix over a
+shared prefix with it).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sj_jax.models.config import ModelConfig
+from sj_jax.models.rope import rotary_tables
+from sj_jax.models.transformer import DTYPES, DecoderLayer, Transformer, positions_from_mask
+
+
+def left_pad(prompts: list, length: int, rows: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """int32 `ids, mask [rows, length]`: each token-id prompt right-aligned, so every row's last
+    token is at -1. Rows past `len(prompts)` are fillers holding one token, so that no attention row
+    is empty; their outputs are never read."""
+    ids = np.full((rows, length), pad_id, np.int32)
+    mask = np.zeros((rows, length), np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, length - len(p):] = p
+        mask[i, length - len(p):] = 1
+    mask[len(prompts):, -1] = 1
+    return ids, mask
+
+
+def unstack_layers(layers: Any, num_layers: int) -> list[Any]:
+    """Per-layer parameter trees from the scanned `[layers, ...]` tree."""
+    return [jax.tree.map(lambda a, i=i: a[i], layers) for i in range(num_layers)]
+
+
+@functools.lru_cache(maxsize=64)
+def _traced_layer(cfg: ModelConfig):
+    """One decoder layer as a jitted function. Called inside the prefill and decode jits, it is traced
+    once for all layers (the unrolled layers share its jaxpr), so a start traces one layer, not 30;
+    XLA inlines the calls, so the compiled program is the unrolled one."""
+    layer = DecoderLayer(cfg)
+
+    def apply(p, x, window, cos, sin, mask, pos_diff, cache):
+        return layer.apply({"params": p}, x, window, cos, sin, mask, pos_diff, cache)
+
+    return jax.jit(apply)
+
+
+def run_layers(cfg, layer_params, x, positions, key_positions, mask, cache, index):
+    """All layers over x `[batch, seq, embed]`, reading and writing the cache at slot `index`."""
+    cos, sin = rotary_tables(positions, cfg.rope, cfg.head_dim)
+    pos_diff = None
+    if any(cfg.sliding_windows):
+        pos_diff = positions[:, :, None] - key_positions[:, None, :]
+    ks, vs = [], []
+    layer = _traced_layer(cfg)
+    for i, p in enumerate(layer_params):
+        x, (k, v) = layer(p, x, jnp.int32(cfg.sliding_windows[i]), cos, sin, mask, pos_diff,
+                          (cache["k"][i], cache["v"][i], jnp.asarray(index, jnp.int32)))
+        ks.append(k)
+        vs.append(v)
+    return x, {**cache, "k": tuple(ks), "v": tuple(vs)}
+
+
+def kv_shapes(cfg: ModelConfig, batch: int, cache_len: int):
+    """Per-layer cache shapes, laid out for attention's two matmuls: k `[batch, kv_heads, head_dim,
+    slots]`, v `[batch, kv_heads, slots, head_dim]`."""
+    return (batch, cfg.num_kv_heads, cfg.head_dim, cache_len), (batch, cfg.num_kv_heads, cache_len, cfg.head_dim)
+
+
+def prefill(cfg: ModelConfig, params: dict, layer_params: list, ids: jax.Array, mask: jax.Array,
+            cache_len: int, kv_sharding: Any = None):
+    """Runs the left-padded prompts `ids, mask: [batch, prompt]` and builds the cache.
+
+    Returns (logits of the next token `[batch, vocab]` float32, cache). The cache holds k, v (one
+    per layer, shapes from `kv_shapes`), `valid` bool `[batch, cache_len]`,
+    `key_pos` int32 `[batch, cache_len]`, `pos` (next position per row) and `index` (next slot).
+    """
+    b, p = ids.shape
+    model = Transformer(cfg)
+    dtype = DTYPES[cfg.dtype]
+    mask = mask.astype(bool)
+    positions = positions_from_mask(mask)
+    lengths = mask.sum(axis=1).astype(jnp.int32)
+    new = cache_len - p
+    key_pos = jnp.concatenate([positions, lengths[:, None] + jnp.arange(new, dtype=jnp.int32)[None]], axis=1)
+    valid = jnp.concatenate([mask, jnp.zeros((b, new), bool)], axis=1)
+    k_shape, v_shape = kv_shapes(cfg, b, cache_len)
+
+    def empty(shape):
+        z = jnp.zeros(shape, dtype)
+        return z if kv_sharding is None else jax.lax.with_sharding_constraint(z, kv_sharding)
+
+    cache = {"k": tuple(empty(k_shape) for _ in range(cfg.num_layers)),
+             "v": tuple(empty(v_shape) for _ in range(cfg.num_layers)),
+             "valid": valid, "key_pos": key_pos, "pos": lengths, "index": jnp.int32(p)}
+    causal = jnp.arange(cache_len)[None, :] <= jnp.arange(p)[:, None]  # [prompt, cache_len]
+    attn_mask = (causal[None] & valid[:, None, :])[:, None]
+    x = model.apply({"params": params}, ids, method=Transformer.embed_ids)
+    x, cache = run_layers(cfg, layer_params, x, positions, key_pos, attn_mask, cache, 0)
+    logits = model.apply({"params": params}, x[:, -1], method=Transformer.head)
+    return logits, cache
+
+
+def decode_step(cfg: ModelConfig, params: dict, layer_params: list, cache: dict, tokens: jax.Array):
+    """Feeds one token per row (`tokens: int32 [batch]`); returns (next logits `[batch, vocab]`, cache)."""
+    model = Transformer(cfg)
+    index = cache["index"]
+    slots = jnp.arange(cache["valid"].shape[1])
+    valid = cache["valid"] | (slots == index)[None, :]
+    cache = {**cache, "valid": valid}
+    x = model.apply({"params": params}, tokens[:, None], method=Transformer.embed_ids)
+    positions = cache["pos"][:, None]
+    x, cache = run_layers(cfg, layer_params, x, positions, cache["key_pos"], valid[:, None, None, :], cache, index)
+    logits = model.apply({"params": params}, x[:, 0], method=Transformer.head)
+    return logits, {**cache, "pos": cache["pos"] + 1, "index": index + 1}

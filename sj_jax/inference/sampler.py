@@ -1,0 +1,193 @@
+"""On-policy generation with a KV cache: a jitted prefill, then one jitted `lax.while_loop` decode.
+
+The cache, the left padding and the unrolled layer stack are `sj_jax.inference.kv_cache`'s (the judge shares
+them). Each row draws from its own PRNG key (seed, prompt index, sample index), so a row's sample
+does not depend on the batch it shares.
+
+Two options serve the generative judge (`sj_jax.judge.generative`):
+- `group`: rows come in runs of `group` samples of one prompt; the prompt is prefilled once and its
+  cache (and first-token logits) repeated for the group's rows, so k samples of a judge prompt cost
+  one prefill, not k.
+- `forced` and `budget`: a row writes freely until it emits a stop token or has written `budget`
+  tokens; from there the `forced` tokens are fed (the stop token is dropped), then the row writes
+  freely again and ends at its next stop token, or after `after` tokens (0 = no limit). A template's verdict prefix ("Final verdict: [[")
+  is thus always reached, and the verdict after it is the model's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sj_jax.core.buckets import bucket
+from sj_jax.inference.kv_cache import decode_step, kv_shapes, left_pad, prefill, unstack_layers
+from sj_jax.inference.sampling import SamplingConfig, sample
+from sj_jax.models.config import ModelConfig
+from sj_jax.models.sharding import batch_sharding, logical_sharding, param_shardings
+from sj_jax.weights.loader import abstract_params
+
+
+def padded_prompt_length(length: int, max_new_tokens: int, max_len: int) -> int:
+    """The padded prompt length: the smallest bucket >= length that leaves room for the new tokens."""
+    if length + max_new_tokens > max_len:
+        raise ValueError(
+            f"prompt of {length} tokens + max_new_tokens {max_new_tokens} exceeds the cache of {max_len} "
+            "positions (the model's max_position_embeddings)"
+        )
+    return bucket(length, max_len - max_new_tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodePlan:
+    """Everything static about one compiled generation: shapes and sampling settings."""
+
+    batch: int
+    prompt_len: int
+    max_new_tokens: int
+    sampling: SamplingConfig
+    pad_id: int
+    group: int = 1  # consecutive rows that share one prompt (prefilled once)
+    forced: tuple[int, ...] = ()  # tokens fed after the free phase (see the module docstring)
+    budget: int = 0  # free tokens before `forced` is fed; used only with `forced`
+    after: int = 0  # with `forced`: tokens a row may write after the fed ones (0 = up to max_new_tokens)
+
+
+def _row_keys(keys: jax.Array, step) -> jax.Array:
+    return jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+
+
+def _advance(plan: DecodePlan, s: dict, token: jax.Array, logprob: jax.Array, stop_ids: jax.Array, step):
+    """The token each row emits at `step` from the one it drew: the forced phase applied. Returns
+    (token, logprob, hit a stop that ends the row, wrote its last allowed token, updates to the
+    state's phase fields)."""
+    is_stop = jnp.isin(token, stop_ids)
+    if not plan.forced:
+        return token, logprob, is_stop, jnp.zeros_like(is_stop), {}
+    forced = jnp.asarray(plan.forced, jnp.int32)
+    n = len(plan.forced)
+    start = (s["phase"] == 0) & (is_stop | (step >= plan.budget))
+    feeding = s["phase"] == 1
+    token = jnp.where(feeding, forced[jnp.minimum(s["fpos"], n - 1)], jnp.where(start, forced[0], token))
+    fpos = jnp.where(feeding, s["fpos"] + 1, jnp.where(start, 1, s["fpos"]))
+    phase = jnp.where((feeding | start) & (fpos >= n), 2, jnp.where(start, 1, s["phase"]))
+    logprob = jnp.where(feeding | start, 0.0, logprob)  # fed, not drawn
+    free = s["phase"] == 2
+    vpos = jnp.where(free, s["vpos"] + 1, s["vpos"])
+    last = free & (vpos >= plan.after) if plan.after else jnp.zeros_like(is_stop)
+    return token, logprob, free & is_stop, last, {"phase": phase, "fpos": fpos, "vpos": vpos}
+
+
+def _prefill_and_first(cfg, plan, kv_sharding, params, ids, mask, keys, active, stop_ids):
+    layer_params = unstack_layers(params["layers"], cfg.num_layers)
+    logits, cache = prefill(cfg, params, layer_params, ids, mask, plan.prompt_len + plan.max_new_tokens,
+                            kv_sharding)
+    if plan.group > 1:  # one prefill per prompt, its cache repeated for the prompt's samples
+        logits = jnp.repeat(logits, plan.group, axis=0)
+        cache = {k: (v if k == "index" else jax.tree.map(lambda x: jnp.repeat(x, plan.group, axis=0), v))
+                 for k, v in cache.items()}
+    b, n = plan.batch, plan.max_new_tokens
+    start = {k: jnp.zeros((b,), jnp.int32) for k in ("phase", "fpos", "vpos")}
+    token, logprob = sample(logits, _row_keys(keys, 0), plan.sampling)
+    token, logprob, hit, last, phase = _advance(plan, start, token, logprob, stop_ids, 0)
+    done = ~active | hit | last
+    return {
+        "cache": cache,
+        "tokens": jnp.full((b, n), plan.pad_id, jnp.int32).at[:, 0].set(token),
+        "logprobs": jnp.zeros((b, n), jnp.float32).at[:, 0].set(logprob),
+        "stopped": hit,
+        "done": done,
+        "last": token,
+        "step": jnp.int32(1),
+        "count": active.astype(jnp.int32),  # tokens each row has written
+        "keys": keys,
+        **({**start, **phase} if plan.forced else {}),
+    }
+
+
+def _decode_loop(cfg, plan, params, state, stop_ids):
+    layer_params = unstack_layers(params["layers"], cfg.num_layers)
+
+    def cond(s):
+        return (s["step"] < plan.max_new_tokens) & ~jnp.all(s["done"])
+
+    def body(s):
+        logits, cache = decode_step(cfg, params, layer_params, s["cache"], s["last"])
+        token, logprob = sample(logits, _row_keys(s["keys"], s["step"]), plan.sampling)
+        token, logprob, hit, last, phase = _advance(plan, s, token, logprob, stop_ids, s["step"])
+        token = jnp.where(s["done"], plan.pad_id, token)
+        logprob = jnp.where(s["done"], 0.0, logprob)
+        hit = ~s["done"] & hit
+        return {
+            **s,
+            **phase,
+            "count": s["count"] + ~s["done"],
+            "cache": cache,
+            "tokens": jax.lax.dynamic_update_slice(s["tokens"], token[:, None], (0, s["step"])),
+            "logprobs": jax.lax.dynamic_update_slice(s["logprobs"], logprob[:, None], (0, s["step"])),
+            "stopped": s["stopped"] | hit,
+            "done": s["done"] | hit | last,
+            "last": token,
+            "step": s["step"] + 1,
+        }
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+@functools.lru_cache(maxsize=32)
+def compiled(cfg: ModelConfig, mesh: Mesh, plan: DecodePlan):
+    """The jitted (prefill, decode loop) pair for one plan, with explicit shardings; the loop's state
+    (cache included) is donated."""
+    p_shard = param_shardings(abstract_params(cfg), mesh)
+    prompts = plan.batch // plan.group
+    x_shard = batch_sharding(mesh, (prompts, plan.prompt_len))
+    row_shard = batch_sharding(mesh, (plan.batch,))
+    k_shape, _ = kv_shapes(cfg, prompts, plan.prompt_len + plan.max_new_tokens)
+    kv_shard = logical_sharding(("batch", "kv_heads", None, None), k_shape, mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    first = jax.jit(
+        functools.partial(_prefill_and_first, cfg, plan, kv_shard),
+        in_shardings=(p_shard, x_shard, x_shard, row_shard, row_shard, replicated),
+    )
+    loop = jax.jit(functools.partial(_decode_loop, cfg, plan), donate_argnums=(1,))
+    return first, loop
+
+
+def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *, max_new_tokens: int,
+        sampling: SamplingConfig, row_ids: list[int], seed: int, stop_ids: list[int], pad_id: int,
+        min_rows: int = 0, group: int = 1, forced: tuple[int, ...] = (), budget: int = 0, after: int = 0) -> dict:
+    """Generates for token-id prompts, `group` rows each (row r continues prompt r // group).
+    Returns host arrays: `tokens` and `logprobs` `[rows, max_new_tokens]`, `stopped` and the
+    number of tokens per row `lengths` (stop included). min_rows: compile for at least this many
+    rows (the last, smaller batch of a run then reuses the full batches' program instead of
+    compiling its own). forced, budget, after: see the module docstring."""
+    rows = len(prompts) * group
+    if len(row_ids) != rows:
+        raise ValueError(f"row_ids: {len(row_ids)} keys for {len(prompts)} prompts x {group} rows")
+    if forced and budget + len(forced) >= max_new_tokens:
+        raise ValueError(f"max_new_tokens: {max_new_tokens} leaves no room after the budget {budget} and "
+                         f"{len(forced)} forced tokens")
+    longest = max(len(p) for p in prompts)
+    plen = padded_prompt_length(longest, max_new_tokens, cfg.max_position_embeddings)
+    data_size = mesh.shape["data"] * mesh.shape["fsdp"]
+    b_prompts = bucket(max(len(prompts), -(-min_rows // group)), minimum=1, multiple=data_size)
+    b = b_prompts * group
+    ids, mask = left_pad(prompts, plen, b_prompts, pad_id)
+    active = np.arange(b) < rows
+    base = jax.random.key(seed)
+    keys = jax.vmap(lambda r: jax.random.fold_in(base, r))(jnp.asarray(list(row_ids) + [-1] * (b - rows), jnp.int32))
+    plan = DecodePlan(b, plen, max_new_tokens, sampling, pad_id, group, tuple(int(t) for t in forced),
+                      int(budget) if forced else 0, int(after) if forced else 0)
+    first, loop = compiled(cfg, mesh, plan)
+    stops = jnp.asarray(sorted(set(stop_ids)) or [-1], jnp.int32)
+    state = first(params, ids, mask, keys, active, stops)
+    state = loop(params, state, stops)
+    tokens = np.asarray(state["tokens"])[:rows]
+    logprobs = np.asarray(state["logprobs"])[:rows]
+    stopped = np.asarray(state["stopped"])[:rows]
+    lengths = np.asarray(state["count"])[:rows]  # the stop token included
+    return {"tokens": tokens, "logprobs": logprobs, "stopped": stopped, "lengths": lengths}
