@@ -538,7 +538,10 @@ def test_reading_is_offline_quiet_and_leaves_no_cache(tmp_path, monkeypatch, cap
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
 
+    attempts = []  # recorded too: datasets swallows some failures (e.g. of load_dataset's download counter)
+
     def no_network(*args, **kwargs):
+        attempts.append(args)
         raise AssertionError("network access")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
@@ -552,3 +555,4 @@ def test_reading_is_offline_quiet_and_leaves_no_cache(tmp_path, monkeypatch, cap
     assert [p.name for p in data.iterdir()] and sorted(p.name for p in data.iterdir()) == [
         "late.jsonl", "odd [name]*.jsonl", "rb.parquet"]
     assert not any((tmp_path / "hf_cache").iterdir()) and not any((tmp_path / "tmp").iterdir())
+    assert attempts == []

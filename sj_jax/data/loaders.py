@@ -15,7 +15,9 @@ are each a `DataError` naming `file:line` (`file:row N` for Parquet, N from 0) a
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
+import functools
 import glob
 import inspect
 import json
@@ -69,32 +71,35 @@ def _read(path: str | Path) -> list[_Row]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.suffix.lower() in JSON_SUFFIXES:
-        rows, numbers, where = *_read_json(path), f"{path}:{{}}"
+        rows, numbers, where = *_read_json(path), f"{path}:"
     elif path.suffix.lower() in PARQUET_SUFFIXES:
         try:
-            rows = _dataset_rows("parquet", path)
+            rows = _dataset_rows(datasets.Dataset.from_parquet, path)
         except Exception as e:  # noqa: BLE001 - a corrupt file fails deep inside pyarrow
             raise DataError(f"{path}: cannot read as Parquet: {_cause(e)}") from e
-        numbers, where = range(len(rows)), f"{path}:row {{}}"
+        numbers, where = range(len(rows)), f"{path}:row "
     else:
         known = ", ".join(JSON_SUFFIXES + PARQUET_SUFFIXES)
         raise DataError(f"{path}: unknown file type {path.suffix!r}; expected one of {known}")
     if not rows:
         raise DataError(f"{path}: no rows")
-    return [_Row(where.format(n), n, row) for n, row in zip(numbers, rows)]
+    return [_Row(f"{where}{n}", n, row) for n, row in zip(numbers, rows, strict=True)]
 
 
 def _read_json(path: Path) -> tuple[list[dict], list[int]]:
     """The rows of a JSON Lines file or JSON array, and the line each starts on. `datasets` reads
-    strictly: a field whose JSON type changes fails (by default it may write such values as JSON
-    text). Objects lacking keys that others at their place have then come back with them as None:
-    a file holding such is read again the default way, which gives them back as they are."""
+    strictly first: a field whose JSON type changes fails, where by default it may turn values into
+    JSON text ('x' -> '"x"'). Strictly, objects lacking keys that others at their place have come
+    back with those keys as None; a file with such is read again the default way, which gives
+    them back as they are. Rows that look like agent traces are read as they are, not rewritten."""
     with open(path, "rb") as f:
-        is_array = f.read(4096).lstrip()[:1] == b"["
+        is_array = f.read(4096).removeprefix(codecs.BOM_UTF8).lstrip()[:1] == b"["
+    read = functools.partial(_dataset_rows, datasets.Dataset.from_json, path, chunksize=_JSON_CHUNK_BYTES,
+                             parse_agent_traces=False)
     try:
-        rows = _dataset_rows("json", path, on_mixed_types=None)
+        rows = read(on_mixed_types=None)
         if any(_none_inside(row) for row in rows):
-            rows = _dataset_rows("json", path)
+            rows = read()
     except Exception as e:  # noqa: BLE001 - datasets raises many types; each becomes a DataError
         raise _json_error(path, is_array, e) from e
     if is_array:
@@ -108,22 +113,20 @@ def _read_json(path: Path) -> tuple[list[dict], list[int]]:
     return rows, lines
 
 
-def _dataset_rows(builder: str, path: Path, **config: Any) -> list[dict]:
-    """The file's rows from `datasets.load_dataset` (local files need no network look-up), with no
-    progress bars, and no error log for failures that we report ourselves. The builder writes an
-    Arrow file even with `keep_in_memory`; it goes to a temporary cache removed on return, so
-    nothing is left in the user's cache and a stale cache never answers for an edited file."""
-    if builder == "json":  # rows that look like agent traces are read as they are, not rewritten
-        config.update(chunksize=_JSON_CHUNK_BYTES, parse_agent_traces=False)
+def _dataset_rows(read: Callable[..., datasets.Dataset], path: Path, **config: Any) -> list[dict]:
+    """The file's rows by `read`, `datasets.Dataset.from_json` or `from_parquet` (offline: unlike
+    `load_dataset`, they make no network call), with no progress bars, and no error log for
+    failures that we report ourselves. The builder writes an Arrow file even with
+    `keep_in_memory`; it goes to a temporary cache removed on return, so nothing is left in the
+    user's cache and a stale cache never answers for an edited file."""
     bars_were_off, logger = datasets.are_progress_bars_disabled(), logging.getLogger("datasets")
     level = logger.level
     datasets.disable_progress_bars()
     logger.setLevel(logging.CRITICAL)
     try:
         with tempfile.TemporaryDirectory(prefix="sj_jax_datasets_") as cache:
-            # data_files is a glob pattern: a path with [ ] * ? must be escaped to name itself.
-            return datasets.load_dataset(builder, data_files=glob.escape(str(path.resolve())), split="train",
-                                         keep_in_memory=True, cache_dir=cache, **config).to_list()
+            # The path is a glob pattern to datasets: one with [ ] * ? must be escaped to name itself.
+            return read(glob.escape(str(path.resolve())), keep_in_memory=True, cache_dir=cache, **config).to_list()
     finally:
         logger.setLevel(level)
         if not bars_were_off:
@@ -171,7 +174,8 @@ def _json_error(path: Path, is_array: bool, e: Exception) -> DataError:
         found = _schema_problem(_array_items(path), math.inf)
     else:
         with open(path, "rb") as f:  # datasets takes the schema from its first chunk: these lines
-            first_chunk = (f.read(_JSON_CHUNK_BYTES) + f.readline()).count(b"\n")
+            head = f.read(_JSON_CHUNK_BYTES) + f.readline()
+        first_chunk = head.count(b"\n") + (not head.endswith(b"\n"))
         found = _schema_problem(read_jsonl(path), first_chunk) or _duplicate_key(path)
     if found:
         return DataError(f"{path}:{found[0]}: {found[1]} (datasets: {_cause(e)})")
@@ -217,12 +221,17 @@ def _schema_problem(parsed: Sequence[tuple[int, dict]], first_chunk: float) -> t
 
 def _duplicate_key(path: Path) -> tuple[int, str] | None:
     """(line, problem) for the first object giving a key twice: `json` keeps the last, `datasets` fails."""
+    twice: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict:
+        keys = [k for k, _ in items]
+        twice.extend(k for k in keys if keys.count(k) > 1)
+        return dict(items)
+
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
-            keys: list[list[str]] = []
             if line.strip():
-                json.loads(line, object_pairs_hook=lambda items: keys.append([k for k, _ in items]))
-            twice = [k for ks in keys for k in ks if ks.count(k) > 1]
+                json.loads(line, object_pairs_hook=pairs)
             if twice:
                 return n, f"key {twice[0]!r} appears twice in one object"
     return None
