@@ -53,12 +53,9 @@ def projection_flops(cfg, tokens: int) -> float:
 
 def build_data(root: Path, template) -> Path:
     from sj_jax.data.build import DataBuildConfig, build
-    from sj_jax.experiments.demo_config import DemoData
-
-    d = DemoData()
     from sj_jax.tasks.suite import TaskSuiteConfig
 
-    cfg = DataBuildConfig(output_dir=str(root), tasks=TaskSuiteConfig(train=d.train, validation=4, test=4),
+    cfg = DataBuildConfig(output_dir=str(root), tasks=TaskSuiteConfig(validation=4, test=4),
                           max_length=256, judge=template, cache_dir="off")
     build(cfg, log=lambda m: None)
     return root
@@ -67,8 +64,9 @@ def build_data(root: Path, template) -> Path:
 def bench_train(kind: str, model, data: Path, template, steps: int, peak: float) -> dict:
     """sft / jsft: the trainer's own data path, collate and shared compiled step."""
     from sj_jax.data.batches import EpochIterator, example_length
+    from sj_jax.models.lora import LoraConfig
     from sj_jax.train import trainer
-    from sj_jax.train.config import DataConfig, LoraConfig, OptimConfig, TrainConfig
+    from sj_jax.train.config import DataConfig, OptimConfig, TrainConfig
     from sj_jax.train.optim import make_optimizer
     from sj_jax.train.steps import StepSpec, shared_step
 
@@ -99,11 +97,12 @@ def bench_train(kind: str, model, data: Path, template, steps: int, peak: float)
 
 def bench_dpo(model, data: Path, template, steps: int, peak: float, variant: str) -> dict:
     """offline DPO or the whole SELF-JUDGE step, through `SelfJudgeRun` (the demo's stage 3)."""
-    from sj_jax.judge.scoring import judge_prompts
-    from sj_jax.judge.template import as_principles
     from sj_jax.algorithms.self_judge import SelfJudgeRun
     from sj_jax.algorithms.self_judge_config import SamplingSettings, SelfJudgeConfig, ValidationSettings
-    from sj_jax.train.config import CheckpointConfig, LoraConfig
+    from sj_jax.judge.scoring import judge_prompts
+    from sj_jax.judge.template import as_principles
+    from sj_jax.models.lora import LoraConfig
+    from sj_jax.train.config import CheckpointConfig
 
     out = Path(tempfile.mkdtemp(prefix="bench_dpo_"))
     sc = SelfJudgeConfig(output_dir=str(out), prompts_file=str(data / "prompts_train.jsonl"),
@@ -192,8 +191,8 @@ def main() -> dict:
 
     import sj_jax
     from sj_jax.core.cache import configure_caches
-    from sj_jax.experiments.demo_config import DEMO_TEMPLATE
     from sj_jax.core.machine import matmul_gflops
+    from sj_jax.experiments.demo_config import DEMO_TEMPLATE
     from sj_jax.weights.registry import DEFAULT_MODEL
 
     peak = matmul_gflops(repeats=10) * 1e9

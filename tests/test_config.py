@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sj_jax.core.config import apply_overrides, from_dict, load_yaml, save_yaml, to_dict
+from sj_jax.core.config import apply_overrides, check_owned, field_at, from_dict, load_yaml, save_yaml, to_dict, with_fields
 from sj_jax.core.errors import ConfigError
 from sj_jax.models.config import ModelConfig, RopeConfig
 from sj_jax.models.sharding import MeshConfig, make_mesh
@@ -240,3 +240,38 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path, text, value):
     assert load_yaml(Run, None, [f"optim.lr={text}"]).optim.lr == value
     with pytest.raises(ConfigError, match=r"optim.lr: expected a number, got 'fast'"):
         load_yaml(Run, None, ["optim.lr=fast"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str = "stage"
+    optim: Optim = Optim(lr=0.5, steps=3, schedule="cosine")  # a default instance, not the class's defaults
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipeline:
+    stage: Stage = Stage(name="first")
+    other: Stage = Stage()
+
+
+def test_a_section_given_in_part_keeps_the_rest_of_its_default_instance():
+    got = load_yaml(Pipeline, None, ["stage.optim.steps=7"])
+    assert got.stage == Stage(name="first", optim=Optim(lr=0.5, steps=7, schedule="cosine"))
+    assert got.other == Stage()
+    # a section given whole is read as given; a missing required key is still named
+    assert from_dict(Pipeline, {"stage": {"optim": {"lr": 1.0}}}).stage.optim == Optim(lr=1.0, steps=3,
+                                                                                          schedule="cosine")
+    with pytest.raises(ConfigError, match=r"stage.optim.schedule: 'linear' is not one of"):
+        load_yaml(Pipeline, None, ["stage.optim.schedule=linear"])
+    with pytest.raises(ConfigError, match=r"^run.optim: required key is missing"):
+        from_dict(Run, {}, "run")
+
+
+def test_with_fields_replaces_dotted_keys_and_check_owned_names_the_key():
+    p = Pipeline()
+    q = with_fields(p, {"stage.optim.lr": 2.0, "stage.name": "x", "other": Stage(name="y")})
+    assert q == Pipeline(stage=Stage(name="x", optim=Optim(lr=2.0, steps=3, schedule="cosine")), other=Stage(name="y"))
+    assert field_at(q, "stage.optim.lr") == 2.0 and p == Pipeline()  # the original is untouched
+    check_owned(p.stage, "stage", Pipeline().stage, ("name", "optim.lr"), "the pipeline")
+    with pytest.raises(ConfigError, match=r"^stage.optim.lr: set by the pipeline"):
+        check_owned(q.stage, "stage", Pipeline().stage, ("name", "optim.lr")[1:], "the pipeline")

@@ -17,10 +17,19 @@ from sj_jax.cli import main
 from sj_jax.core.config import read_yaml
 from sj_jax.core.errors import ConfigError
 from sj_jax.core.stages import STAGE_FILE
-from sj_jax.experiments.demo import Demo, demo, load_demo_config
+from sj_jax.experiments.demo import (
+    Demo,
+    data_config,
+    demo,
+    load_demo_config,
+    self_judge_config,
+    self_taught_config,
+    train_config,
+)
 from sj_jax.experiments.demo_config import DemoConfig
 from sj_jax.experiments.demo_plan import METHODS, plan
 from sj_jax.experiments.demo_report import compare
+from sj_jax.train.config import OptimConfig
 from sj_jax.train.metrics import read_metrics
 
 LLMBAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "llmbar_natural.jsonl"
@@ -43,12 +52,13 @@ def judge_file(tmp_path_factory):
 
 
 def tiny_config(folder: Path, out: Path, judge_eval: Path | str = "", **kw) -> DemoConfig:
-    overrides = [f"model={folder}", f"out={out}", f"judge_eval={judge_eval}", "data.families=[arithmetic,uppercase]",
-                 "data.train=8", "data.validation=2", "data.test=4", "sft.steps=2", "sft.batch_size=2",
-                 "jsft.steps=3", "jsft.batch_size=2", "dpo.steps=2", "dpo.batch_size=2", "dpo.max_new_tokens=6",
-                 "dpo.degenerate.truncated=keep",  # a random model never ends its turn
+    overrides = [f"model={folder}", f"out={out}", f"judge_eval={judge_eval}", "data.tasks.families=[arithmetic,uppercase]",
+                 "data.tasks.train=8", "data.tasks.validation=2", "data.tasks.test=4", "sft.steps=2", "sft.batch_size=2",
+                 "jsft.steps=3", "jsft.batch_size=2", "self_judge.steps=2", "self_judge.batch_size=2",
+                 "self_judge.sampling.max_new_tokens=6",
+                 "self_judge.degenerate.truncated=keep",  # a random model never ends its turn
                  "eval.test_limit=2", "eval.judge_limit=2", "eval.tournament_limit=1", "eval.tournament_n=[1,2,4]",
-                 "eval.max_new_tokens=6", "checkpoint_every=1", "cache_dir=auto"]
+                 "eval.max_new_tokens=6", "checkpoint.every=1", "cache_dir=auto"]
     return load_demo_config(None, overrides + [f"{k}={v}" for k, v in kw.items()], False)
 
 
@@ -275,6 +285,33 @@ def test_the_config_file_is_the_built_in_default_and_a_run_folder_keeps_its_conf
         Demo(load_demo_config(None, [f"out={tmp_path}", "jsft.steps=21"], False))
 
 
+def test_each_stage_runs_its_section_with_what_the_demo_sets(tmp_path):
+    """A stage's config is its section of the demo config, key for key, except the keys the demo
+    sets (folders, seed, model, dtype, cache, judge text, checkpoints); those in a section are errors."""
+    cfg = load_demo_config(None, ["jsft.optim.learning_rate=0.003", "self_judge.dpo.beta=0.3", "seed=4",
+                                  "self_judge.sampling.top_p=0.8", "self_taught.train.optim.learning_rate=0.02",
+                                  "data.tasks.train=30", "checkpoint.every=5", "dtype=bfloat16"], False)
+    out = tmp_path / "run"
+    jsft = train_config(cfg, out, "jsft")
+    assert jsft.optim == OptimConfig(learning_rate=0.003, warmup_ratio=0.05) and jsft.lora == cfg.jsft.lora
+    assert (jsft.model, jsft.seed, jsft.dtype, jsft.param_dtype, jsft.output_dir, jsft.checkpoint.every) == (
+        cfg.model, 4, "bfloat16", "bfloat16", str(out / "jsft"), 5)
+    assert jsft.data.train_file == str(out / "data" / "jsft_train.jsonl") and jsft.judge == cfg.judge
+    sj = self_judge_config(cfg, out, "off_policy", 5)
+    assert (sj.dpo.beta, sj.sampling.top_p, sj.optim.schedule, sj.samples, sj.seed) == (0.3, 0.8, "constant",
+                                                                                          "off_policy", 5)
+    assert sj.model == str(out / "jsft") and sj.validation.file == ""
+    st = self_taught_config(cfg, out)
+    assert st.train.optim.learning_rate == 0.02 and st.train.checkpoint.every == 5 and st.dtype == "bfloat16"
+    assert data_config(cfg, out).tasks.train == 30 and data_config(cfg, out).max_length == jsft.data.max_length
+    for override, named in (("sft.output_dir=x", "sft.output_dir"), ("self_judge.samples=offline", "self_judge.samples"),
+                            ("data.seed=1", "data.seed"), ("jsft.data.train_file=f.jsonl", "jsft.data.train_file"),
+                            ("self_taught.train.checkpoint.every=3", "self_taught.train.checkpoint"),
+                            ("self_taught.model=m", "self_taught.model")):
+        with pytest.raises(ConfigError, match=rf"^{re.escape(named)}: set by the demo"):
+            load_demo_config(None, [override], False)
+
+
 def test_an_ordering_holds_only_when_the_spreads_do_not_overlap():
     assert compare([0.5, 0.6], [0.3, 0.4], 100)[0] == "holds"
     assert compare([0.5, 0.6], [0.3, 0.55], 100)[0] == "within the spread"
@@ -299,7 +336,7 @@ def test_the_self_taught_stage_measures_its_judge_by_iteration_and_can_judge_for
         shutil.copytree(full_run[0] / stage, out / stage)
     cfg = tiny_config(tiny_folder, out, judge_file, **{
         "self_taught.enabled": "true", "self_taught.judge_for_self_judge": "true", "self_taught.iterations": 1,
-        "self_taught.instructions": 4, "self_taught.pool_limit": 8, "self_taught.max_evaluation_tokens": 4,
+        "self_taught.instructions": 4, "self_taught.pool_limit": 8, "self_taught.generative.max_evaluation_tokens": 4,
         "self_taught.selection.keep_unparsed": "true", "self_taught.pairs.keep_cut": "true",
         "self_taught.pairs.max_response_tokens": 5, "self_taught.pairs.max_instruction_tokens": 6,
         "self_taught.annotate.samples": 2, "self_taught.train.steps": 2, "self_taught.train.batch_size": 2})

@@ -10,17 +10,17 @@ import signal
 import jax
 import numpy as np
 import pytest
+from conftest import smollm2_gguf_path, tiny_chat_config
 
 import sj_jax
 from sj_jax.algorithms import self_judge as sj_module
 from sj_jax.algorithms.pairs import Candidate, DegenerateRules, choose_pairs
 from sj_jax.algorithms.self_judge import SelfJudgeRun, step_seed
+from sj_jax.algorithms.self_judge_config import SamplingSettings, SelfJudgeConfig, ValidationSettings
 from sj_jax.core.errors import ConfigError
 from sj_jax.judge.generative import GenerativeTemplate
-from sj_jax.algorithms.self_judge_config import SamplingSettings, SelfJudgeConfig, ValidationSettings
-from sj_jax.train.config import CheckpointConfig, LoraConfig, OptimConfig
-
-from conftest import smollm2_gguf_path, tiny_chat_config
+from sj_jax.models.lora import LoraConfig
+from sj_jax.train.config import CheckpointConfig, OptimConfig
 
 
 def cand(text, ids=None, finished=True):

@@ -90,8 +90,8 @@ def tiny_config(folder, files, out, *extra) -> SelfTaughtConfig:
         "pairs.keep_cut=true",  # nor ends its turn
         "pairs.max_response_tokens=5", "pairs.max_instruction_tokens=6", "pairs.temperature=0.7",
         "generative.max_evaluation_tokens=4", "generative.max_verdict_tokens=3", "annotate.samples=2",
-        "train.steps=2", "train.batch_size=2", "train.max_length=512", f"eval.files=[{files / 'pairs.jsonl'}]",
-        "checkpoint.every=1", "cache_dir=off", *extra])
+        "train.steps=2", "train.batch_size=2", "train.data.max_length=512", f"eval.files=[{files / 'pairs.jsonl'}]",
+        "train.checkpoint.every=1", "cache_dir=off", *extra])
 
 
 def comparable(results: dict) -> dict:
@@ -107,7 +107,7 @@ def comparable(results: dict) -> dict:
 @pytest.mark.parametrize("method", ["sft", "dpo"])
 def test_one_whole_iteration_runs_end_to_end_and_a_rerun_skips_every_stage(tiny_folder, files, tmp_path, method,
                                                                            ruled_verdicts, capsys):
-    cfg = tiny_config(tiny_folder, files, tmp_path / "run", f"train.method={method}", "train.nll_weight=0.5")
+    cfg = tiny_config(tiny_folder, files, tmp_path / "run", f"train.method={method}", "train.dpo.nll_weight=0.5")
     r = self_taught(cfg, progress=False)
     out = tmp_path / "run"
     res = r.results

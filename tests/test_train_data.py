@@ -5,14 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from sj_jax.core.config import load_yaml
 from sj_jax.core.buckets import bucket
-from sj_jax.data.batches import EpochIterator, collate_pairs, collate_sft
-from sj_jax.data.examples import DataReport, load_examples, pair_example, sft_example
+from sj_jax.core.config import load_yaml
 from sj_jax.core.errors import DataError
 from sj_jax.core.jsonl import read_jsonl
+from sj_jax.data.batches import EpochIterator, collate_pairs, collate_sft
+from sj_jax.data.examples import DataReport, load_examples, pair_example, sft_example
 from sj_jax.train.config import TrainConfig
-
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +97,8 @@ def test_the_joint_layout_runs_each_prompt_once_and_gives_the_separate_layouts_n
     import sj_jax
     from sj_jax.data.batches import collate_pairs_joint
     from sj_jax.data.examples import PairExample
+    from sj_jax.models.lora import LoraConfig
     from sj_jax.train.steps import StepSpec, loss_and_metrics, pair_logprobs
-    from sj_jax.train.config import LoraConfig
 
     cfg = sj_jax.ModelConfig(model_type="llama", vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=2,
                              num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=256)
@@ -214,8 +213,8 @@ def test_padded_batches_score_each_example_as_if_alone(tok):
     sequence's log-probs what they are unpadded, in a batch of one."""
     import jax
     import jax.numpy as jnp
-
     from conftest import tiny_chat_config
+
     from sj_jax import init_model
     from sj_jax.objectives import sequence
 

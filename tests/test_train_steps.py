@@ -7,8 +7,9 @@ import pytest
 
 from sj_jax import ModelConfig, init_model
 from sj_jax.models import lora
+from sj_jax.models.lora import LoraConfig
 from sj_jax.train import steps
-from sj_jax.train.config import DPOConfig, LoraConfig, OptimConfig
+from sj_jax.train.config import DPOConfig, OptimConfig
 from sj_jax.train.optim import learning_rate_schedule, make_optimizer
 from sj_jax.train.steps import StepSpec, compile_step
 

@@ -11,13 +11,12 @@ import dataclasses
 from typing import Literal
 
 from sj_jax.algorithms.pairs import DegenerateRules
-from sj_jax.core.config import Runtime
 from sj_jax.core.errors import ConfigError
 from sj_jax.judge.generative import GenerativeTemplate
 from sj_jax.judge.template import DEFAULT_PRINCIPLES, DEFAULT_TEMPLATE, JudgeTemplate
+from sj_jax.loading.runs import RunModel
 from sj_jax.models.sharding import MeshConfig
-from sj_jax.train.config import CheckpointConfig, DPOConfig, LoraConfig, OptimConfig
-from sj_jax.weights.registry import DEFAULT_MODEL
+from sj_jax.train.config import CheckpointConfig, DPOConfig, OptimConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +42,10 @@ class ValidationSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class SelfJudgeConfig(Runtime):
+class SelfJudgeConfig(RunModel):
     """One run. `model` is the initial policy and, frozen, the judge and DPO reference: a JSFT run
     folder, or any model sj-jax loads. `steps` = loop steps (0: `epochs` passes over the prompts)."""
 
-    model: str = DEFAULT_MODEL
-    param_dtype: str = "float32"
     remat: Literal["none", "full", "dots"] = "none"
     output_dir: str = "runs/self_judge"
     seed: int = 0
@@ -81,7 +78,6 @@ class SelfJudgeConfig(Runtime):
     max_nonfinite: int = 3
     dpo: DPOConfig = DPOConfig()
     optim: OptimConfig = OptimConfig(learning_rate=5e-6, schedule="constant", warmup_ratio=0.1)
-    lora: LoraConfig = LoraConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     mesh: MeshConfig = MeshConfig()
 

@@ -50,7 +50,6 @@ from sj_jax.judge.generative import judge_generative, judgment_row, messages
 from sj_jax.judge.template import encode
 from sj_jax.loading.model import load_model
 from sj_jax.tasks.families import FAMILIES, check
-from sj_jax.train.config import DataConfig, DPOConfig, OptimConfig, TrainConfig
 from sj_jax.train.trainer import train
 
 _SALTS = {"select": 1, "pairs": 2, "modify": 3, "judgments": 4, "balance": 5}
@@ -383,17 +382,11 @@ class SelfTaughtRun:
             return {"trained": False, "rows": 0}
         source = cfg.model if t.init_from == "seed" else self.judge_source(i - 1)
         response = cfg.generative.max_new_tokens + 32
-        tc = TrainConfig(model=source, dtype=cfg.dtype, param_dtype=cfg.dtype,
-                         output_dir=str(self.iter_dir(i) / "train"), seed=cfg.seed + i,
-                         batch_size=t.batch_size, steps=t.steps, epochs=t.epochs,
-                         data=DataConfig(train_file=str(self.iter_dir(i) / "judgments" / "train.jsonl"),
-                                         max_length=t.max_length, max_prompt_length=t.max_length - response,
-                                         max_response_length=response, group_by_length=True,
-                                         pair_layout="joint"),
-                         optim=OptimConfig(learning_rate=t.learning_rate, schedule=t.schedule,
-                                           warmup_ratio=t.warmup_ratio),
-                         lora=t.lora, dpo=DPOConfig(beta=t.beta, nll_weight=t.nll_weight), judge=cfg.judge,
-                         checkpoint=cfg.checkpoint, mesh=cfg.mesh, cache_dir=cfg.cache_dir)
+        tc = t.run_config({"model": source, "dtype": cfg.dtype, "param_dtype": cfg.dtype, "cache_dir": cfg.cache_dir,
+                           "output_dir": str(self.iter_dir(i) / "train"), "seed": cfg.seed + i, "judge": cfg.judge,
+                           "data.train_file": str(self.iter_dir(i) / "judgments" / "train.jsonl"),
+                           "data.max_prompt_length": t.data.max_length - response,
+                           "data.max_response_length": response})
         if source == cfg.model and t.lora.enabled:
             base = self.seed_model  # LoRA trains beside the weights it is given, never donating them
         else:

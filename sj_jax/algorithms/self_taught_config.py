@@ -8,14 +8,14 @@ DPO with an NLL term), and whether each iteration trains from the seed model or 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import Any, Literal
 
-from sj_jax.core.config import Runtime
+from sj_jax.core.config import Runtime, as_base, check_owned, with_fields
 from sj_jax.core.errors import ConfigError
 from sj_jax.judge.generative import GenerativeTemplate
 from sj_jax.judge.template import DEFAULT_TEMPLATE, JudgeTemplate
-from sj_jax.models.sharding import MeshConfig
-from sj_jax.train.config import CheckpointConfig, LoraConfig
+from sj_jax.models.lora import LoraConfig
+from sj_jax.train.config import CheckpointConfig, DataConfig, DPOConfig, OptimConfig, TrainConfig
 from sj_jax.weights.registry import DEFAULT_MODEL
 
 CATEGORIES = ("math", "coding", "reasoning", "writing", "knowledge", "other")
@@ -98,23 +98,30 @@ class AnnotateSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class JudgeTraining:
-    """Stage 4: SFT on the kept judgments (the paper), or DPO with a kept judgment as chosen and a
-    discarded one of the same pair as rejected, plus `nll_weight` x the chosen NLL (the release).
-    `init_from`: each iteration trains from the seed model, or from the last iteration's judge."""
+class JudgeTraining(TrainConfig):
+    """Stage 4: a training run (`TrainConfig`: steps or epochs, batch, optimizer, LoRA, DPO, the
+    checkpoints) with the method: SFT on the kept judgments (the paper), or DPO with a kept judgment
+    as chosen and a discarded one of the same pair as rejected, plus `dpo.nll_weight` x the chosen
+    NLL (the release). `init_from`: each iteration trains from the seed model, or from the last
+    iteration's judge. The loop sets the keys in `JUDGE_TRAINING_OWNED` itself."""
 
     method: Literal["sft", "dpo"] = "sft"
     init_from: Literal["seed", "last"] = "seed"
-    steps: int = 0  # 0: `epochs` passes over the kept judgments
-    epochs: float = 2.0
-    batch_size: int = 8
-    learning_rate: float = 5e-4
-    schedule: Literal["cosine", "constant", "linear"] = "cosine"
-    warmup_ratio: float = 0.05
-    max_length: int = 1024
-    beta: float = 0.1
-    nll_weight: float = 1.0
-    lora: LoraConfig = LoraConfig(enabled=True, rank=8, alpha=16.0)
+
+    def run_config(self, owned: dict[str, Any]) -> TrainConfig:
+        """The `TrainConfig` the trainer runs: these settings and the loop's `owned` (dotted) keys."""
+        return with_fields(as_base(self, TrainConfig), owned)
+
+
+# Set by the loop for each iteration: where it starts, writes and reads, the seed, the judge text,
+# and the prompt/response split of `data.max_length` (the response is the generative judgment).
+JUDGE_TRAINING_OWNED = ("model", "dtype", "param_dtype", "cache_dir", "output_dir", "seed", "judge", "data.train_file",
+                        "data.max_prompt_length", "data.max_response_length")
+DEFAULT_JUDGE_TRAINING = JudgeTraining(
+    epochs=2.0, batch_size=8,
+    data=DataConfig(max_length=1024, group_by_length=True, pair_layout="joint"),
+    optim=OptimConfig(learning_rate=5e-4, warmup_ratio=0.05), lora=LoraConfig(enabled=True, rank=8, alpha=16.0),
+    dpo=DPOConfig(nll_weight=1.0), checkpoint=CheckpointConfig(every=50, keep=2, async_save=False))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,16 +157,15 @@ class SelfTaughtConfig(Runtime):
     selection: SelectionSettings = SelectionSettings()
     pairs: PairSettings = PairSettings()
     annotate: AnnotateSettings = AnnotateSettings()
-    train: JudgeTraining = JudgeTraining()
+    train: JudgeTraining = DEFAULT_JUDGE_TRAINING
     eval: JudgeEvalSettings = JudgeEvalSettings()
     generative: GenerativeTemplate = GenerativeTemplate()
     judge: JudgeTemplate = DEFAULT_TEMPLATE  # the one-pass template of the verdict mode's evaluation
     batch_size: int = 64  # sampler rows a compiled batch
     judge_batch_size: int = 16  # one-pass judge prompts a forward pass
-    checkpoint: CheckpointConfig = CheckpointConfig(every=50, keep=2, async_save=False)
-    mesh: MeshConfig = MeshConfig()
 
     def __post_init__(self):
+        check_owned(self.train, "train", DEFAULT_JUDGE_TRAINING, JUDGE_TRAINING_OWNED, "the self-taught loop")
         if self.iterations < 1:
             raise ConfigError(f"iterations: at least 1, got {self.iterations}")
         if self.instructions < 1:

@@ -123,8 +123,11 @@ class Runtime:
     cache_dir: str | None = "auto"  # compiled executables and dequantised weights; "off" = none (sj_jax.core.cache)
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Builds the dataclass `cls` from `data`, naming any unknown, missing or ill-typed key."""
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "", base: Any = None) -> T:
+    """Builds the dataclass `cls` from `data`, naming any unknown, missing or ill-typed key. Keys
+    `data` leaves out take their value from `base` (an instance of `cls`), else the field's default;
+    a section given in part keeps the rest of its default *instance* (a config whose default
+    `optim` is `OptimConfig(schedule="constant")` keeps that schedule when `optim.learning_rate` is set)."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     prefix = f"{where}." if where else ""
@@ -133,8 +136,15 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown key; known: {', '.join(fields)}")
     kwargs = {}
     for name, f in fields.items():
+        default = getattr(base, name) if base is not None else f.default
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], f"{prefix}{name}")
+            value = data[name]
+            if dataclasses.is_dataclass(default) and isinstance(value, dict):
+                kwargs[name] = from_dict(type(default), value, f"{prefix}{name}", default)
+            else:
+                kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}")
+        elif base is not None:
+            kwargs[name] = default
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{prefix}{name}: required key is missing")
     try:
@@ -147,6 +157,36 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
         raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where or cls.__name__}: {e}") from e
+
+
+def field_at(cfg: Any, key: str) -> Any:
+    """The value at a dotted key: `field_at(train_cfg, "data.train_file")`."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def with_fields(cfg: T, values: dict[str, Any]) -> T:
+    """`cfg` with the values at dotted keys replaced: `with_fields(c, {"data.train_file": f, "seed": 1})`."""
+    top: dict[str, Any] = {}
+    for key, value in values.items():
+        head, _, rest = key.partition(".")
+        top[head] = with_fields(top.get(head, getattr(cfg, head)), {rest: value}) if rest else value
+    return dataclasses.replace(cfg, **top)
+
+
+def as_base(cfg: Any, cls: type[T]) -> T:
+    """The `cls` (a dataclass) that `cfg`, an instance of a subclass of `cls`, extends: its fields of `cls` only."""
+    return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if f.init})
+
+
+def check_owned(cfg: Any, where: str, default: Any, keys: tuple[str, ...], owner: str) -> None:
+    """A config composed into another holds keys its owner sets itself (a stage's model, output
+    folder, seed): each of `keys` must keep its value in `default`, else a value the user wrote
+    would be silently replaced. Raises a ConfigError naming `where.key` and `owner`."""
+    for key in keys:
+        if field_at(cfg, key) != field_at(default, key):
+            raise ConfigError(f"{where}.{key}: set by {owner}, not here; leave it out")
 
 
 def to_dict(obj: Any) -> Any:

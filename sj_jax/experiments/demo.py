@@ -37,17 +37,17 @@ import numpy as np
 from tqdm import tqdm
 
 from sj_jax.algorithms.self_judge import SelfJudgeRun
-from sj_jax.algorithms.self_judge_config import SamplingSettings, SelfJudgeConfig, ValidationSettings
+from sj_jax.algorithms.own_samples import build_with_own_samples
+from sj_jax.algorithms.self_judge_config import SelfJudgeConfig
 from sj_jax.algorithms.self_taught import SelfTaughtRun, last_judge
-from sj_jax.algorithms.self_taught_config import JudgeEvalSettings, SelfTaughtConfig
+from sj_jax.algorithms.self_taught_config import SelfTaughtConfig
 from sj_jax.algorithms.tournament import tournaments_by_n
-from sj_jax.core.config import load_yaml, read_yaml, save_yaml, to_dict
+from sj_jax.core.config import as_base, load_yaml, read_yaml, save_yaml, to_dict, with_fields
 from sj_jax.core.errors import ConfigError, SJError
 from sj_jax.core.machine import stage_machine
 from sj_jax.core.progress import sampling_bar
 from sj_jax.core.stages import run_stage
-from sj_jax.data.build import DataBuildConfig, PairsConfig, build
-from sj_jax.data.jsft import JSFTConfig
+from sj_jax.data.build import DataBuildConfig
 from sj_jax.data.loaders import load_rewardbench
 from sj_jax.evaluation.accuracy import check_responses, judge_accuracy, policy_accuracy
 from sj_jax.evaluation.eval_tasks import read_rows
@@ -62,10 +62,8 @@ from sj_jax.experiments.demo_plan import (
     plan,
     seed_dir,
 )
-from sj_jax.judge.generative import GenerativeTemplate
 from sj_jax.loading.model import load_model
-from sj_jax.tasks.suite import TaskSuiteConfig
-from sj_jax.train.config import CheckpointConfig, DataConfig, DPOConfig, OptimConfig, TrainConfig
+from sj_jax.train.config import TrainConfig
 from sj_jax.train.metrics import read_metrics
 from sj_jax.train.trainer import train
 
@@ -83,70 +81,53 @@ class DemoResult:
 
 # -- the configs of the stages' own commands ------------------------------------------------------
 
-def data_config(cfg: DemoConfig, out: Path):
-    """Stage 1's `sj-jax data build` config."""
-    d = cfg.data
-    return DataBuildConfig(output_dir=str(out / "data"), seed=cfg.seed, model=cfg.model,
-                           max_length=cfg.jsft.max_length, max_prompt_length=256, max_response_length=128,
-                           tasks=TaskSuiteConfig(families=d.families, difficulties=d.difficulties, train=d.train,
-                                                 validation=d.validation, test=d.test),
-                           pairs=PairsConfig(per_problem=d.pairs_per_problem),
-                           jsft=JSFTConfig(judgment_ratio=d.judgment_ratio), judge=cfg.judge, cache_dir=cfg.cache_dir)
+def data_config(cfg: DemoConfig, out: Path) -> DataBuildConfig:
+    """Stage 1's `sj-jax data build` config: `cfg.data` with what the demo sets (`DATA_OWNED`); its
+    examples as long as JSFT's."""
+    return with_fields(cfg.data, {**_shared(cfg), "output_dir": str(out / "data"), "seed": cfg.seed, "model": cfg.model,
+                                  "max_length": cfg.jsft.data.max_length})
 
 
-def train_config(cfg: DemoConfig, out: Path, kind: str):
-    """Stage 2's `sj-jax sft|jsft` config (kind "sft" or "jsft")."""
-    t = cfg.sft if kind == "sft" else cfg.jsft
+def train_config(cfg: DemoConfig, out: Path, kind: str) -> TrainConfig:
+    """Stage 2's `sj-jax sft|jsft` config (kind "sft" or "jsft"): `cfg.sft` or `cfg.jsft` with what
+    the demo sets (`TRAIN_OWNED`)."""
     data = out / "data" / ("sft_train.jsonl" if kind == "sft" else "jsft_train.jsonl")
-    return TrainConfig(model=cfg.model, dtype=cfg.dtype, param_dtype=cfg.dtype, output_dir=str(out / kind),
-                       seed=cfg.seed, batch_size=t.batch_size, steps=t.steps,
-                       data=DataConfig(train_file=str(data), max_length=t.max_length, group_by_length=True),
-                       optim=OptimConfig(learning_rate=t.learning_rate, schedule=t.schedule,
-                                         warmup_ratio=t.warmup_ratio),
-                       lora=t.lora, judge=cfg.judge, checkpoint=_checkpoints(cfg), cache_dir=cfg.cache_dir)
+    return with_fields(getattr(cfg, kind), {**_shared(cfg), "model": cfg.model, "param_dtype": cfg.dtype,
+                                            "output_dir": str(out / kind), "seed": cfg.seed,
+                                            "data.train_file": str(data), "checkpoint": cfg.checkpoint})
 
 
-def dpo_config(cfg: DemoConfig, out: Path, variant: str, seed: int):
-    """Stage 3's `sj-jax self-judge` config for one variant and seed."""
-    p = cfg.dpo
+def self_judge_config(cfg: DemoConfig, out: Path, variant: str, seed: int) -> SelfJudgeConfig:
+    """Stage 3's `sj-jax self-judge` config for one variant (`samples`) and seed: `cfg.self_judge`
+    with what the demo sets (`SELF_JUDGE_OWNED`), from the JSFT run."""
     data = out / "data"
-    judge = {}
+    owned = {**_shared(cfg), "model": str(out / "jsft"), "param_dtype": cfg.dtype,
+             "output_dir": str(seed_dir(out, seed) / variant), "seed": seed, "samples": variant,
+             "prompts_file": str(data / "prompts_train.jsonl"), "offline_file": str(data / "pairs_train.jsonl"),
+             "checkpoint": cfg.checkpoint}
     if cfg.self_taught.judge_for_self_judge:
-
         st = self_taught_config(cfg, out)
-        judge = dict(judge_model=last_judge(Path(st.output_dir), st), judge_mode="generative",
+        owned.update(judge_model=last_judge(Path(st.output_dir), st), judge_mode="generative",
                      generative=st.generative)
-    return SelfJudgeConfig(**judge,
-        model=str(out / "jsft"), dtype=cfg.dtype, param_dtype=cfg.dtype,
-        output_dir=str(seed_dir(out, seed) / variant), seed=seed,
-        prompts_file=str(data / "prompts_train.jsonl"), offline_file=str(data / "pairs_train.jsonl"),
-        batch_size=p.batch_size, steps=p.steps, num_samples=p.num_samples, samples=variant,
-        sampling=SamplingSettings(max_new_tokens=p.max_new_tokens, temperature=p.temperature, top_p=p.top_p,
-                                  batch_size=cfg.eval.batch_size),
-        degenerate=p.degenerate, judge=cfg.judge, judge_batch_size=cfg.eval.judge_batch_size,
-        validation=ValidationSettings(file=""),  # the test split is evaluated once, in stage 4
-        dpo=DPOConfig(beta=p.beta, loss_type=p.loss_type),
-        optim=OptimConfig(learning_rate=p.learning_rate, schedule="constant", warmup_ratio=p.warmup_ratio),
-        lora=p.lora, checkpoint=_checkpoints(cfg), cache_dir=cfg.cache_dir)
+    return with_fields(cfg.self_judge, owned)
 
 
-def self_taught_config(cfg: DemoConfig, out: Path):
-    """The self-taught stage's `sj-jax self-taught` config: seeded by the JSFT model, its pool the
-    train problems, its judge measured on the held-out pairs and the `judge_eval` file."""
-    t, data = cfg.self_taught, out / "data"
+def self_taught_config(cfg: DemoConfig, out: Path) -> SelfTaughtConfig:
+    """The self-taught stage's `sj-jax self-taught` config: `cfg.self_taught` with what the demo sets
+    (`SELF_TAUGHT_OWNED`): seeded by the JSFT model, its pool the train problems, its judge measured
+    on the held-out pairs and the `judge_eval` file."""
+    data = out / "data"
     files = (str(data / "pairs_test.jsonl"),) + ((cfg.judge_eval,) if cfg.judge_eval else ())
-    return SelfTaughtConfig(
-        model=str(out / "jsft"), dtype=cfg.dtype, output_dir=str(out / "self_taught"), seed=cfg.seed,
-        pool_file=str(data / "prompts_train.jsonl"), pool_limit=t.pool_limit, iterations=t.iterations,
-        instructions=t.instructions, selection=t.selection, pairs=t.pairs, annotate=t.annotate, train=t.train,
-        eval=JudgeEvalSettings(files=files, limits=(cfg.eval.judge_limit, 0)),
-        generative=GenerativeTemplate(max_evaluation_tokens=t.max_evaluation_tokens), judge=cfg.judge,
-        batch_size=cfg.eval.batch_size, judge_batch_size=cfg.eval.judge_batch_size,
-        checkpoint=_checkpoints(cfg), cache_dir=cfg.cache_dir)
+    loop = as_base(cfg.self_taught, SelfTaughtConfig)
+    return with_fields(loop, {**_shared(cfg), "model": str(out / "jsft"), "output_dir": str(out / "self_taught"),
+                              "seed": cfg.seed, "pool_file": str(data / "prompts_train.jsonl"),
+                              "eval.files": files, "eval.limits": (cfg.eval.judge_limit, 0),
+                              "train.checkpoint": cfg.checkpoint})
 
 
-def _checkpoints(cfg: DemoConfig):
-    return CheckpointConfig(every=cfg.checkpoint_every, keep=2, async_save=False)
+def _shared(cfg: DemoConfig) -> dict[str, Any]:
+    """What every stage takes from the demo: the judge's text, the dtype and the cache."""
+    return {"judge": cfg.judge, "dtype": cfg.dtype, "cache_dir": cfg.cache_dir}
 
 
 # -- stages 4 and 5: evaluations ------------------------------------------------------------------
@@ -345,7 +326,7 @@ class Demo:
         return {"steps": r.steps, "last_loss": r.last_loss}
 
     def _train_jsft(self, variant: str, seed: int, stop_at) -> dict:
-        sc = dpo_config(self.cfg, self.out, variant, seed)
+        sc = self_judge_config(self.cfg, self.out, variant, seed)
         stop = stop_at[1] if stop_at and stop_at[0] == variant else None
         r = SelfJudgeRun(sc, model=self.model("jsft")).run(stop_at_step=stop, progress=self.progress)
         if r.preempted:
@@ -394,7 +375,7 @@ def build_data(cfg: DemoConfig, out: Path) -> dict:
     dc = data_config(cfg, out)
     Path(dc.output_dir).mkdir(parents=True, exist_ok=True)
     save_yaml(dc, Path(dc.output_dir) / "config.yaml")
-    return build(dc, log=lambda m: print(m, file=sys.stderr))
+    return build_with_own_samples(dc, log=lambda m: print(m, file=sys.stderr))
 
 
 def _summary(summary: dict) -> dict:
@@ -429,6 +410,6 @@ def demo(cfg: DemoConfig, **kw) -> DemoResult:
     return Demo(cfg, **kw).run(stop_at=stop_at)
 
 
-__all__ = ["Demo", "DemoResult", "DemoStopped", "build_data", "data_config", "demo", "dpo_config", "evaluate_judge",
+__all__ = ["Demo", "DemoResult", "DemoStopped", "build_data", "data_config", "demo", "evaluate_judge",
            "evaluate_policy", "evaluate_tournament", "load_demo_config", "own_sample_judging",
-           "train_config"]
+           "self_judge_config", "self_taught_config", "train_config"]

@@ -9,15 +9,16 @@ seeds (seed, seed + 1, ...) from the one JSFT checkpoint.
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
 
-from sj_jax.algorithms.pairs import DegenerateRules
-from sj_jax.algorithms.self_taught_config import AnnotateSettings, JudgeTraining, PairSettings, SelectionSettings
-from sj_jax.core.config import Runtime
+from sj_jax.algorithms.self_judge_config import SamplingSettings, SelfJudgeConfig, ValidationSettings
+from sj_jax.algorithms.self_taught_config import SelfTaughtConfig
+from sj_jax.core.config import Runtime, check_owned
 from sj_jax.core.errors import ConfigError
+from sj_jax.data.build import DataBuildConfig
+from sj_jax.judge.generative import GenerativeTemplate
 from sj_jax.judge.template import JudgeTemplate
-from sj_jax.tasks.families import FAMILIES
-from sj_jax.train.config import LoraConfig
+from sj_jax.models.lora import LoraConfig
+from sj_jax.train.config import CheckpointConfig, DataConfig, OptimConfig, TrainConfig
 from sj_jax.weights.registry import DEFAULT_MODEL
 
 # A short judge text: a judgment row is about 75 tokens where the general template makes 130, so a
@@ -30,65 +31,33 @@ DEMO_TEMPLATE = JudgeTemplate(
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class DemoData:
-    """Stage 1: the task suite (problems per family in each split) and its known-label pairs."""
+LORA = LoraConfig(enabled=True, rank=8, alpha=16.0)
 
-    families: tuple[str, ...] = tuple(FAMILIES)
-    difficulties: tuple[int, ...] = (1, 2, 3)
-    train: int = 200
-    validation: int = 50
-    test: int = 100
-    pairs_per_problem: int = 2
-    judgment_ratio: float | None = None  # JSFT mixture: judgment rows per instruction row (None: all of both)
+# Stage 1's `sj-jax data build`: the task suite's problems per family in each split, their known-label pairs.
+DATA = DataBuildConfig(max_prompt_length=256, max_response_length=128)
 
-    def __post_init__(self):
-        for f in self.families:
-            if f not in FAMILIES:
-                raise ConfigError(f"families: unknown family {f!r}; known: {', '.join(FAMILIES)}")
+# Stage 2's `sj-jax sft|jsft` from the base model: SFT on the instruction rows, JSFT on the mixture.
+TRAIN = TrainConfig(steps=16, batch_size=8, data=DataConfig(max_length=256, group_by_length=True),
+                    optim=OptimConfig(learning_rate=1e-3, warmup_ratio=0.05), lora=LORA)
 
+# Stage 3's `sj-jax self-judge`, the settings shared by its three ways of training from JSFT: offline
+# (the known-label train pairs), off-policy (samples drawn once from the JSFT policy) and SELF-JUDGE
+# on-policy (fresh samples each step); the frozen JSFT model judges and is the reference. No
+# validation during training: the test split is evaluated once, in stage 4.
+SELF_JUDGE = SelfJudgeConfig(steps=3, batch_size=8, sampling=SamplingSettings(max_new_tokens=32),
+                             validation=ValidationSettings(file=""),
+                             optim=OptimConfig(learning_rate=2e-4, schedule="constant", warmup_ratio=0.1), lora=LORA)
 
-class _Steps:
-    """A stage of `steps` optimizer steps: at least one."""
-
-    steps: int
-
-    def __post_init__(self):
-        if self.steps < 1:
-            raise ConfigError(f"steps: must be >= 1, got {self.steps}")
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoTrain(_Steps):
-    """Stage 2: SFT (instruction rows) or JSFT (the mixture), from the base model."""
-
-    steps: int = 16
-    batch_size: int = 8
-    learning_rate: float = 1e-3
-    schedule: Literal["cosine", "constant", "linear"] = "cosine"
-    warmup_ratio: float = 0.05
-    max_length: int = 256
-    lora: LoraConfig = LoraConfig(enabled=True, rank=8, alpha=16.0)
-
-
-@dataclasses.dataclass(frozen=True)
-class DemoDPO(_Steps):
-    """Stage 3: the three ways of training from JSFT, with these settings shared by all of them:
-    offline (the known-label train pairs), off-policy (samples drawn once from the JSFT policy) and
-    SELF-JUDGE on-policy (fresh samples each step); the frozen JSFT model judges and is the reference."""
-
-    steps: int = 3
-    batch_size: int = 8  # prompts (pairs) a step
-    learning_rate: float = 2e-4
-    warmup_ratio: float = 0.1
-    beta: float = 0.1
-    loss_type: Literal["sigmoid", "ipo", "hinge", "robust"] = "sigmoid"
-    num_samples: int = 2
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    top_p: float = 0.9
-    degenerate: DegenerateRules = DegenerateRules()  # empty / cut-off / identical samples (the missing-EOS penalty)
-    lora: LoraConfig = LoraConfig(enabled=True, rank=8, alpha=16.0)
+# The keys of each stage's config that the demo sets itself: where a stage starts, reads and
+# writes, its seed, and what every stage shares (the judge's text, dtype, cache, checkpoints).
+SHARED = ("dtype", "cache_dir", "judge")
+DATA_OWNED = SHARED + ("output_dir", "seed", "model", "max_length")
+TRAIN_OWNED = SHARED + ("model", "param_dtype", "output_dir", "seed", "data.train_file", "checkpoint")
+SELF_JUDGE_OWNED = SHARED + ("model", "param_dtype", "output_dir", "seed", "samples", "prompts_file", "offline_file",
+                             "checkpoint")
+SELF_JUDGE_JUDGE = ("judge_model", "judge_mode", "generative")  # owned too with self_taught.judge_for_self_judge
+SELF_TAUGHT_OWNED = SHARED + ("model", "output_dir", "seed", "pool_file", "eval.files", "eval.limits",
+                              "train.checkpoint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,40 +80,40 @@ class DemoEval:
 
 
 @dataclasses.dataclass(frozen=True)
-class DemoSelfTaught:
-    """The self-taught evaluator stage (SPEC 2), after the judges' stage: from the JSFT model, on the
-    train problems' instructions, its judge measured by iteration on the held-out pairs and the
-    `judge_eval` file in both modes. The quick demo leaves it out; `--full` runs it.
-    `judge_for_self_judge`: SELF-JUDGE (and off-policy) then judge with the last iteration's judge,
-    generatively, in place of the frozen JSFT model (SPEC 3: a configuration, not new code)."""
+class DemoSelfTaught(SelfTaughtConfig):
+    """The self-taught evaluator stage (SPEC 2, `sj-jax self-taught` with these keys), after the
+    judges' stage: from the JSFT model, on the train problems' instructions, its judge measured by
+    iteration on the held-out pairs and the `judge_eval` file in both modes. The quick demo leaves it
+    out (`enabled`); `--full` runs it. `judge_for_self_judge`: SELF-JUDGE (and off-policy) then judge
+    with the last iteration's judge, generatively, in place of the frozen JSFT model (SPEC 3: a
+    configuration, not new code)."""
 
     enabled: bool = False
-    iterations: int = 2
-    instructions: int = 96  # an iteration
-    pool_limit: int = 400  # train problems the instruction filter reads
-    max_evaluation_tokens: int = 32
-    selection: SelectionSettings = SelectionSettings()
-    pairs: PairSettings = PairSettings()
-    annotate: AnnotateSettings = AnnotateSettings()
-    train: JudgeTraining = JudgeTraining()
     judge_for_self_judge: bool = False
+
+
+SELF_TAUGHT = DemoSelfTaught(generative=GenerativeTemplate(max_evaluation_tokens=32))
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig(Runtime):
+    """The demo: each stage's own command config (`data`, `sft`, `jsft`, `self_judge`, `self_taught`;
+    their keys as in that command's YAML), the evaluations, and what the demo sets in all of them
+    (`model`, `seed`, `judge`, `dtype`, `cache_dir`, `checkpoint`: see the `*_OWNED` keys)."""
+
     model: str = DEFAULT_MODEL
     out: str = "runs/demo"
     seed: int = 0  # SFT, JSFT and the data; stage 3-5 seed k is seed + k
     seeds: int = 1
     judge_eval: str = ""  # a RewardBench-format JSONL ({"prompt", "chosen", "rejected", "subset"?}) both judges read
     judge: JudgeTemplate = DEMO_TEMPLATE
-    data: DemoData = DemoData()
-    sft: DemoTrain = DemoTrain(steps=8)
-    jsft: DemoTrain = DemoTrain(steps=16)
-    dpo: DemoDPO = DemoDPO()
+    data: DataBuildConfig = DATA
+    sft: TrainConfig = dataclasses.replace(TRAIN, steps=8)
+    jsft: TrainConfig = TRAIN
+    self_judge: SelfJudgeConfig = SELF_JUDGE
     eval: DemoEval = DemoEval()
-    self_taught: DemoSelfTaught = DemoSelfTaught()
-    checkpoint_every: int = 10  # steps between a stage's checkpoints (a stopped stage resumes from the last)
+    self_taught: DemoSelfTaught = SELF_TAUGHT
+    checkpoint: CheckpointConfig = CheckpointConfig(every=10, keep=2, async_save=False)  # every training stage's
 
     def __post_init__(self):
         if self.seeds < 1:
@@ -152,6 +121,11 @@ class DemoConfig(Runtime):
         if self.self_taught.judge_for_self_judge and not self.self_taught.enabled:
             raise ConfigError("self_taught.judge_for_self_judge: needs self_taught.enabled=true (the judge comes "
                               "from that stage)")
+        judge_keys = SELF_JUDGE_JUDGE if self.self_taught.judge_for_self_judge else ()
+        for name, default, owned in (("data", DATA, DATA_OWNED), ("sft", TRAIN, TRAIN_OWNED),
+                                     ("jsft", TRAIN, TRAIN_OWNED), ("self_judge", SELF_JUDGE, SELF_JUDGE_OWNED + judge_keys),
+                                     ("self_taught", SELF_TAUGHT, SELF_TAUGHT_OWNED)):
+            check_owned(getattr(self, name), name, default, owned, "the demo")
 
 
 # `--full`: applied on top of the defaults (or a --config file) as key=value overrides. Sized so that
@@ -162,7 +136,7 @@ class DemoConfig(Runtime):
 FULL = (
     "sft.steps=100",
     "jsft.steps=300",
-    "dpo.steps=20",
+    "self_judge.steps=20",
     "eval.test_limit=40",
     "eval.judge_limit=40",
     "eval.tournament_limit=8",

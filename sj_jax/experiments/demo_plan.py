@@ -26,13 +26,13 @@ def judge_eval_dir(out: Path, cfg: DemoConfig) -> Path:
 def plan(cfg: DemoConfig) -> dict[str, float]:
     """Each stage's rough cost (seconds on a 200 GFLOP/s 2-core machine, compiles included, as
     measured there), for the demo's ETA: the measured pace of the stages run so far scales it."""
-    e, p = cfg.eval, cfg.dpo
+    e, p = cfg.eval, cfg.self_judge
     step = {"sft": 2.0, "jsft": 3.5}
     plan = {"data": 8.0}
     for kind in ("sft", "jsft"):
         t = getattr(cfg, kind)
         plan[kind] = 30 + t.steps * step[kind] * t.batch_size / 8
-    families = len(cfg.data.families)
+    families = len(cfg.data.tasks.families)
     greedy = 20 + e.test_limit * families * 0.002 * e.max_new_tokens  # one policy's test rows
     plan["eval base"] = 3 * greedy
     plan["judges"] = 2 * (15 + 0.3 * e.judge_limit * families)

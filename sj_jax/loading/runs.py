@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import yaml
 from jax.sharding import NamedSharding, PartitionSpec
 
-from sj_jax.core.config import from_dict, read_yaml
+from sj_jax.core.config import Runtime, from_dict, read_yaml
 from sj_jax.core.errors import ConfigError, SJError
 from sj_jax.models import lora
 from sj_jax.models.lora import LoraConfig
@@ -46,13 +46,14 @@ class RunParts:
     folder: Path
 
 
-@dataclasses.dataclass(frozen=True)
-class RunModel:
-    """What every kind of run (sft, jsft, dpo, self-judge) says of its model in its `config.yaml`."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunModel(Runtime):
+    """The model of a training run: the keys every kind of run (sft, jsft, dpo, self-judge) has,
+    defined once here; `TrainConfig` and `SelfJudgeConfig` are `RunModel`s. `model`: the start (a
+    name, a folder, a GGUF or another run); `param_dtype`: the master weights'; `lora`: adapters."""
 
     model: str = DEFAULT_MODEL
-    dtype: str = "float32"
-    param_dtype: str = "float32"
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
     lora: LoraConfig = LoraConfig()
 
 
@@ -66,7 +67,7 @@ def read_run_model(folder: Path) -> RunModel:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     try:
-        return from_dict(RunModel, {k: raw[k] for k in ("model", "dtype", "param_dtype", "lora") if k in raw})
+        return from_dict(RunModel, {f.name: raw[f.name] for f in dataclasses.fields(RunModel) if f.name in raw})
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from sj_jax.core.config import Runtime
 from sj_jax.core.errors import ConfigError
 from sj_jax.judge.template import DEFAULT_TEMPLATE, JudgeTemplate
-from sj_jax.models.lora import LoraConfig
+from sj_jax.loading.runs import RunModel
 from sj_jax.models.sharding import MeshConfig
-from sj_jax.weights.registry import DEFAULT_MODEL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,11 +64,9 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig(Runtime):
+class TrainConfig(RunModel):
     """One run. `steps` = optimizer steps (0: `epochs` passes over the data)."""
 
-    model: str = DEFAULT_MODEL
-    param_dtype: str = "float32"  # master weights
     remat: Literal["none", "full", "dots"] = "none"
     output_dir: str = "runs/train"
     seed: int = 0
@@ -83,7 +79,6 @@ class TrainConfig(Runtime):
     max_nonfinite: int = 3
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
-    lora: LoraConfig = LoraConfig()
     dpo: DPOConfig = DPOConfig()
     judge: JudgeTemplate = DEFAULT_TEMPLATE  # jsft: the text of judgment examples
     checkpoint: CheckpointConfig = CheckpointConfig()

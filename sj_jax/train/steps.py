@@ -22,11 +22,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sj_jax.models import lora
 from sj_jax.models.config import ModelConfig
+from sj_jax.models.lora import LoraConfig
 from sj_jax.models.sharding import logical_sharding
 from sj_jax.objectives.dpo import dpo_loss
 from sj_jax.objectives.sequence import joint_pair_logprobs, sequence_logprobs
 from sj_jax.objectives.sft import sft_loss
-from sj_jax.train.config import DPOConfig, LoraConfig
+from sj_jax.train.config import DPOConfig
 from sj_jax.train.optim import make_optimizer
 
 UNROLL_MICRO_BATCHES = 4  # up to this many micro-batches are unrolled in the step; more are scanned
