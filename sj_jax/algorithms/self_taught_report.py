@@ -10,8 +10,7 @@ from typing import Any
 
 from sj_jax.algorithms.self_taught_config import SelfTaughtConfig
 from sj_jax.core.config import to_dict
-from sj_jax.core.machine import matmul_gflops
-from sj_jax.core.stages import finished_stage
+from sj_jax.core.stages import finished_stage, stage_rate, time_table
 from sj_jax.weights.checkpoint import Checkpointer
 
 COLUMNS = (("accuracy", "acc"), ("no_verdict", "tie or none"), ("accuracy_chosen_first", "chosen 1st"),
@@ -20,30 +19,30 @@ COLUMNS = (("accuracy", "acc"), ("no_verdict", "tie or none"), ("accuracy_chosen
 
 def collect(out: Path, cfg: SelfTaughtConfig) -> dict[str, Any]:
     """results.json's content."""
-    seconds: dict[str, float] = {}
+    markers: dict[str, dict] = {}  # stage name -> its finished marker, in the order the stages run
+    markers["select"] = finished_stage(out / "select")
     judges: dict[str, dict] = {}
     iterations: dict[str, dict] = {}
-    select = finished_stage(out / "select")
-    seconds["select"] = select["seconds"]
     for i in range(cfg.iterations + 1):
-        if i > 0:  # in the order they run: pairs, judgments, train, then the eval of iteration i
-            it = {}
+        if i > 0:  # pairs, judgments, train, then the eval of iteration i
             for stage in ("pairs", "judgments", "train"):
-                st = finished_stage(out / f"iter{i}" / stage)
-                seconds[f"{stage} {i}"] = st["seconds"]
-                it[stage] = st["result"]
-            iterations[str(i)] = it
-        ev = finished_stage(out / "eval" / f"iter{i}")
-        seconds[f"eval {i}"] = ev["seconds"]
+                markers[f"{stage} {i}"] = finished_stage(out / f"iter{i}" / stage)
+            iterations[str(i)] = {stage: markers[f"{stage} {i}"]["result"] for stage in ("pairs", "judgments", "train")}
+        ev = markers[f"eval {i}"] = finished_stage(out / "eval" / f"iter{i}")
         judges[str(i)] = {k: {"all": v["by_subset"]["all"], "by_subset": v["by_subset"],
                               **{x: v[x] for x in ("judgment_no_verdict_rate", "judgment_reasons", "seconds") if x in v}}
                           for k, v in ev["result"].items() if k != "judge"}
         judges[str(i)]["judge"] = ev["result"]["judge"]
+    seconds = {k: m["seconds"] for k, m in markers.items()}
+    # each stage's time beside the rate recorded when it ran: nothing is measured here
+    rates = {k: stage_rate(m) for k, m in markers.items()}
     info = Checkpointer.run_info({"kind": "self_taught", **to_dict(cfg)}, cfg.seed)
-    return {"config": to_dict(cfg), "selection": select["result"], "judges": judges, "iterations": iterations,
-            "stage_seconds": seconds, "total_stage_seconds": round(sum(seconds.values()), 1),
-            "machine": {"matmul_gflops_float32": round(matmul_gflops(), 1), "processor": platform.processor(),
-                        "versions": info["versions"], "git_commit": info["git_commit"]}}
+    return {"config": to_dict(cfg), "selection": markers["select"]["result"], "judges": judges,
+            "iterations": iterations, "stage_seconds": seconds, "stage_matmul_gflops_float32": rates,
+            "total_stage_seconds": round(sum(seconds.values()), 1),
+            "machine": {"matmul_gflops_float32": sorted({r for r in rates.values() if r is not None}),
+                        "processor": platform.processor(), "versions": info["versions"],
+                        "git_commit": info["git_commit"]}}
 
 
 def table(results: dict[str, Any]) -> str:
@@ -88,16 +87,15 @@ def write(out: Path, cfg: SelfTaughtConfig) -> dict[str, Any]:
     lines = [f"# sj-jax self-taught: {cfg.model}", "",
              f"{cfg.iterations} iterations of {cfg.instructions} instructions; {cfg.annotate.samples} judgments an "
              f"order at temperature {cfg.annotate.temperature}; training: {cfg.train.method} from "
-             f"{cfg.train.init_from}. Machine: {results['machine']['matmul_gflops_float32']} GFLOP/s (float32 "
-             "matmul).", "",
+             f"{cfg.train.init_from}.", "",
              "## The judge by iteration (a pair with no verdict counts 0.5)", "", table(results), "",
              "## The data of each iteration", "", data_table(results), "",
              f"Selection: {results['selection']['kept']} of {results['selection']['pool']} instructions kept "
              f"({', '.join(f'{k} {v}' for k, v in results['selection']['reasons'].items())}).", "",
              "Pair rows by reason: " + "; ".join(f"iteration {i}: " + ", ".join(f"{k} {v}" for k, v in r.items())
                                                  for i, r in reasons.items()), "",
-             "## Stage seconds", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in results["stage_seconds"].items()]
+             "## Time", ""]
+    lines += time_table(results["stage_seconds"], results["stage_matmul_gflops_float32"])
     if _plot(out, results):
         lines += ["", "![judge accuracy](judge_accuracy.png)"]
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -65,4 +65,43 @@ def run_stage(name: str, folder: Path, fn: Callable[[], Any], *,
     return StageOutcome(result, True, seconds, about)
 
 
-__all__ = ["STAGE_FILE", "StageOutcome", "finished_stage", "read_stage", "run_stage"]
+def stage_rate(marker: dict[str, Any]) -> float | None:
+    """The float32 matmul rate a finished stage recorded when it ran (None: it recorded none)."""
+    return (marker.get("machine") or {}).get("matmul_gflops_float32")
+
+
+def rates_sentence(rates: dict[str, float | None]) -> str:
+    """Which float32 matmul rates the stages' times were measured at (stage -> rate, as each
+    recorded it when it ran), and which stages ran at each when there are several."""
+    by_rate: dict[float | None, list[str]] = {}
+    for stage, rate in rates.items():
+        by_rate.setdefault(rate, []).append(stage)
+    known = sorted(r for r in by_rate if r is not None)
+    unknown = by_rate.get(None, [])
+    if len(known) == 1 and not unknown:
+        text = f"The stage times were measured at a float32 matmul rate of {known[0]} GFLOP/s, measured as they ran."
+    elif known:
+        text = ("The stage times were measured at float32 matmul rates of " +
+                "; ".join(f"{r} GFLOP/s ({', '.join(by_rate[r])})" for r in known) +
+                ", each measured in the process that ran those stages.")
+    else:
+        text = "No stage recorded the float32 matmul rate it ran at."
+    if unknown and known:
+        text += f" {', '.join(unknown)}: finished without a recorded rate."
+    return text
+
+
+def time_table(seconds: dict[str, float], rates: dict[str, float | None]) -> list[str]:
+    """A report's time section: the rates sentence, then a row per stage (its seconds and the rate
+    it ran at) and the total, as Markdown lines. Nothing is measured here."""
+    known = sorted({r for r in rates.values() if r is not None})
+    lines = [f"{rates_sentence(rates)} Each row: the stage's seconds, and the rate measured in the process that "
+             "ran it, as it started (a rerun that skips a stage keeps both).", "",
+             "| stage | seconds | float32 matmul GFLOP/s when it ran |", "|---|---|---|"]
+    lines += [f"| {k} | {v} | {'not recorded' if rates.get(k) is None else rates[k]} |" for k, v in seconds.items()]
+    lines.append(f"| all stages | {round(sum(seconds.values()), 1)} | {', '.join(map(str, known)) or 'not recorded'} |")
+    return lines
+
+
+__all__ = ["STAGE_FILE", "StageOutcome", "finished_stage", "rates_sentence", "read_stage", "run_stage", "stage_rate",
+           "time_table"]

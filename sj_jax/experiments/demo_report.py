@@ -13,7 +13,7 @@ import numpy as np
 
 from sj_jax.algorithms.self_taught_report import data_table, table
 from sj_jax.core.config import to_dict
-from sj_jax.core.stages import STAGE_FILE, finished_stage
+from sj_jax.core.stages import STAGE_FILE, finished_stage, rates_sentence, stage_rate, time_table
 from sj_jax.experiments.demo_config import DemoConfig
 from sj_jax.experiments.demo_plan import (
     BASE_POLICIES,
@@ -59,7 +59,7 @@ def collect(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     stages = {st["stage"]: round(st["seconds"], 1) for st in ran}
     # the rate each stage's time was measured at, recorded when it ran (None: a stage finished by a
     # version that recorded none); never measured here, beside times taken elsewhere or earlier
-    rates = {st["stage"]: (st.get("machine") or {}).get("matmul_gflops_float32") for st in ran}
+    rates = {st["stage"]: stage_rate(st) for st in ran}
     info = Checkpointer.run_info({"kind": "demo", **to_dict(cfg)}, cfg.seed)
     results = {
         "config": to_dict(cfg), "seeds": seeds,
@@ -202,7 +202,8 @@ def markdown(results: dict) -> str:
     mach = results["machine"]
     lines = ["# sj-jax demo: SELF-JUDGE in miniature", "",
              f"Model {cfg['model']}, {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) for stages 3-5 "
-             f"(git {str(mach['git_commit'])[:10]}). {_rates_sentence(results)} Values are the mean and, over seeds, "
+             f"(git {str(mach['git_commit'])[:10]}). {rates_sentence(results['stage_matmul_gflops_float32'])} "
+             "Values are the mean and, over seeds, "
              "[min, max]; base, SFT and JSFT are trained and evaluated once (greedy decoding is deterministic), so "
              "they have one value.",
              "", "## Test accuracy (greedy)", ""] + _method_table(results)
@@ -250,38 +251,11 @@ def markdown(results: dict) -> str:
                   "correct.", ""]
     lines += _self_taught_section(results)
     lines += _claims_section(results)
-    rates = results["stage_matmul_gflops_float32"]
-    lines += ["## Time", "", (f"{_rates_sentence(results)} Each row: the stage's seconds, and the rate measured "
-                              "in the process that ran it, as it started (a rerun that skips a stage keeps both)."), "",
-              "| stage | seconds | float32 matmul GFLOP/s when it ran |", "|---|---|---|"]
-    lines += [f"| {k} | {v} | {'not recorded' if rates.get(k) is None else rates[k]} |"
-              for k, v in results["stage_seconds"].items()]
-    all_rates = ", ".join(map(str, mach["matmul_gflops_float32"])) or "not recorded"
-    lines += [f"| all stages | {results['total_stage_seconds']} | {all_rates} |", "",
+    lines += ["## Time", ""] + time_table(results["stage_seconds"], results["stage_matmul_gflops_float32"])
+    lines += ["",
               "![accuracy](accuracy.png) ![tournament](tournament.png)", "",
               "![judges](judges.png) ![training](training.png)", ""]
     return "\n".join(lines)
-
-
-def _rates_sentence(results: dict) -> str:
-    """Which float32 matmul rates the stage times were measured at (each recorded in the stage's
-    marker when it ran, `sj_jax.core.stages`), and which stages ran at each when there are several."""
-    by_rate: dict[float | None, list[str]] = {}
-    for stage, rate in results["stage_matmul_gflops_float32"].items():
-        by_rate.setdefault(rate, []).append(stage)
-    known = sorted(r for r in by_rate if r is not None)
-    unknown = by_rate.get(None, [])
-    if len(known) == 1 and not unknown:
-        text = f"The stage times were measured at a float32 matmul rate of {known[0]} GFLOP/s, measured as they ran."
-    elif known:
-        text = ("The stage times were measured at float32 matmul rates of " +
-                "; ".join(f"{r} GFLOP/s ({', '.join(by_rate[r])})" for r in known) +
-                ", each measured in the process that ran those stages.")
-    else:
-        text = "No stage recorded the float32 matmul rate it ran at."
-    if unknown and known:
-        text += f" {', '.join(unknown)}: finished without a recorded rate."
-    return text
 
 
 def _self_taught_section(results: dict) -> list[str]:
