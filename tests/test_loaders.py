@@ -11,14 +11,23 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sj_jax.data import loaders
+from sj_jax.core.errors import DataError
 from sj_jax.data.examples import DataReport, pair_example, sft_example
 from sj_jax.data.hh_rlhf import format_hh_dialogue, parse_hh_dialogue
-from sj_jax.core.errors import DataError
-from sj_jax.data.loaders import (FORMATS, UF_PRINCIPLES, LoadReport, alpaca_prompt, load_alpaca, load_hh_rlhf,
-                                 load_messages, load_rewardbench, load_source, load_ultrafeedback, pairs_to_sft,
-                                 read_rows)
-
+from sj_jax.data.loaders import (
+    FORMATS,
+    UF_PRINCIPLES,
+    LoadReport,
+    alpaca_prompt,
+    load_alpaca,
+    load_hh_rlhf,
+    load_messages,
+    load_rewardbench,
+    load_source,
+    load_ultrafeedback,
+    pairs_to_sft,
+    read_rows,
+)
 
 LLMBAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "llmbar_natural.jsonl"
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -403,23 +412,17 @@ def test_type_change_between_rows_names_the_line_and_field(tmp_path):
         read_rows(path)
 
 
-def test_type_change_past_the_first_chunk_is_caught_not_corrupted(tmp_path, monkeypatch):
-    # datasets reads this without error but returns 'x' as '"x"' in the chunk holding the number.
-    monkeypatch.setattr(loaders, "_JSON_CHUNK_BYTES", 1024)
-    rows = [{"a": "x", "pad": "p" * 50}] * 40 + [{"a": 5, "pad": "p"}]
-    with pytest.raises(DataError, match=r"mixed\.jsonl:41: field 'a' is a number here but a string on line 1"):
-        read_rows(write_jsonl(tmp_path / "mixed.jsonl", rows))
-
-
-@pytest.mark.parametrize("late, line, message", [
-    ({"a": "y", "b": 1}, 41, "field 'b' first has a value here"),
-    ({"a": "y", "n": 2.5}, 41, "field 'n' holds a fraction here but integers before"),
-])
-def test_what_datasets_cannot_read_past_its_first_chunk_is_located(tmp_path, monkeypatch, late, line, message):
-    monkeypatch.setattr(loaders, "_JSON_CHUNK_BYTES", 1024)
-    rows = [{"a": "x", "n": 1, "pad": "p" * 50}] * 40 + [{**late, "pad": "p"}]
-    with pytest.raises(DataError, match=rf"late\.jsonl:{line}: {message}.*\(datasets: "):
-        read_rows(write_jsonl(tmp_path / "late.jsonl", rows))
+def test_a_file_past_datasets_first_chunk_is_read_as_one_chunk(tmp_path):
+    # datasets takes the schema from its first chunk (10 MiB by default): past it a new field or a fraction where
+    # there were integers would fail, and a type change would come back as JSON text ('x' -> '"x"').
+    rows = [{"a": "x", "n": 1, "pad": "p" * (1 << 18)}] * 41 + [{"a": "y", "b": 1}, {"a": "z", "n": 2.5}]
+    path = write_jsonl(tmp_path / "big.jsonl", rows)
+    assert path.stat().st_size > 10 << 20
+    fields = ("a", "n", "pad", "b")
+    assert read_rows(path) == [(f"{path}:{i}", {k: row.get(k) for k in fields}) for i, row in enumerate(rows, 1)]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows + [{"a": 5}])
+    with pytest.raises(DataError, match=r"mixed\.jsonl:44: field 'a' is a number here but a string on line 1"):
+        read_rows(path)
 
 
 def test_malformed_and_non_utf8_lines_name_the_line(tmp_path):
@@ -500,7 +503,8 @@ def test_a_json_array_file_reads_like_json_lines_with_item_lines(tmp_path, tok):
     path = tmp_path / "alpaca_data.json"
     path.write_text(json.dumps(items, indent=4))
     text = path.read_text()
-    lines = [text[:text.index(json.dumps(it["instruction"]))].count("\n") for it in items]  # the "instruction" key's line
+    # the line of each item's "instruction" key
+    lines = [text[:text.index(json.dumps(it["instruction"]))].count("\n") for it in items]
     got = read_rows(path)
     assert [r for _, r in got] == items
     assert [w for w, _ in got] == [f"{path}:{n}" for n in lines]  # each object's "{" is one line up
@@ -546,13 +550,14 @@ def test_reading_is_offline_quiet_and_leaves_no_cache(tmp_path, monkeypatch, cap
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
-    monkeypatch.setattr(loaders, "_JSON_CHUNK_BYTES", 1024)
+    twice = data / "twice.jsonl"
+    twice.write_text('{"a": 1}\n{"a": 1, "a": 2}\n')
     capfd.readouterr()
     assert len(read_rows(jsonl)) == len(read_rows(parquet)) == 4
-    with pytest.raises(DataError, match="first has a value here"):  # datasets logs such failures; not here
-        read_rows(write_jsonl(data / "late.jsonl", [{"a": 1}] * 1000 + [{"a": 1, "b": 2}]))
+    with pytest.raises(DataError, match="twice.jsonl:2: key 'a' appears twice"):  # datasets logs such failures
+        read_rows(twice)
     assert capfd.readouterr().err == ""
     assert [p.name for p in data.iterdir()] and sorted(p.name for p in data.iterdir()) == [
-        "late.jsonl", "odd [name]*.jsonl", "rb.parquet"]
+        "odd [name]*.jsonl", "rb.parquet", "twice.jsonl"]
     assert not any((tmp_path / "hf_cache").iterdir()) and not any((tmp_path / "tmp").iterdir())
     assert attempts == []

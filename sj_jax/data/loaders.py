@@ -20,14 +20,16 @@ import dataclasses
 import functools
 import glob
 import inspect
+import itertools
 import json
 import logging
 import math
 import random
 import re
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import datasets
 
@@ -42,11 +44,14 @@ ROLES = ("system", "user", "assistant")
 UF_PRINCIPLES = ("helpfulness", "honesty", "truthfulness", "instruction_following")
 UF_PAIRINGS = ("all", "best_vs_worst", "best_vs_random")
 
-# Bytes per chunk of the `datasets` JSON reader (its default); a module constant so tests can make
-# small files span several chunks.
-_JSON_CHUNK_BYTES = 10 << 20
+# datasets takes a JSON file's schema from its first chunk: the whole file, up to what pyarrow parses at once
+# (an int32 of bytes), so that a field first given, or changing type, late in the file is read, or located.
+_JSON_CHUNK_BYTES = 1 << 30
 _BETWEEN_ITEMS = re.compile(r"[\s,]*")  # what may stand between the items of a valid JSON array
-_KINDS = ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"), (list, "an array"), (dict, "an object"))
+_JSON_KINDS = ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"), (list, "an array"),
+               (dict, "an object"))
+_KIND_NAMES = {str: "a string", list: "a list", dict: "an object"}
+_REQUIRED = object()
 
 
 # --------------------------------------------------------------------------------------- reading
@@ -75,7 +80,7 @@ def _read(path: str | Path) -> list[_Row]:
     elif path.suffix.lower() in PARQUET_SUFFIXES:
         try:
             rows = _dataset_rows(datasets.Dataset.from_parquet, path)
-        except Exception as e:  # noqa: BLE001 - a corrupt file fails deep inside pyarrow
+        except Exception as e:  # a corrupt file fails deep inside pyarrow
             raise DataError(f"{path}: cannot read as Parquet: {_cause(e)}") from e
         numbers, where = range(len(rows)), f"{path}:row "
     else:
@@ -88,25 +93,28 @@ def _read(path: str | Path) -> list[_Row]:
 
 def _read_json(path: Path) -> tuple[list[dict], list[int]]:
     """The rows of a JSON Lines file or JSON array, and the line each starts on. `datasets` reads
-    strictly first: a field whose JSON type changes fails, where by default it may turn values into
-    JSON text ('x' -> '"x"'). Strictly, objects lacking keys that others at their place have come
-    back with those keys as None; a file with such is read again the default way, which gives
-    them back as they are. Rows that look like agent traces are read as they are, not rewritten."""
+    the file in one chunk, strictly first: by default a field whose JSON type changes may come back
+    as JSON text ('x' -> '"x"'). Strictly, objects lacking keys that others at their place have get
+    those keys as None: a file with such is read again the default way, which gives them back as
+    they are. Rows that look like agent traces are read as they are, not rewritten."""
     with open(path, "rb") as f:
         is_array = f.read(4096).removeprefix(codecs.BOM_UTF8).lstrip()[:1] == b"["
-    read = functools.partial(_dataset_rows, datasets.Dataset.from_json, path, chunksize=_JSON_CHUNK_BYTES,
-                             parse_agent_traces=False)
+    if is_array:  # `json` reads it first: datasets' ujson names no line for a syntax error
+        items = _array_items(path)
+        lines = [n for n, _ in items]
+    else:
+        with open(path, "rb") as f:
+            items, lines = None, [n for n, line in enumerate(f, 1) if line.strip()]
+    if not lines:
+        raise DataError(f"{path}: no rows")
+    read = functools.partial(_dataset_rows, datasets.Dataset.from_json, path, parse_agent_traces=False,
+                             chunksize=min(path.stat().st_size + 1, _JSON_CHUNK_BYTES))
     try:
         rows = read(on_mixed_types=None)
         if any(_none_inside(row) for row in rows):
             rows = read()
-    except Exception as e:  # noqa: BLE001 - datasets raises many types; each becomes a DataError
-        raise _json_error(path, is_array, e) from e
-    if is_array:
-        lines = [n for n, _ in _array_items(path)]
-    else:
-        with open(path, "rb") as f:
-            lines = [n for n, line in enumerate(f, 1) if line.strip()]
+    except Exception as e:  # datasets raises many types; each becomes a DataError
+        raise _json_error(path, items, e) from e
     if len(rows) != len(lines):
         raise DataError(f"{path}: datasets read {len(rows)} rows from {len(lines)} "
                         f"{'array items' if is_array else 'non-blank lines'}; expected one JSON object each")
@@ -114,11 +122,9 @@ def _read_json(path: Path) -> tuple[list[dict], list[int]]:
 
 
 def _dataset_rows(read: Callable[..., datasets.Dataset], path: Path, **config: Any) -> list[dict]:
-    """The file's rows by `read`, `datasets.Dataset.from_json` or `from_parquet` (offline: unlike
-    `load_dataset`, they make no network call), with no progress bars, and no error log for
-    failures that we report ourselves. The builder writes an Arrow file even with
-    `keep_in_memory`; it goes to a temporary cache removed on return, so nothing is left in the
-    user's cache and a stale cache never answers for an edited file."""
+    """The file's rows by `read` (`Dataset.from_json`/`from_parquet`: offline, unlike `load_dataset`),
+    with no progress bars nor error log (we report failures), in a temporary cache: the builder
+    writes an Arrow file even `keep_in_memory`, to be left in no cache, stale for an edited file."""
     bars_were_off, logger = datasets.are_progress_bars_disabled(), logging.getLogger("datasets")
     level = logger.level
     datasets.disable_progress_bars()
@@ -133,16 +139,8 @@ def _dataset_rows(read: Callable[..., datasets.Dataset], path: Path, **config: A
             datasets.enable_progress_bars()
 
 
-def _none_inside(value: Any, nested: bool = False) -> bool:
-    """Whether an object below the top level holds a None (pyarrow gives the objects at one place
-    all keys any of them has, None where one lacks a key)."""
-    if isinstance(value, dict):
-        return any((nested and v is None) or _none_inside(v, True) for v in value.values())
-    return isinstance(value, list) and any(_none_inside(v, True) for v in value)
-
-
-def _array_items(path: Path) -> list[tuple[int, Any]]:
-    """(line it starts on, item) for each item of a file holding one JSON array, by `json`; an
+def _array_items(path: Path) -> list[tuple[int, dict]]:
+    """(line it starts on, item) for each object of a file holding one JSON array, by `json`; an
     error names its line."""
     raw = path.read_bytes()
     try:
@@ -156,37 +154,58 @@ def _array_items(path: Path) -> list[tuple[int, Any]]:
         raise DataError(f"{path}:{e.lineno}: not valid JSON: {problem}") from None
     decoder, items, line, counted, pos = json.JSONDecoder(), [], 1, 0, text.index("[") + 1
     while (pos := _BETWEEN_ITEMS.match(text, pos).end()) < len(text) and text[pos] != "]":
-        line, counted = line + text.count("\n", counted, pos), pos
+        line, counted = line + text.count("\n", counted, pos), pos  # counted on from the last item: linear
         item, pos = decoder.raw_decode(text, pos)
         if not isinstance(item, dict):
             raise DataError(f"{path}:{line}: expected a JSON object in the array, got {type(item).__name__}")
         items.append((line, item))
-    if not items:
-        raise DataError(f"{path}: no rows")
     return items
 
 
-def _json_error(path: Path, is_array: bool, e: Exception) -> DataError:
-    """The `DataError` for a JSON file `datasets` cannot read, read again with `json` to name the
-    line: one that is no JSON object or not UTF-8 (`read_jsonl`), else the first that breaks the
-    schema `datasets` keeps, or gives a key twice."""
-    if is_array:  # datasets reads an array as one chunk
-        found = _schema_problem(_array_items(path), math.inf)
-    else:
-        with open(path, "rb") as f:  # datasets takes the schema from its first chunk: these lines
-            head = f.read(_JSON_CHUNK_BYTES) + f.readline()
-        first_chunk = head.count(b"\n") + (not head.endswith(b"\n"))
-        found = _schema_problem(read_jsonl(path), first_chunk) or _duplicate_key(path)
-    if found:
-        return DataError(f"{path}:{found[0]}: {found[1]} (datasets: {_cause(e)})")
+def _none_inside(value: Any, nested: bool = False) -> bool:
+    """Whether an object below the top level holds a None (pyarrow gives the objects at one place
+    all keys any of them has, None where one lacks a key)."""
+    if isinstance(value, dict):
+        return any((nested and v is None) or _none_inside(v, True) for v in value.values())
+    return isinstance(value, list) and any(_none_inside(v, True) for v in value)
+
+
+def _json_error(path: Path, items: list[tuple[int, dict]] | None, e: Exception) -> DataError:
+    """The `DataError` for a JSON file `datasets` failed on (`e`), naming the line (`items`: an
+    array's, else JSON Lines): one no JSON object or not UTF-8 (`read_jsonl`), giving a key twice,
+    or a field (at any depth) of another JSON type than before (null goes with all, int with float)."""
+    if items is None:
+        items = read_jsonl(path)
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    if line.strip():
+                        json.loads(line, object_pairs_hook=_unique_keys)
+                except ValueError as twice:
+                    return DataError(f"{path}:{n}: {twice} (datasets: {_cause(e)})")
+    seen: dict[str, tuple[str, int]] = {}
+    for n, row in items:
+        for field, value in _leaves(row):
+            kind = next(name for types, name in _JSON_KINDS if isinstance(value, types))
+            first, line = seen.setdefault(field, (kind, n))
+            if kind != first:
+                return DataError(f"{path}:{n}: field {field!r} is {kind} here but {first} on line {line}; a field "
+                                 f"must keep one type in every row (datasets: {_cause(e)})")
     return DataError(f"{path}: datasets cannot read this file: {_cause(e)}")
 
 
-def _leaves(value: Any, path: str) -> Iterator[tuple[str, Any]]:
-    """(field path, value) for a value and everything nested in it; nulls are skipped."""
-    if value is None:
-        return
-    yield path, value
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A `json` object hook: a key given twice is an error (`json` keeps the last; pyarrow fails)."""
+    keys = [k for k, _ in pairs]
+    if twice := [k for k in keys if keys.count(k) > 1]:
+        raise ValueError(f"key {twice[0]!r} appears twice in one object")
+    return dict(pairs)
+
+
+def _leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(field path, value) for a value and everything nested in it; nulls are left out."""
+    if value is not None:
+        yield path, value
     if isinstance(value, dict):
         for k, v in value.items():
             yield from _leaves(v, f"{path}.{k}" if path else k)
@@ -195,52 +214,9 @@ def _leaves(value: Any, path: str) -> Iterator[tuple[str, Any]]:
             yield from _leaves(v, f"{path}[]")
 
 
-def _schema_problem(parsed: Sequence[tuple[int, dict]], first_chunk: float) -> tuple[int, str] | None:
-    """(line, problem) for the first row that breaks the schema `datasets` holds to: a field (at any
-    depth) of another JSON type than on an earlier line (null goes with all, integers with
-    fractions), or, past the lines of its first chunk, whose types it keeps, a field first given a
-    value, or a fraction where the first chunk held integers."""
-    seen: dict[str, tuple[str, int]] = {}
-    fractions: set[str] = set()
-    for n, row in parsed:
-        for field, value in _leaves(row, ""):
-            kind = next(name for types, name in _KINDS if isinstance(value, types))
-            if field not in seen and n > first_chunk:
-                return n, (f"field {field!r} first has a value here, after rows without one; datasets cannot "
-                           "read that past its first chunk: give the field in every row, null where it has no value")
-            first = seen.setdefault(field, (kind, n))
-            if first[0] != kind:
-                return n, (f"field {field!r} is {kind} here but {first[0]} on line {first[1]}; a field must keep "
-                           "one type in every row")
-            if isinstance(value, float) and n <= first_chunk:
-                fractions.add(field)
-            elif isinstance(value, float) and field not in fractions:
-                return n, f"field {field!r} holds a fraction here but integers before; write all its values as floats"
-    return None
-
-
-def _duplicate_key(path: Path) -> tuple[int, str] | None:
-    """(line, problem) for the first object giving a key twice: `json` keeps the last, `datasets` fails."""
-    twice: list[str] = []
-
-    def pairs(items: list[tuple[str, Any]]) -> dict:
-        keys = [k for k, _ in items]
-        twice.extend(k for k in keys if keys.count(k) > 1)
-        return dict(items)
-
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                json.loads(line, object_pairs_hook=pairs)
-            if twice:
-                return n, f"key {twice[0]!r} appears twice in one object"
-    return None
-
-
 def _cause(e: BaseException) -> str:
-    """The message of the error behind `e`, on one line. Followed through explicit causes, and
-    through implicit ones only out of `datasets`' own wrappers: pyarrow's error is the telling one,
-    not the pandas fallback `datasets` tried after it."""
+    """The message of the error behind `e`, on one line: through explicit causes, and implicit ones only out of
+    `datasets`' wrappers (pyarrow's error tells, not the pandas fallback datasets tried after it)."""
     while inner := e.__cause__ or (e.__context__ if type(e).__module__.startswith("datasets") else None):
         e = inner
     return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
@@ -268,46 +244,63 @@ class LoadReport:
 
 
 class _Skip(Exception):
-    """A row (or completion) left out: `reason` for the report, `detail` for strict mode."""
+    """A row (or completion) left out: `reason` for the report, the message for strict mode."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason = reason
-        self.detail = detail
 
 
 def _skip_or_raise(report: LoadReport, skip: _Skip, where: str, strict: bool) -> None:
     if strict:
-        raise DataError(f"{where}: {skip.detail} ({skip.reason}; strict)")
+        raise DataError(f"{where}: {skip} ({skip.reason}; strict)")
     report.skip(skip.reason)
+
+
+def _load(path: str | Path, strict: bool, convert: Callable[[_Row, str], list[dict]],
+          report: LoadReport | None = None) -> tuple[list[dict], LoadReport]:
+    """Every row through `convert(row, its id)`; a `_Skip` is counted (or raised when strict).
+    `report`: one `convert` also counts into (skips below the row level)."""
+    stem, report, out = Path(path).stem, LoadReport() if report is None else report, []
+    for r in _read(path):
+        report.rows += 1
+        try:
+            out.extend(convert(r, _row_id(r, stem)))
+        except _Skip as skip:
+            _skip_or_raise(report, skip, r.where, strict)
+    report.kept = len(out)
+    return out, report
 
 
 # --------------------------------------------------------------------------------------- fields
 
 
-def _get(row: dict, field: str, where: str, label: str | None = None) -> Any:
-    """`row[field]`; `label` is the field's full path for the message."""
-    value = row.get(field)
-    if value is None:  # datasets gives absent fields as None: the two cannot be told apart
-        raise DataError(f"{where}: missing field {label or field!r}")
+def _typed(value: Any, kind: type | None, where: str, label: str, what: str = "") -> Any:
+    """`value` if it is a `kind` (None: any); `label` is the field's full path for the message."""
+    if kind is not None and not isinstance(value, kind):
+        raise DataError(f"{where}: field {label!r} must be {what or _KIND_NAMES[kind]}, got {type(value).__name__}")
     return value
 
 
-def _typed(value: Any, types: type | tuple[type, ...], what: str, where: str, label: str) -> Any:
-    types = types if isinstance(types, tuple) else (types,)
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        raise DataError(f"{where}: field {label!r} must be {what}, got {type(value).__name__}")
-    return value
+def _field(row: dict, name: str, where: str, kind: type | None = str, label: str | None = None,
+           default: Any = _REQUIRED) -> Any:
+    """`row[name]`, a `kind`. Absent and null are one to `datasets`: either gives `default`, an
+    error where there is none."""
+    value = row.get(name)
+    if value is None and default is _REQUIRED:
+        raise DataError(f"{where}: missing field {label or name!r}")
+    return default if value is None else _typed(value, kind, where, label or name)
 
 
-def _string(row: dict, field: str, where: str, label: str | None = None) -> str:
-    label = label or field
-    return _typed(_get(row, field, where, label), str, "a string", where, label)
-
-
-def _optional_string(row: dict, field: str, where: str, default: str) -> str:
-    value = row.get(field)
-    return default if value is None else _typed(value, str, "a string", where, field)
+def _row_id(r: _Row, stem: str) -> str:
+    """The row's `id` (a string or number), else `"<file stem>-<line or row>"`."""
+    value = r.row.get("id")
+    if value is None:
+        return f"{stem}-{r.number}"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise DataError(f"{r.where}: field 'id' must be a string or a number, got {type(value).__name__}")
+    # datasets turns integer ids into floats when one row has a fraction
+    return str(int(value) if isinstance(value, float) and value.is_integer() else value)
 
 
 def _nonempty(text: str, reason: str, label: str) -> str:
@@ -316,57 +309,25 @@ def _nonempty(text: str, reason: str, label: str) -> str:
     return text
 
 
-def _row_id(row: dict, where: str, stem: str, number: int) -> str:
-    value = row.get("id")
-    if value is None:
-        return f"{stem}-{number}"
-    _typed(value, (str, int, float), "a string or a number", where, "id")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # datasets turns integer ids into floats when one row has a fraction
-    return str(value)
-
-
 def _messages(value: Any, where: str, label: str) -> list[dict[str, str]]:
     """Validated `{"role", "content"}` copies (other keys, e.g. datasets' None fillers, dropped)."""
-    _typed(value, list, "a list of messages", where, label)
     out = []
-    for j, m in enumerate(value):
-        _typed(m, dict, "an object", where, f"{label}[{j}]")
-        role = _string(m, "role", where, f"{label}[{j}].role")
-        content = _string(m, "content", where, f"{label}[{j}].content")
+    for j, m in enumerate(_typed(value, list, where, label, "a list of messages")):
+        at = f"{label}[{j}]"
+        _typed(m, dict, where, at)
+        role, content = (_field(m, k, where, label=f"{at}.{k}") for k in ("role", "content"))
         if role not in ROLES:
-            raise DataError(f"{where}: field '{label}[{j}].role' is {role!r}; expected one of {', '.join(ROLES)}")
+            raise DataError(f"{where}: field '{at}.role' is {role!r}; expected one of {', '.join(ROLES)}")
         out.append({"role": role, "content": content})
     return out
 
 
-def _sft_conversation(messages: list[dict[str, str]], label: str) -> list[dict[str, str]]:
-    """The conversation if it is trainable: not empty, no empty assistant turn, ends with one."""
-    if not messages:
-        raise _Skip("empty_conversation", f"field {label!r} has no messages")
-    for j, m in enumerate(messages):
-        if m["role"] == "assistant":
-            _nonempty(m["content"], "empty_response", f"{label}[{j}].content")
-    if messages[-1]["role"] != "assistant":
-        raise _Skip("no_final_assistant", f"field {label!r} does not end with an assistant message")
-    return messages
-
-
-def _load(path: str | Path, strict: bool, convert: Callable[[_Row, str], list[dict]],
-          report: LoadReport | None = None) -> tuple[list[dict], LoadReport]:
-    """Every row through `convert(row, file stem)`; a `_Skip` is counted (or raised when strict).
-    `report`: one `convert` also counts into (skips below the row level)."""
-    stem = Path(path).stem
-    report = LoadReport() if report is None else report
-    out: list[dict] = []
-    for r in _read(path):
-        report.rows += 1
-        try:
-            out.extend(convert(r, stem))
-        except _Skip as skip:
-            _skip_or_raise(report, skip, r.where, strict)
-    report.kept = len(out)
-    return out, report
+def _pair(prompt: str | list, chosen: str, rejected: str, row_id: str, subset: str) -> dict:
+    _nonempty(chosen, "empty_response", "chosen")
+    _nonempty(rejected, "empty_response", "rejected")
+    if chosen == rejected:
+        raise _Skip("identical_pair", "fields 'chosen' and 'rejected' are the same text")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "id": row_id, "subset": subset}
 
 
 # --------------------------------------------------------------------------------------- formats
@@ -378,12 +339,16 @@ def load_hh_rlhf(path: str | Path, strict: bool = False) -> tuple[list[dict], Lo
     messages list); the final assistant turns are chosen and rejected. Subset "hh-rlhf"; id from
     the row or `"<file stem>-<line>"`. Skips: unparseable_dialogue, diverging_dialogues,
     identical_pair, empty_response."""
-    def convert(r: _Row, stem: str) -> list[dict]:
-        texts = {f: _string(r.row, f, r.where) for f in ("chosen", "rejected")}
-        row_id = _row_id(r.row, r.where, stem, r.number)
-        turns = {f: _dialogue(text, f) for f, text in texts.items()}
-        prompt, chosen, rejected = _split_pair(turns["chosen"], turns["rejected"])
-        return [{"prompt": prompt, "chosen": chosen, "rejected": rejected, "id": row_id, "subset": "hh-rlhf"}]
+    def convert(r: _Row, row_id: str) -> list[dict]:
+        texts = {f: _field(r.row, f, r.where) for f in ("chosen", "rejected")}
+        chosen, rejected = (_dialogue(text, f) for f, text in texts.items())
+        if chosen == rejected:
+            raise _Skip("identical_pair", "fields 'chosen' and 'rejected' hold the same dialogue")
+        shared = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+        if not shared == len(chosen) - 1 == len(rejected) - 1:
+            raise _Skip("diverging_dialogues", f"fields 'chosen' and 'rejected' differ before their last turn "
+                                               f"(turn {shared} of {len(chosen)} and {len(rejected)})")
+        return [_pair(chosen[:-1], chosen[-1]["content"], rejected[-1]["content"], row_id, "hh-rlhf")]
 
     return _load(path, strict, convert)
 
@@ -400,50 +365,20 @@ def _dialogue(text: str, field: str) -> list[dict[str, str]]:
     return turns
 
 
-def _split_pair(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], str, str]:
-    """(shared prompt, chosen reply, rejected reply) of two dialogues that differ in their last turn only."""
-    if chosen == rejected:
-        raise _Skip("identical_pair", "fields 'chosen' and 'rejected' hold the same dialogue")
-    shared = 0
-    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
-        shared += 1
-    if not (shared == len(chosen) - 1 == len(rejected) - 1):
-        raise _Skip("diverging_dialogues", f"fields 'chosen' and 'rejected' differ before their last turn "
-                                           f"(turn {shared} of {len(chosen)} and {len(rejected)})")
-    prompt = chosen[:-1]
-    return (prompt, _nonempty(chosen[-1]["content"], "empty_response", "chosen"),
-            _nonempty(rejected[-1]["content"], "empty_response", "rejected"))
-
-
 def load_rewardbench(path: str | Path, strict: bool = False) -> tuple[list[dict], LoadReport]:
     """RewardBench: rows `prompt` (str or messages), `chosen`, `rejected` (str), `subset`, `id`
     (kept; defaults "rewardbench" and `"<file stem>-<line>"`). Skips: empty_prompt,
     empty_response, identical_pair."""
-    def convert(r: _Row, stem: str) -> list[dict]:
-        prompt = _get(r.row, "prompt", r.where)
-        chosen, rejected = (_string(r.row, f, r.where) for f in ("chosen", "rejected"))
-        subset = _optional_string(r.row, "subset", r.where, "rewardbench")
-        row_id = _row_id(r.row, r.where, stem, r.number)
-        return [_pair(_prompt(prompt, r.where), chosen, rejected, row_id, subset)]
+    def convert(r: _Row, row_id: str) -> list[dict]:
+        prompt = _field(r.row, "prompt", r.where, None)
+        chosen, rejected = (_field(r.row, f, r.where) for f in ("chosen", "rejected"))
+        subset = _field(r.row, "subset", r.where, default="rewardbench")
+        prompt = prompt if isinstance(prompt, str) else _messages(prompt, r.where, "prompt")
+        if not (prompt.strip() if isinstance(prompt, str) else any(m["content"].strip() for m in prompt)):
+            raise _Skip("empty_prompt", "field 'prompt' is empty")
+        return [_pair(prompt, chosen, rejected, row_id, subset)]
 
     return _load(path, strict, convert)
-
-
-def _prompt(value: Any, where: str) -> str | list[dict[str, str]]:
-    if isinstance(value, str):
-        return _nonempty(value, "empty_prompt", "prompt")
-    messages = _messages(value, where, "prompt")
-    if not messages or not any(m["content"].strip() for m in messages):
-        raise _Skip("empty_prompt", "field 'prompt' is empty")
-    return messages
-
-
-def _pair(prompt: str | list, chosen: str, rejected: str, row_id: str, subset: str) -> dict:
-    _nonempty(chosen, "empty_response", "chosen")
-    _nonempty(rejected, "empty_response", "rejected")
-    if chosen == rejected:
-        raise _Skip("identical_pair", "fields 'chosen' and 'rejected' are the same text")
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "id": row_id, "subset": subset}
 
 
 def alpaca_prompt(instruction: str, input: str = "") -> str:
@@ -454,15 +389,12 @@ def alpaca_prompt(instruction: str, input: str = "") -> str:
 def load_alpaca(path: str | Path, strict: bool = False) -> tuple[list[dict], LoadReport]:
     """Alpaca: rows `instruction`, `input` (optional, may be ""), `output` -> SFT rows
     [user: `alpaca_prompt(instruction, input)`, assistant: output]. Skips: empty_prompt, empty_response."""
-    def convert(r: _Row, stem: str) -> list[dict]:
-        instruction, output = (_string(r.row, f, r.where) for f in ("instruction", "output"))
-        extra = _optional_string(r.row, "input", r.where, "")
-        row_id = _row_id(r.row, r.where, stem, r.number)
-        _nonempty(instruction, "empty_prompt", "instruction")
-        _nonempty(output, "empty_response", "output")
-        messages = [{"role": "user", "content": alpaca_prompt(instruction, extra)},
-                    {"role": "assistant", "content": output}]
-        return [{"messages": messages, "id": row_id}]
+    def convert(r: _Row, row_id: str) -> list[dict]:
+        instruction, output = (_field(r.row, f, r.where) for f in ("instruction", "output"))
+        extra = _field(r.row, "input", r.where, default="")
+        return [{"messages": [
+            {"role": "user", "content": alpaca_prompt(_nonempty(instruction, "empty_prompt", "instruction"), extra)},
+            {"role": "assistant", "content": _nonempty(output, "empty_response", "output")}], "id": row_id}]
 
     return _load(path, strict, convert)
 
@@ -471,10 +403,16 @@ def load_messages(path: str | Path, strict: bool = False) -> tuple[list[dict], L
     """Chat rows `{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`
     (optionally `id`) -> SFT rows. Skips: empty_conversation, empty_response (an empty assistant
     turn), no_final_assistant."""
-    def convert(r: _Row, stem: str) -> list[dict]:
-        messages = _messages(_get(r.row, "messages", r.where), r.where, "messages")
-        row_id = _row_id(r.row, r.where, stem, r.number)
-        return [{"messages": _sft_conversation(messages, "messages"), "id": row_id}]
+    def convert(r: _Row, row_id: str) -> list[dict]:
+        messages = _messages(_field(r.row, "messages", r.where, None), r.where, "messages")
+        if not messages:
+            raise _Skip("empty_conversation", "field 'messages' has no messages")
+        for j, m in enumerate(messages):
+            if m["role"] == "assistant":
+                _nonempty(m["content"], "empty_response", f"messages[{j}].content")
+        if messages[-1]["role"] != "assistant":
+            raise _Skip("no_final_assistant", "field 'messages' does not end with an assistant message")
+        return [{"messages": messages, "id": row_id}]
 
     return _load(path, strict, convert)
 
@@ -492,15 +430,11 @@ def pairs_to_sft(pair_rows: Sequence[dict]) -> list[dict]:
 # ----------------------------------------------------------------------------------- UltraFeedback
 
 
-@dataclasses.dataclass(frozen=True)
-class _Completion:
+class _Completion(NamedTuple):
     index: int
     response: str
     ratings: dict[str, float]  # numeric ratings only
-
-    @property
-    def score(self) -> float:
-        return sum(self.ratings.values()) / len(self.ratings)
+    score: float  # their mean
 
 
 def load_ultrafeedback(path: str | Path, pairs: str = "all", seed: int = 0,
@@ -517,110 +451,80 @@ def load_ultrafeedback(path: str | Path, pairs: str = "all", seed: int = 0,
     if pairs not in UF_PAIRINGS:
         raise DataError(f"ultrafeedback: pairs={pairs!r}; expected one of {', '.join(UF_PAIRINGS)}")
     report = LoadReport()
-    return _load(path, strict, lambda r, stem: _uf_pairs(r, stem, pairs, seed, report, strict), report)
+    return _load(path, strict, lambda r, row_id: _uf_pairs(r, row_id, pairs, seed, report, strict), report)
 
 
-def _uf_pairs(r: _Row, stem: str, pairs: str, seed: int, report: LoadReport, strict: bool) -> list[dict]:
-    instruction = _string(r.row, "instruction", r.where)
-    subset = _optional_string(r.row, "source", r.where, "ultrafeedback")
-    base_id = _row_id(r.row, r.where, stem, r.number)
-    raw = _typed(_get(r.row, "completions", r.where), list, "a list", r.where, "completions")
+def _uf_pairs(r: _Row, base_id: str, pairs: str, seed: int, report: LoadReport, strict: bool) -> list[dict]:
+    instruction = _field(r.row, "instruction", r.where)
+    subset = _field(r.row, "source", r.where, default="ultrafeedback")
+    raw = _field(r.row, "completions", r.where, list)
     # Every completion is checked for missing fields and wrong types before anything is skipped.
     completions = [_uf_completion(c, i, r.where) for i, c in enumerate(raw)]
     _nonempty(instruction, "empty_prompt", "instruction")
-    usable = []
-    for c in completions:
-        if isinstance(c, _Skip):
-            _skip_or_raise(report, c, r.where, strict)
-        else:
-            usable.append(c)
+    for skip in (c for c in completions if isinstance(c, _Skip)):
+        _skip_or_raise(report, skip, r.where, strict)
+    usable = [c for c in completions if isinstance(c, _Completion)]
     if len(usable) < 2:
         raise _Skip("too_few_completions", f"field 'completions' has {len(usable)} usable (of {len(raw)}); need 2")
+    if pairs == "all":
+        candidates = list(itertools.combinations(usable, 2))
+    else:  # the first of equal bests: deterministic; with all tied, a tie is counted below
+        best = max(usable, key=lambda c: c.score)
+        worse = [c for c in usable if c.score < best.score] or [c for c in usable if c is not best]
+        other = min(worse, key=lambda c: c.score) if pairs == "best_vs_worst" else \
+            random.Random(f"{seed}:{r.number}").choice(worse)
+        candidates = [(best, other)]
     out = []
-    for good, bad in _uf_candidates(usable, pairs, random.Random(f"{seed}:{r.number}"), report):
-        if good.response == bad.response:
+    for a, b in candidates:
+        good, bad = (a, b) if a.score > b.score else (b, a)
+        if a.score == b.score:
+            report.skip("tied_score")
+        elif good.response == bad.response:
             _skip_or_raise(report, _Skip("identical_pair", f"completions {good.index} and {bad.index} are the "
                                                            "same text"), r.where, strict)
-            continue
-        row = _pair(instruction, good.response, bad.response, f"{base_id}-{good.index}-{bad.index}", subset)
-        row["by_principle"] = {p: 1 if good.ratings[p] > bad.ratings[p] else -1 for p in UF_PRINCIPLES
-                               if p in good.ratings and p in bad.ratings and good.ratings[p] != bad.ratings[p]}
-        out.append(row)
+        else:
+            out.append({"prompt": instruction, "chosen": good.response, "rejected": bad.response,
+                        "id": f"{base_id}-{good.index}-{bad.index}", "subset": subset, "by_principle": {
+                            p: 1 if good.ratings[p] > bad.ratings[p] else -1 for p in UF_PRINCIPLES
+                            if p in good.ratings and p in bad.ratings and good.ratings[p] != bad.ratings[p]}})
     return out
-
-
-def _uf_candidates(usable: list[_Completion], pairs: str, rng: random.Random,
-                   report: LoadReport) -> list[tuple[_Completion, _Completion]]:
-    """(better, worse) completion pairs by score; ties are counted, never paired."""
-    if pairs == "all":
-        out = []
-        for i, a in enumerate(usable):
-            for b in usable[i + 1:]:
-                if a.score == b.score:
-                    report.skip("tied_score")
-                else:
-                    out.append((a, b) if a.score > b.score else (b, a))
-        return out
-    best = max(usable, key=lambda c: c.score)  # the first of equal bests: deterministic
-    worse = [c for c in usable if c.score < best.score]
-    if not worse:
-        report.skip("tied_score")
-        return []
-    if pairs == "best_vs_worst":
-        return [(best, min(worse, key=lambda c: c.score))]
-    return [(best, rng.choice(worse))]
 
 
 def _uf_completion(c: Any, i: int, where: str) -> _Completion | _Skip:
     """A completion with its numeric ratings, or the `_Skip` saying why it cannot be paired."""
     label = f"completions[{i}]"
-    _typed(c, dict, "an object", where, label)
-    response = _string(c, "response", where, f"{label}.response")
-    annotations = _typed(_get(c, "annotations", where, f"{label}.annotations"), dict, "an object", where,
-                         f"{label}.annotations")
+    _typed(c, dict, where, label)
+    response = _field(c, "response", where, label=f"{label}.response")
+    annotations = _field(c, "annotations", where, dict, f"{label}.annotations")
     ratings = {}
     for p in UF_PRINCIPLES:
-        entry = annotations.get(p)
-        if entry is None:
-            continue
-        _typed(entry, dict, "an object", where, f"{label}.annotations.{p}")
-        rating = _uf_rating(entry.get("Rating"), where, f"{label}.annotations.{p}.Rating")
-        if rating is not None:
+        entry = _field(annotations, p, where, dict, f"{label}.annotations.{p}", default={})
+        if (rating := _uf_rating(entry.get("Rating"), where, f"{label}.annotations.{p}.Rating")) is not None:
             ratings[p] = rating
     if not response.strip():
         return _Skip("empty_response", f"field '{label}.response' is empty")
     if not ratings:
         return _Skip("unrated_completion", f"field {label!r} has no numeric rating")
-    return _Completion(i, response, ratings)
+    return _Completion(i, response, ratings, sum(ratings.values()) / len(ratings))
 
 
 def _uf_rating(value: Any, where: str, label: str) -> float | None:
     """A numeric rating, or None for "N/A", "" or null."""
     if value is None or (isinstance(value, str) and value.strip().upper() in ("", "N/A", "NA")):
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
-    else:
-        number = math.nan
-    if not math.isfinite(number):
-        raise DataError(f"{where}: field {label!r} must be a number or 'N/A', got {value!r}")
-    return number
+    try:
+        if not isinstance(value, bool) and math.isfinite(number := float(value)):
+            return number
+    except (TypeError, ValueError):
+        pass
+    raise DataError(f"{where}: field {label!r} must be a number or 'N/A', got {value!r}")
 
 
 # --------------------------------------------------------------------------------------- registry
 
 FORMATS: dict[str, Callable[..., tuple[list[dict], LoadReport]]] = {
-    "hh_rlhf": load_hh_rlhf,
-    "ultrafeedback": load_ultrafeedback,
-    "rewardbench": load_rewardbench,
-    "alpaca": load_alpaca,
-    "messages": load_messages,
-}
+    "hh_rlhf": load_hh_rlhf, "ultrafeedback": load_ultrafeedback, "rewardbench": load_rewardbench,
+    "alpaca": load_alpaca, "messages": load_messages}
 # Formats whose rows are preference pairs; the others give SFT rows.
 PAIR_FORMATS = frozenset({"hh_rlhf", "ultrafeedback", "rewardbench"})
 
@@ -636,9 +540,7 @@ def load_source(format: str, path: str | Path, **options: Any) -> tuple[list[dic
     name = format_name(format)
     if name not in FORMATS:
         raise DataError(f"unknown data format {format!r}; known formats: {', '.join(sorted(FORMATS))}")
-    loader = FORMATS[name]
-    allowed = [p for p in inspect.signature(loader).parameters if p != "path"]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
+    allowed = [p for p in inspect.signature(FORMATS[name]).parameters if p != "path"]
+    if unknown := sorted(set(options) - set(allowed)):
         raise DataError(f"{name}: unknown option(s) {', '.join(unknown)}; known: {', '.join(allowed)}")
-    return loader(path, **options)
+    return FORMATS[name](path, **options)
