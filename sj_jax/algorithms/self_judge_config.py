@@ -56,8 +56,10 @@ class SelfJudgeConfig(RunModel):
     epochs: float = 1.0
     num_samples: int = 2  # N per prompt
     pairing: Literal["tournament", "all_pairs"] = "tournament"  # N > 2: best vs worst of tournaments, or a round robin
-    # frozen: the initial model (adapter off); policy: the current weights; else a model of its own (a path or
-    # name sj-jax loads), e.g. the judge of a self-taught run's last iteration (SPEC 3)
+    # frozen: the initial model (adapter off); policy: the current weights; checker: the task suite's checker, an
+    # oracle (a diagnostic ceiling, not the method: a correct finished sample against a wrong one, else the prompt
+    # is skipped as no_decision; needs {"task", "answer"} prompts); else a model of its own (a path or name sj-jax
+    # loads), e.g. the judge of a self-taught run's last iteration (SPEC 3)
     judge_model: str = "frozen"
     judge_mode: Literal["verdict", "generative"] = "verdict"  # one-pass `judge`, or the `generative` template
     generative: GenerativeTemplate = GenerativeTemplate()
@@ -92,7 +94,10 @@ class SelfJudgeConfig(RunModel):
         if self.sampling.max_new_tokens < 1:
             raise ConfigError(f"sampling.max_new_tokens: must be at least 1, got {self.sampling.max_new_tokens}")
         if not self.judge_model:
-            raise ConfigError("judge_model: frozen, policy, or a model to load (a path or an embedded name)")
+            raise ConfigError("judge_model: frozen, policy, checker, or a model to load (a path or an embedded name)")
+        if self.judge_model == "checker" and (self.judge_mode != "verdict" or self.principles):
+            raise ConfigError("judge_model: checker is the task suite's checker; it takes no judge_mode generative "
+                              "and no principles")
         if self.judge_samples < 1:
             raise ConfigError(f"judge_samples: at least 1, got {self.judge_samples}")
         if self.judge_mode == "generative" and self.principles:
