@@ -22,6 +22,7 @@ from sj_jax.experiments.demo import (
     data_config,
     demo,
     load_demo_config,
+    pass_at_n,
     self_judge_config,
     self_taught_config,
     train_config,
@@ -52,8 +53,9 @@ def judge_file(tmp_path_factory):
 
 
 def tiny_config(folder: Path, out: Path, judge_eval: Path | str = "", **kw) -> DemoConfig:
-    overrides = [f"model={folder}", f"out={out}", f"judge_eval={judge_eval}", "data.tasks.families=[arithmetic,uppercase]",
-                 "data.tasks.train=8", "data.tasks.validation=2", "data.tasks.test=4", "sft.steps=2", "sft.batch_size=2",
+    overrides = [f"model={folder}", f"out={out}", f"judge_eval={judge_eval}",
+                 "data.tasks.families=[arithmetic,uppercase]", "data.tasks.train=8", "data.tasks.validation=2",
+                 "data.tasks.test=4", "sft.steps=2", "sft.batch_size=2",
                  "jsft.steps=3", "jsft.batch_size=2", "self_judge.steps=2", "self_judge.batch_size=2",
                  "self_judge.sampling.max_new_tokens=6",
                  "self_judge.degenerate.truncated=keep",  # a random model never ends its turn
@@ -105,6 +107,9 @@ def test_every_stage_runs_and_writes_the_table_the_results_and_the_plots(full_ru
         assert len(r["methods"][m]["accuracy"]) == 1 and r["methods"][m]["n"] == 4
         assert set(r["methods"][m]["by_task"]) == {"arithmetic", "uppercase"}
     assert set(r["tournament"]) == {"jsft", "on_policy"} and list(r["tournament"]["jsft"]) == ["1", "2", "4"]
+    for by_n in r["tournament"].values():  # the oracle row: the first N samples are nested, so pass@N never falls
+        passed = [by_n[n]["pass_at_n"][0] for n in ("1", "2", "4")]
+        assert passed == sorted(passed) and all(0 <= x <= 1 for x in passed)
     for judge in ("base", "jsft"):
         held = r["judges"][judge]["heldout"]["all"]
         assert held["n"] == 4 and {"accuracy_chosen_first", "accuracy_chosen_second", "swap_consistent"} <= set(held)
@@ -126,7 +131,7 @@ def test_every_stage_runs_and_writes_the_table_the_results_and_the_plots(full_ru
                                                       "JSFT makes a better ", "Self-rejection impro"]
     report = (out / "report.md").read_text()
     for label in ("| base |", "| SFT |", "| JSFT |", "| offline DPO |", "| off-policy |", "| SELF-JUDGE |",
-                  "## The paper's claims here", "float32 matmul"):
+                  "## The paper's claims here", "float32 matmul", "| oracle judge (pass@N) |"):
         assert label in report
     for stage, seconds in r["stage_seconds"].items():
         assert f"| {stage} | {seconds} | {rates[stage]} |" in report
@@ -304,12 +309,20 @@ def test_each_stage_runs_its_section_with_what_the_demo_sets(tmp_path):
     st = self_taught_config(cfg, out)
     assert st.train.optim.learning_rate == 0.02 and st.train.checkpoint.every == 5 and st.dtype == "bfloat16"
     assert data_config(cfg, out).tasks.train == 30 and data_config(cfg, out).max_length == jsft.data.max_length
-    for override, named in (("sft.output_dir=x", "sft.output_dir"), ("self_judge.samples=offline", "self_judge.samples"),
+    for override, named in (("sft.output_dir=x", "sft.output_dir"),
+                            ("self_judge.samples=offline", "self_judge.samples"),
                             ("data.seed=1", "data.seed"), ("jsft.data.train_file=f.jsonl", "jsft.data.train_file"),
                             ("self_taught.train.checkpoint.every=3", "self_taught.train.checkpoint"),
                             ("self_taught.model=m", "self_taught.model")):
         with pytest.raises(ConfigError, match=rf"^{re.escape(named)}: set by the demo"):
             load_demo_config(None, [override], False)
+
+
+def test_pass_at_n_counts_a_problem_with_a_correct_finished_sample():
+    rows = [{"task": "uppercase", "answer": "CAT"}, {"task": "uppercase", "answer": "DOG"}]
+    assert pass_at_n(rows, [["cat", "CAT"], ["dog", ""]], [[True, True], [True, True]]) == 0.5
+    assert pass_at_n(rows, [["cat", "CAT"], ["DOG", ""]], [[True, False], [True, False]]) == 0.5  # cut-off: no
+    assert pass_at_n(rows, [["CAT"], ["DOG"]], [[True], [True]]) == 1.0
 
 
 def test_an_ordering_holds_only_when_the_spreads_do_not_overlap():

@@ -36,8 +36,8 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from sj_jax.algorithms.self_judge import SelfJudgeRun
 from sj_jax.algorithms.own_samples import build_with_own_samples
+from sj_jax.algorithms.self_judge import SelfJudgeRun
 from sj_jax.algorithms.self_judge_config import SelfJudgeConfig
 from sj_jax.algorithms.self_taught import SelfTaughtRun, last_judge
 from sj_jax.algorithms.self_taught_config import SelfTaughtConfig
@@ -63,6 +63,7 @@ from sj_jax.experiments.demo_plan import (
     seed_dir,
 )
 from sj_jax.loading.model import load_model
+from sj_jax.tasks.families import check
 from sj_jax.train.config import TrainConfig
 from sj_jax.train.metrics import read_metrics
 from sj_jax.train.trainer import train
@@ -157,8 +158,16 @@ def evaluate_tournament(policy, judge, rows: list[dict], cfg: DemoConfig, seed: 
                                   judge_batch_size=e.judge_batch_size, progress=bar)
     return {"by_n": {str(n): {**check_responses(rows, t.winners).summary("task"),
                               "mean_tokens": float(np.mean([len(ids) for ids in t.winner_token_ids])),
-                              "judgments": int(sum(b.judged for b in t.brackets))}
+                              "judgments": int(sum(b.judged for b in t.brackets)),
+                              "pass_at_n": pass_at_n(rows, t.candidates, t.finished)}
                      for n, t in played.items()}}
+
+
+def pass_at_n(rows: list[dict], candidates: list[list[str]], finished: list[list[bool]]) -> float:
+    """The oracle judge's tournament (a diagnostic ceiling): the fraction of problems with a correct
+    (strict), finished sample among their candidates, the one an oracle would pick."""
+    return float(np.mean([any(f and c.strip() and check(r["task"], r["answer"], c) for c, f in zip(cands, fin))
+                          for r, cands, fin in zip(rows, candidates, finished, strict=True)]))
 
 
 def evaluate_judge(model, pairs: list[dict], cfg: DemoConfig, group: str = "subset",
@@ -411,5 +420,5 @@ def demo(cfg: DemoConfig, **kw) -> DemoResult:
 
 
 __all__ = ["Demo", "DemoResult", "DemoStopped", "build_data", "data_config", "demo", "evaluate_judge",
-           "evaluate_policy", "evaluate_tournament", "load_demo_config", "own_sample_judging",
+           "evaluate_policy", "evaluate_tournament", "load_demo_config", "own_sample_judging", "pass_at_n",
            "self_judge_config", "self_taught_config", "train_config"]

@@ -122,9 +122,10 @@ class DemoConfig(Runtime):
             raise ConfigError("self_taught.judge_for_self_judge: needs self_taught.enabled=true (the judge comes "
                               "from that stage)")
         judge_keys = SELF_JUDGE_JUDGE if self.self_taught.judge_for_self_judge else ()
-        for name, default, owned in (("data", DATA, DATA_OWNED), ("sft", TRAIN, TRAIN_OWNED),
-                                     ("jsft", TRAIN, TRAIN_OWNED), ("self_judge", SELF_JUDGE, SELF_JUDGE_OWNED + judge_keys),
-                                     ("self_taught", SELF_TAUGHT, SELF_TAUGHT_OWNED)):
+        sections = (("data", DATA, DATA_OWNED), ("sft", TRAIN, TRAIN_OWNED), ("jsft", TRAIN, TRAIN_OWNED),
+                    ("self_judge", SELF_JUDGE, SELF_JUDGE_OWNED + judge_keys),
+                    ("self_taught", SELF_TAUGHT, SELF_TAUGHT_OWNED))
+        for name, default, owned in sections:
             check_owned(getattr(self, name), name, default, owned, "the demo")
 
 

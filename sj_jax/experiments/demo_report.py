@@ -42,7 +42,8 @@ def collect(out: Path, cfg: DemoConfig) -> dict[str, Any]:
         evals = [base_eval["result"][m]] if m in BASE_POLICIES else [per_seed[s]["result"]["policies"][m]
                                                                       for s in seeds]
         methods[m] = _values(evals, with_tasks=True)
-    tournament = {p: {n: _values([per_seed[s]["result"]["tournament"][p]["by_n"][n] for s in seeds])
+    tournament = {p: {n: _values([per_seed[s]["result"]["tournament"][p]["by_n"][n] for s in seeds],
+                                 optional=("pass_at_n",))
                       for n in map(str, cfg.eval.tournament_n)} for p in TOURNAMENT_POLICIES}
     judges = finished_stage(out / "judges")["result"]
     judge_tables = {j: {"heldout": judges[j]["heldout"]["by_subset"]} for j in JUDGES}
@@ -76,9 +77,12 @@ def collect(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     return results
 
 
-def _values(evals: list[dict], with_tasks: bool = False) -> dict[str, Any]:
-    """Each metric as its list over seeds (one value where the stage is deterministic)."""
+def _values(evals: list[dict], with_tasks: bool = False, optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Each metric as its list over seeds (one value where the stage is deterministic). An `optional`
+    metric is there only when every seed's stage recorded it (a stage finished by an older version
+    did not)."""
     out = {k: [e[k] for e in evals] for k in ("accuracy", "answer_accuracy", "mean_tokens")}
+    out.update({k: [e[k] for e in evals] for k in optional if all(k in e for e in evals)})
     out["n"] = evals[0]["n"]
     if with_tasks:
         out["by_task"] = {t: {k: [e["by_task"][t][k] for e in evals] for k in ("accuracy", "answer_accuracy")}
@@ -216,16 +220,19 @@ def markdown(results: dict) -> str:
     for m, v in results["methods"].items():
         lines.append(f"| {LABELS[m]} | " + " | ".join(_ms(v["by_task"][t]["accuracy"]) for t in tasks) + " |")
     lines += ["", "## Tournament self-rejection (each policy judges its own samples)", "",
-              "| policy | N | strict | lenient | mean tokens |", "|---|---|---|---|---|"]
+              "| policy | N | strict | lenient | mean tokens | oracle judge (pass@N) |", "|---|---|---|---|---|---|"]
     for p, by_n in results["tournament"].items():
         for k, v in by_n.items():
+            oracle = _ms(v["pass_at_n"]) if "pass_at_n" in v else "not recorded"
             lines.append(f"| {LABELS[p]} | {k} | {_ms(v['accuracy'])} | {_ms(v['answer_accuracy'])} | "
-                         f"{_ms(v['mean_tokens'])} |")
+                         f"{_ms(v['mean_tokens'])} | {oracle} |")
     t_n = next(iter(next(iter(results["tournament"].values())).values()))["n"]
     lines += ["", (f"{t_n} test problems (the first {cfg['eval']['tournament_limit']} of each family, "
                    f"`eval.tournament_limit`), fewer than the {n} of the table above ({cfg['eval']['test_limit']} "
                    "per family, `eval.test_limit`), so its standard errors are larger. N samples a problem at "
-                   f"temperature {cfg['eval']['temperature']}; the winner of a knock-out over the first N is scored.")]
+                   f"temperature {cfg['eval']['temperature']}; the winner of a knock-out over the first N is scored. "
+                   "The oracle judge column is a diagnostic ceiling, not a method: the task suite's checker picks a "
+                   "correct finished sample whenever one of the N is (pass@N), on the same samples.")]
     lines += ["", "## Judges", ""]
     for where, title in (("heldout", "held-out known-label pairs (test split)"),
                          ("judge_eval", f"`{results['judge_eval_file']}`")):
