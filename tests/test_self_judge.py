@@ -283,6 +283,8 @@ def test_the_checker_judge_trains_on_correct_against_wrong_and_counts_what_it_sk
         plain = tmp_path / "plain.jsonl"
         plain.write_text("".join(json.dumps({"prompt": f"Say {w}."}) + "\n" for w in ("a", "b", "c", "d")))
         SelfJudgeRun(config(files, tmp_path / "c2", judge_model="checker", prompts_file=str(plain)), model=tiny)
+    offline = SelfJudgeRun(config(files, tmp_path / "c3", judge_model="checker", samples="offline"), model=tiny)
+    assert offline.step(0, offline.state)[1]["updated"] == 1  # offline judges nothing: the checker is not asked
     with pytest.raises(ConfigError, match="judge_model: checker is the task suite's checker"):
         SelfJudgeConfig(judge_model="checker", judge_mode="generative")
 

@@ -146,6 +146,12 @@ def choose_pairs(contexts: Sequence[str], candidates: Sequence[Sequence[Candidat
     return choices  # type: ignore[return-value]
 
 
+def oracle_correct(text: str, finished: bool, check: Callable[[str], bool]) -> bool:
+    """The oracle judge's rule, for the SELF-JUDGE pairs and the tournament's pass@N alike: a sample is
+    right when it is finished, not empty, and `check(text)` accepts it; `check` never reads the others."""
+    return finished and bool(text.strip()) and check(text)
+
+
 def checker_pairs(candidates: Sequence[Sequence[Candidate]], check: Callable[[int, str], bool], *,
                   seed: int = 0) -> list[PairChoice]:
     """The oracle judge, a diagnostic ceiling rather than a method: for prompt i, a correct finished
@@ -158,7 +164,7 @@ def checker_pairs(candidates: Sequence[Sequence[Candidate]], check: Callable[[in
     for i, cands in enumerate(candidates):
         if len(cands) < 2:
             raise ValueError(f"candidates[{i}]: {len(cands)} samples; a pair needs at least 2")
-        right = {j for j, c in enumerate(cands) if c.finished and c.text.strip() and check(i, c.text)}
+        right = {j for j, c in enumerate(cands) if oracle_correct(c.text, c.finished, lambda t, i=i: check(i, t))}
         wrong = [j for j in range(len(cands)) if j not in right]
         if right and wrong:
             choices.append(PairChoice(int(rng.choice(sorted(right))), int(rng.choice(wrong)), decided_by="checker"))

@@ -125,10 +125,6 @@ class SelfJudgeRun:
         v = cfg.validation
         self.val_rows = read_rows(v.file, ("prompt", "answer", "task"), v.limit) if v.file else []
         self.judge = None  # a judge of its own (judge_model a path), loaded once
-        if cfg.judge_model == "checker" and not all(self.answers):
-            missing = sum(1 for a in self.answers if a is None)
-            raise ConfigError(f"judge_model: checker needs task-suite prompts (rows with a task and an answer); "
-                              f"{missing} of {len(self.answers)} usable rows of {cfg.prompts_file} have none")
         if cfg.judge_model not in ("frozen", "policy", "checker"):
             self.judge = load_model(cfg.judge_model, dtype=cfg.dtype, mesh=model.mesh)
             if self.judge.tokenizer is None:
@@ -154,6 +150,10 @@ class SelfJudgeRun:
         # Task-suite rows carry their answer: every sample is then checked, and the judge's verdicts
         # on pairs with exactly one correct sample are scored (measured, never used for training).
         self.answers = [(rows[i]["task"], rows[i]["answer"]) if _checkable(rows[i]) else None for i in keep]
+        if cfg.judge_model == "checker" and not all(self.answers):  # before any state is built
+            missing = sum(1 for a in self.answers if a is None)
+            raise ConfigError(f"judge_model: checker needs task-suite prompts (rows with a task and an answer); "
+                              f"{missing} of {len(self.answers)} usable rows of {cfg.prompts_file} have none")
         return {"file": cfg.prompts_file, "rows": len(rows), "prompts": len(keep),
                 "dropped_too_long": len(rows) - len(keep)}
 

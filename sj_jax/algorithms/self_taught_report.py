@@ -10,7 +10,7 @@ from typing import Any
 
 from sj_jax.algorithms.self_taught_config import SelfTaughtConfig
 from sj_jax.core.config import to_dict
-from sj_jax.core.stages import finished_stage, stage_rate, time_table
+from sj_jax.core.stages import finished_stage, recorded_rates, stage_rate, time_table
 from sj_jax.weights.checkpoint import Checkpointer
 
 COLUMNS = (("accuracy", "acc"), ("no_verdict", "tie or none"), ("accuracy_chosen_first", "chosen 1st"),
@@ -40,7 +40,7 @@ def collect(out: Path, cfg: SelfTaughtConfig) -> dict[str, Any]:
     return {"config": to_dict(cfg), "selection": markers["select"]["result"], "judges": judges,
             "iterations": iterations, "stage_seconds": seconds, "stage_matmul_gflops_float32": rates,
             "total_stage_seconds": round(sum(seconds.values()), 1),
-            "machine": {"matmul_gflops_float32": sorted({r for r in rates.values() if r is not None}),
+            "machine": {"matmul_gflops_float32": recorded_rates(rates),
                         "processor": platform.processor(), "versions": info["versions"],
                         "git_commit": info["git_commit"]}}
 

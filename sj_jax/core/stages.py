@@ -70,6 +70,11 @@ def stage_rate(marker: dict[str, Any]) -> float | None:
     return (marker.get("machine") or {}).get("matmul_gflops_float32")
 
 
+def recorded_rates(rates: dict[str, float | None]) -> list[float]:
+    """The distinct rates stages recorded (stage -> rate), sorted; the stages with none left out."""
+    return sorted({r for r in rates.values() if r is not None})
+
+
 def rates_sentence(rates: dict[str, float | None]) -> str:
     """Which float32 matmul rates the stages' times were measured at (stage -> rate, as each
     recorded it when it ran), and which stages ran at each when there are several."""
@@ -94,7 +99,7 @@ def rates_sentence(rates: dict[str, float | None]) -> str:
 def time_table(seconds: dict[str, float], rates: dict[str, float | None]) -> list[str]:
     """A report's time section: the rates sentence, then a row per stage (its seconds and the rate
     it ran at) and the total, as Markdown lines. Nothing is measured here."""
-    known = sorted({r for r in rates.values() if r is not None})
+    known = recorded_rates(rates)
     lines = [f"{rates_sentence(rates)} Each row: the stage's seconds, and the rate measured in the process that "
              "ran it, as it started (a rerun that skips a stage keeps both).", "",
              "| stage | seconds | float32 matmul GFLOP/s when it ran |", "|---|---|---|"]
@@ -103,5 +108,5 @@ def time_table(seconds: dict[str, float], rates: dict[str, float | None]) -> lis
     return lines
 
 
-__all__ = ["STAGE_FILE", "StageOutcome", "finished_stage", "rates_sentence", "read_stage", "run_stage", "stage_rate",
-           "time_table"]
+__all__ = ["STAGE_FILE", "StageOutcome", "finished_stage", "rates_sentence", "read_stage", "recorded_rates",
+           "run_stage", "stage_rate", "time_table"]

@@ -37,6 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sj_jax.algorithms.own_samples import build_with_own_samples
+from sj_jax.algorithms.pairs import oracle_correct
 from sj_jax.algorithms.self_judge import SelfJudgeRun
 from sj_jax.algorithms.self_judge_config import SelfJudgeConfig
 from sj_jax.algorithms.self_taught import SelfTaughtRun, last_judge
@@ -166,7 +167,8 @@ def evaluate_tournament(policy, judge, rows: list[dict], cfg: DemoConfig, seed: 
 def pass_at_n(rows: list[dict], candidates: list[list[str]], finished: list[list[bool]]) -> float:
     """The oracle judge's tournament (a diagnostic ceiling): the fraction of problems with a correct
     (strict), finished sample among their candidates, the one an oracle would pick."""
-    return float(np.mean([any(f and c.strip() and check(r["task"], r["answer"], c) for c, f in zip(cands, fin))
+    return float(np.mean([any(oracle_correct(c, f, lambda t, r=r: check(r["task"], r["answer"], t))
+                              for c, f in zip(cands, fin))
                           for r, cands, fin in zip(rows, candidates, finished, strict=True)]))
 
 

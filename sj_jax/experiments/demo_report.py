@@ -13,7 +13,7 @@ import numpy as np
 
 from sj_jax.algorithms.self_taught_report import data_table, table
 from sj_jax.core.config import to_dict
-from sj_jax.core.stages import STAGE_FILE, finished_stage, rates_sentence, stage_rate, time_table
+from sj_jax.core.stages import STAGE_FILE, finished_stage, rates_sentence, recorded_rates, stage_rate, time_table
 from sj_jax.experiments.demo_config import DemoConfig
 from sj_jax.experiments.demo_plan import (
     BASE_POLICIES,
@@ -64,7 +64,7 @@ def collect(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     info = Checkpointer.run_info({"kind": "demo", **to_dict(cfg)}, cfg.seed)
     results = {
         "config": to_dict(cfg), "seeds": seeds,
-        "machine": {"matmul_gflops_float32": sorted({r for r in rates.values() if r is not None}),
+        "machine": {"matmul_gflops_float32": recorded_rates(rates),
                     "processor": platform.processor(), "machine": platform.machine(), "versions": info["versions"],
                     "git_commit": info["git_commit"]},
         "stage_seconds": stages, "stage_matmul_gflops_float32": rates,
