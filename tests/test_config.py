@@ -12,7 +12,16 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sj_jax.core.config import apply_overrides, check_owned, field_at, from_dict, load_yaml, save_yaml, to_dict, with_fields
+from sj_jax.core.config import (
+    apply_overrides,
+    check_owned,
+    field_at,
+    from_dict,
+    load_yaml,
+    save_yaml,
+    to_dict,
+    with_fields,
+)
 from sj_jax.core.errors import ConfigError
 from sj_jax.models.config import ModelConfig, RopeConfig
 from sj_jax.models.sharding import MeshConfig, make_mesh
