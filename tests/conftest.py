@@ -270,3 +270,24 @@ def ruled_verdicts(monkeypatch):
 
     monkeypatch.setattr(generative, "judge_generative", judge)
     monkeypatch.setattr(self_taught_module, "judge_generative", judge)  # where the loop took the name from
+
+
+def scripted_generate(rows):
+    """A stand-in for `sj_jax.inference.generate.generate` where a model must answer right some of
+    the time (a random model never does): the samples of each problem row's prompt alternate its
+    answer (even samples) and distinct wrong texts, except every third row, answered wrong
+    throughout; every sample finished. Rows: {"prompt", "answer"}."""
+    import json
+
+    from sj_jax.inference.generate import Generations
+
+    key = json.dumps
+    answers = {key(r["prompt"]): (None if i % 3 == 0 else r["answer"]) for i, r in enumerate(rows)}
+
+    def fake(model, prompts, *, num_samples=1, **_):
+        texts = [[answers[key(p)] if answers[key(p)] is not None and j % 2 == 0 else f"I am not sure ({j})"
+                  for j in range(num_samples)] for p in prompts]
+        return Generations(texts=texts, token_ids=[[[] for _ in t] for t in texts],
+                           logprobs=[[[] for _ in t] for t in texts], finished=[[True] * num_samples for _ in texts])
+
+    return fake

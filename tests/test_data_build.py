@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sj_jax.cli import main
-from sj_jax.core.config import from_dict
+from sj_jax.core.config import from_dict, to_dict
 from sj_jax.tasks.families import FAMILIES, check
 from sj_jax.tasks.suite import SPLITS
 
@@ -108,6 +108,8 @@ def test_the_trainer_reads_the_built_files(built, smollm2_tokenizer):
     ("sources=[{format: alpacca, path: x.jsonl}]", "sources[0].format: unknown data format 'alpacca'"),
     ("sources=[{format: alpaca, path: x.jsonl, use: pairs}]", "sources[0].use: 'alpaca' has no pairs"),
     ("sources=[{format: alpaca, path: nowhere.jsonl}]", "sources[0].path: nowhere.jsonl: no such file"),
+    ("own_samples.pairing=mine", "own_samples.pairing: 'mine' is not one of ['answer', 'own']"),
+    ("own_samples={pairing: own, samples: 1}", "own_samples.samples: pairing 'own' needs 2 or more"),
 ])
 def test_bad_config_is_named(override, match, tmp_path, capsys):
     assert main(["data", "build", "--config", "configs/data.yaml", f"output_dir={tmp_path}", override]) == 2
@@ -135,13 +137,13 @@ def test_bad_source_line_is_named_and_nothing_is_half_written(tmp_path, capsys, 
 
 @pytest.mark.slow
 def test_own_wrong_samples_make_checked_pairs(smollm2):
-    from sj_jax.algorithms.own_samples import own_wrong_pairs
+    from sj_jax.algorithms.own_samples import own_pairs
     from sj_jax.tasks.suite import TaskSuiteConfig, build_split
 
     rows = build_split(TaskSuiteConfig(families=("arithmetic", "repeat_word"), train=3), "train").rows
     # Batches of 4, 8 new tokens, temperature 1, top-p 0.9 and prompts in the 64-token bucket: the
     # sampler program of test_cli's prompts-file test, so the two compile SmolLM2's sampler once.
-    pairs, stats = own_wrong_pairs(smollm2, rows, samples=2, per_problem=2, max_new_tokens=8, seed=0, batch_size=4)
+    pairs, stats = own_pairs(smollm2, rows, samples=2, per_problem=2, max_new_tokens=8, seed=0, batch_size=4)
     assert stats.samples == 12 == stats.correct + stats.wrong + stats.empty
     assert stats.pairs == len(pairs) <= stats.wrong - stats.duplicate
     assert stats.wrong > 0  # SmolLM2 never gives the bare answer to these (measured: 0 of 800)
@@ -149,6 +151,58 @@ def test_own_wrong_samples_make_checked_pairs(smollm2):
         assert p["rejected"].strip() and not check(p["task"], p["chosen"], p["rejected"])
         format_only = check(p["task"], p["chosen"], p["rejected"], strict=False)
         assert p["corruption"] == ("model_sample_format" if format_only else "model_sample")
+
+
+def test_own_pairs_are_the_models_answers_labelled_by_the_checker_from_train_problems_only(tmp_path, smollm2_path,
+                                                                                        monkeypatch):
+    """pairing "own": a correct finished sample against a wrong one of the same train problem, in
+    both orders in the JSFT mixture, beside the known-label pairs at `known_per_own`; no validation
+    or test problem is ever sampled."""
+    from conftest import scripted_generate
+
+    import sj_jax.algorithms.own_samples as own_samples
+    from sj_jax.data.build import DataBuildConfig
+    from sj_jax.data.build import build as build_files
+    from sj_jax.tasks.suite import TaskSuiteConfig, build_split
+
+    tasks = TaskSuiteConfig(families=("arithmetic", "uppercase", "sort_numbers"), train=6, validation=3, test=3)
+    every = [r for s in SPLITS for r in build_split(tasks, s, 0).rows]
+    monkeypatch.setattr(own_samples, "generate", scripted_generate(every))
+    cfg = from_dict(DataBuildConfig, {"output_dir": str(tmp_path), "model": str(smollm2_path), "tasks": to_dict(tasks),
+                                      "own_samples": {"enabled": True, "pairing": "own", "problems": 18, "samples": 4,
+                                                      "per_problem": 2, "known_per_own": 1.0}})
+    sampled: list[dict] = []
+
+    def sample_pairs(problems):
+        sampled.extend(problems)
+        pairs, stats = own_samples.own_pairs(None, problems, pairing="own", samples=4, per_problem=2)
+        return pairs, stats.as_dict()
+
+    summary = build_files(cfg, log=lambda m: None, own_pairs=sample_pairs)
+    train = {r["prompt"] for r in read(tmp_path / "prompts_train.jsonl")}
+    held_out = {r["prompt"] for s in ("validation", "test") for r in read(tmp_path / f"prompts_{s}.jsonl")}
+    assert len(sampled) == 18 and {r["prompt"] for r in sampled} <= train and not train & held_out
+    own = [p for p in read(tmp_path / "pairs_train.jsonl") if p.get("pairing") == "own"]
+    # two rows in three are answered right and wrong (two distinct wrong texts: two pairs), the rest wrong only
+    mixed = sum(every.index(r) % 3 != 0 for r in sampled)
+    assert 0 < mixed < len(sampled) and summary["own_samples"]["mixed"] == mixed
+    assert len(own) == summary["own_samples"]["pairs"] == 2 * mixed
+    answer = {r["prompt"]: r["answer"] for r in every}
+    for p in own:  # the labels are the checker's: the chosen sample right, the rejected one wrong
+        assert p["prompt"] in train and p["prompt"] not in held_out
+        assert check(p["task"], answer[p["prompt"]], p["chosen"])
+        assert not check(p["task"], answer[p["prompt"]], p["rejected"]) and p["corruption"] == "model_sample"
+    jsft = read(tmp_path / "jsft_train.jsonl")
+    by_pair: dict[str, list[dict]] = {}
+    for row in jsft:
+        if "judgment" in row:
+            by_pair.setdefault(row["pair_id"], []).append(row["judgment"])
+    for p in own:  # both orders: the correct answer once as A, once as B
+        seen = {(j["label"], j["response_a"] if j["label"] == "A" else j["response_b"]) for j in by_pair[p["id"]]}
+        assert seen == {("A", p["chosen"]), ("B", p["chosen"])}
+    counts = summary["jsft"]
+    assert counts["own_judgment_rows"] == 2 * len(own) == counts["known_judgment_rows"]  # known_per_own: 1.0
+    assert not {j["context"] for js in by_pair.values() for j in js} & held_out
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -9,8 +10,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import smollm2_gguf_path
+from conftest import scripted_generate, smollm2_gguf_path
 
+import sj_jax.algorithms.own_samples
 import sj_jax.core.machine
 import sj_jax.experiments.demo
 from sj_jax.cli import main
@@ -21,6 +23,7 @@ from sj_jax.experiments.demo import (
     Demo,
     data_config,
     demo,
+    judge_data_config,
     load_demo_config,
     pass_at_n,
     self_judge_config,
@@ -30,6 +33,7 @@ from sj_jax.experiments.demo import (
 from sj_jax.experiments.demo_config import DemoConfig
 from sj_jax.experiments.demo_plan import METHODS, plan
 from sj_jax.experiments.demo_report import compare
+from sj_jax.tasks.suite import SPLITS, TaskSuiteConfig, build_split
 from sj_jax.train.config import OptimConfig
 from sj_jax.train.metrics import read_metrics
 
@@ -64,6 +68,10 @@ def tiny_config(folder: Path, out: Path, judge_eval: Path | str = "", **kw) -> D
     return load_demo_config(None, overrides + [f"{k}={v}" for k, v in kw.items()], False)
 
 
+def read_rows_of(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def comparable(results: dict) -> dict:
     """results.json without what a rerun may change: times, the machine's rate, the plots' names."""
     return {k: v for k, v in results.items()
@@ -87,6 +95,18 @@ def assert_every_step_logged_once(log: list[str], cfg: DemoConfig) -> None:
     keys = list(plan(cfg))
     assert [(i, n, name) for i, n, name, _ in steps(log)] == [
         (i, len(keys) + 1, name) for i, name in enumerate(keys + ["report"], start=1)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def answers_right_sometimes():
+    """The tiny random model never answers a problem right, so the model's own answers (the judge data
+    stage's train pairs, the judges' held-out own-sample pairs) are scripted: right and wrong by turns,
+    as `scripted_generate` says. Everything else samples the model."""
+    rows = [r for s in SPLITS for r in build_split(TaskSuiteConfig(families=("arithmetic", "uppercase"), train=8,
+                                                                   validation=2, test=4), s, 0).rows]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sj_jax.algorithms.own_samples, "generate", scripted_generate(rows))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +134,19 @@ def test_every_stage_runs_and_writes_the_table_the_results_and_the_plots(full_ru
         held = r["judges"][judge]["heldout"]["all"]
         assert held["n"] == 4 and {"accuracy_chosen_first", "accuracy_chosen_second", "swap_consistent"} <= set(held)
         assert r["judges"][judge]["judge_eval"]["all"]["n"] == (6 if LLMBAR.exists() else 2)
+        # the held-out own-sample pairs: one a test problem answered both right and wrong (eval.own_pairs_limit
+        # of each family, 2 families), as the judges stage wrote them for the self-taught stage to read
+        own_held = r["judges"][judge]["own_samples"]["all"]
+        assert own_held["n"] == r["own_pairs"]["mixed"] == r["own_pairs"]["pairs"] > 0
+        assert {"accuracy_chosen_first", "accuracy_chosen_second", "swap_consistent"} <= set(own_held)
+    assert r["own_pairs"]["problems"] == 8 and len(read_rows_of(out / "judges" / "own_pairs_test.jsonl")) == \
+        r["own_pairs"]["pairs"]
+    # the judge data stage: the SFT policy's own pairs of train problems in JSFT's mixture, counted
+    judge_data = json.loads((out / "judge_data" / "summary.json").read_text())
+    assert judge_data["own_samples"]["pairs"] > 0 and judge_data["jsft"]["own_judgment_rows"] == \
+        2 * judge_data["own_samples"]["pairs"]
+    assert read_yaml((out / "jsft" / "config.yaml").read_text())["data"]["train_file"] == \
+        str(out / "judge_data" / "jsft_train.jsonl")
     # the pairs of its own samples the judge was checked on: every one the run's steps logged
     own = r["own_samples"][0]
     steps_logged = [row for row in read_metrics(out / "seed0" / "on_policy" / "metrics.jsonl")
@@ -128,9 +161,12 @@ def test_every_stage_runs_and_writes_the_table_the_results_and_the_plots(full_ru
     assert list(rates) == list(r["stage_seconds"]) and all(v is not None and v > 0 for v in rates.values())
     assert r["machine"]["matmul_gflops_float32"] == sorted(set(rates.values()))
     assert [c["claim"][:20] for c in r["claims"]] == ["With the same judge,", "SELF-JUDGE beats JSF",
-                                                      "JSFT makes a better ", "Self-rejection impro"]
+                                                      "SELF-JUDGE keeps at ", "JSFT makes a better ",
+                                                      "Self-rejection impro"]
+    assert [c["on"] for c in r["claims"][3]["comparisons"]] == ["heldout", "own_samples", "judge_eval"]
     report = (out / "report.md").read_text()
     for label in ("| base |", "| SFT |", "| JSFT |", "| offline DPO |", "| off-policy |", "| SELF-JUDGE |",
+                  "| SELF-JUDGE, oracle judge (diagnostic) |", "On held-out own-sample pairs",
                   "## The paper's claims here", "float32 matmul", "| oracle judge (pass@N) |"):
         assert label in report
     for stage, seconds in r["stage_seconds"].items():
@@ -140,7 +176,7 @@ def test_every_stage_runs_and_writes_the_table_the_results_and_the_plots(full_ru
     assert ("2 test problems (the first 1 of each family, `eval.tournament_limit`), fewer than the 4 of the table "
             "above (2 per family, `eval.test_limit`)") in report
     # and its claim carries the standard error of its own test sample, as the others do
-    for c in r["claims"][3]["comparisons"]:
+    for c in r["claims"][4]["comparisons"]:
         p, hi, lo = c["higher"].split()[0], c["higher"].split("=")[1], c["lower"].split("=")[1]
         a, b = r["tournament"][p][hi]["accuracy"][0], r["tournament"][p][lo]["accuracy"][0]
         se = math.sqrt(a * (1 - a) / 2 + b * (1 - b) / 2)
@@ -149,9 +185,10 @@ def test_every_stage_runs_and_writes_the_table_the_results_and_the_plots(full_ru
     for png in ("accuracy.png", "tournament.png", "judges.png", "training.png"):
         assert (out / png).stat().st_size > 1000
     stages = {json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()}
-    assert stages == {"sft", "jsft", "offline", "off_policy", "on_policy"}
+    assert stages == {"sft", "jsft", "offline", "off_policy", "on_policy", "oracle"}
     # each stage's own config lies beside its output, for its own command
-    for sub in ("data", "sft", "jsft", "seed0/offline", "seed0/off_policy", "seed0/on_policy"):
+    for sub in ("data", "sft", "judge_data", "jsft", "seed0/offline", "seed0/off_policy", "seed0/on_policy",
+                "seed0/oracle"):
         assert (out / sub / "config.yaml").exists()
 
 
@@ -161,6 +198,15 @@ def test_a_demo_stopped_in_a_stage_resumes_to_the_same_results(full_run, tiny_fo
     cfg = tiny_config(tiny_folder, out, judge_file)
     for stage in ("data", "sft"):  # stages done before the stop: copied, then skipped
         shutil.copytree(full_run[0] / stage, out / stage)
+
+    def killed(*_a, **_k):  # the judge data stage dies while the SFT policy answers
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sj_jax.algorithms.own_samples, "generate", killed)
+        with pytest.raises(KeyboardInterrupt):
+            demo(cfg, progress=False)
+    assert (out / "judge_data" / "config.yaml").exists() and not (out / "judge_data" / "stage.json").exists()
     first = demo(cfg, progress=False, stop_at=("jsft", 1))
     assert first.results is None and "stopped in stage jsft at step 1" in first.stopped_in
     assert not (out / "jsft" / "stage.json").exists() and (out / "jsft" / "checkpoints").exists()
@@ -169,7 +215,7 @@ def test_a_demo_stopped_in_a_stage_resumes_to_the_same_results(full_run, tiny_fo
     log: list[str] = []
     third = Demo(cfg, progress=False, log=log.append).run()
     assert third.results is not None
-    assert ran(log) == ["on_policy (seed 0)", "eval (seed 0)", "report"]  # the rest was done
+    assert ran(log) == ["on_policy (seed 0)", "oracle (seed 0)", "eval (seed 0)", "report"]  # the rest was done
     assert_every_step_logged_once(log, cfg)  # and was logged as skipped
     assert comparable(third.results) == comparable(full_run[1].results)
     rows = lambda p: [{k: v for k, v in json.loads(x).items() if not k.startswith(("time/", "elapsed", "tokens_per", "step_programs"))}  # noqa: E731
@@ -188,7 +234,7 @@ def test_a_second_seed_and_another_judge_file_reuse_the_stages_done(full_run, ti
     cfg = tiny_config(tiny_folder, out, other, seeds=2)
     r = Demo(cfg, progress=False, log=log.append).run().results
     assert ran(log) == ["judge eval", "offline (seed 1)", "off_policy (seed 1)", "on_policy (seed 1)",
-                        "eval (seed 1)", "report"]
+                        "oracle (seed 1)", "eval (seed 1)", "report"]
     assert_every_step_logged_once(log, cfg)
     assert r["judges"]["jsft"]["judge_eval"]["all"]["n"] == 2
     assert r["seeds"] == [0, 1]
@@ -241,8 +287,9 @@ def test_the_report_gives_each_stage_the_rate_it_ran_at(full_run, tiny_folder, j
     assert f"| data | {seconds['data']} | not recorded |" in report
     assert f"| sft | {seconds['sft']} | 139.2 |" in report
     assert f"| eval (seed 0) | {seconds['eval (seed 0)']} | 283.0 |" in report
-    assert ("float32 matmul rates of 139.2 GFLOP/s (sft, jsft, eval base, judges, judge eval); 283.0 GFLOP/s "
-            "(offline (seed 0), off_policy (seed 0), on_policy (seed 0), eval (seed 0))") in report
+    assert ("float32 matmul rates of 139.2 GFLOP/s (sft, judge data, jsft, eval base, judges, judge eval); 283.0 "
+            "GFLOP/s (offline (seed 0), off_policy (seed 0), on_policy (seed 0), oracle (seed 0), eval (seed 0))"
+            ) in report
     assert "data: finished without a recorded rate" in report
 
 
@@ -301,7 +348,17 @@ def test_each_stage_runs_its_section_with_what_the_demo_sets(tmp_path):
     assert jsft.optim == OptimConfig(learning_rate=0.003, warmup_ratio=0.05) and jsft.lora == cfg.jsft.lora
     assert (jsft.model, jsft.seed, jsft.dtype, jsft.param_dtype, jsft.output_dir, jsft.checkpoint.every) == (
         cfg.model, 4, "bfloat16", "bfloat16", str(out / "jsft"), 5)
-    assert jsft.data.train_file == str(out / "data" / "jsft_train.jsonl") and jsft.judge == cfg.judge
+    assert jsft.data.train_file == str(out / "judge_data" / "jsft_train.jsonl") and jsft.judge == cfg.judge
+    assert train_config(load_demo_config(None, ["data.own_samples.enabled=false"], False), out,
+                        "jsft").data.train_file == str(out / "data" / "jsft_train.jsonl")
+    own = judge_data_config(cfg, out)  # the SFT run answers, into its own folder; stage 1 samples nothing
+    assert (own.own_samples.model, own.output_dir, own.tasks.train, own.own_samples.enabled) == (
+        str(out / "sft"), str(out / "judge_data"), 30, True)
+    assert not data_config(cfg, out).own_samples.enabled
+    assert judge_data_config(dataclasses.replace(cfg, own_samples_from="base"), out).own_samples.model == cfg.model
+    oracle = self_judge_config(cfg, out, "oracle", 5)
+    assert (oracle.samples, oracle.judge_model, oracle.output_dir) == ("on_policy", "checker",
+                                                                       str(out / "seed5" / "oracle"))
     sj = self_judge_config(cfg, out, "off_policy", 5)
     assert (sj.dpo.beta, sj.sampling.top_p, sj.optim.schedule, sj.samples, sj.seed) == (0.3, 0.8, "constant",
                                                                                           "off_policy", 5)
@@ -313,7 +370,8 @@ def test_each_stage_runs_its_section_with_what_the_demo_sets(tmp_path):
                             ("self_judge.samples=offline", "self_judge.samples"),
                             ("data.seed=1", "data.seed"), ("jsft.data.train_file=f.jsonl", "jsft.data.train_file"),
                             ("self_taught.train.checkpoint.every=3", "self_taught.train.checkpoint"),
-                            ("self_taught.model=m", "self_taught.model")):
+                            ("self_taught.model=m", "self_taught.model"),
+                            ("data.own_samples.model=m", "data.own_samples.model")):
         with pytest.raises(ConfigError, match=rf"^{re.escape(named)}: set by the demo"):
             load_demo_config(None, [override], False)
 
@@ -345,7 +403,7 @@ def test_an_ordering_holds_only_when_the_spreads_do_not_overlap():
 def test_the_self_taught_stage_measures_its_judge_by_iteration_and_can_judge_for_self_judge(
         full_run, tiny_folder, judge_file, tmp_path, ruled_verdicts):
     out = tmp_path / "run"
-    for stage in ("data", "sft", "jsft", "eval", "judges"):  # done before the new stage: copied, then skipped
+    for stage in ("data", "sft", "judge_data", "jsft", "eval", "judges"):  # done before the new stage: copied, skipped
         shutil.copytree(full_run[0] / stage, out / stage)
     cfg = tiny_config(tiny_folder, out, judge_file, **{
         "self_taught.enabled": "true", "self_taught.judge_for_self_judge": "true", "self_taught.iterations": 1,
@@ -360,7 +418,11 @@ def test_the_self_taught_stage_measures_its_judge_by_iteration_and_can_judge_for
     assert set(st["judges"]) == {"0", "1"} and st["iterations"]["1"]["train"]["trained"]
     heldout = "pairs_test/generative"
     assert st["judges"]["0"][heldout]["all"]["n"] == 4  # judge_limit 2 pairs per family
-    assert {"pairs_test/verdict", f"{judge_file.stem}/verdict", f"{judge_file.stem}/generative"} <= set(st["judges"]["1"])
+    assert {"pairs_test/verdict", f"{judge_file.stem}/verdict",
+            f"{judge_file.stem}/generative"} <= set(st["judges"]["1"])
+    # and on the held-out own-sample pairs the judges stage made, every one of them, in both modes
+    own = st["judges"]["1"]["own_pairs_test/generative"]["all"]["n"]
+    assert own == r["own_pairs"]["pairs"] == st["judges"]["0"]["own_pairs_test/verdict"]["all"]["n"]
     assert r["claims"][-1]["claim"] == "The self-taught judge beats its seed model"
     report = (out / "report.md").read_text()
     assert "## Self-taught evaluator" in report and "| seed | pairs_test | generative |" in report

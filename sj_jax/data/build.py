@@ -51,16 +51,29 @@ class PairsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OwnSamplesConfig:
-    """Pairs from the model's own wrong answers to train problems (needs the model; slow on CPU)."""
+    """Pairs from a model's own answers to train problems, labelled by the checker (needs the model;
+    slow on CPU). `pairing`: "answer", the known answer against a wrong sample; "own", a correct
+    finished sample against a wrong one of the same problem, both the model's (what a judge of that
+    model's answers must tell apart). Only train problems are sampled."""
 
     enabled: bool = False
+    pairing: Literal["answer", "own"] = "answer"
+    model: str = ""  # the model that answers; "" = the build's `model`
     problems: int = 256  # train problems sampled, drawn evenly over families with the seed
     samples: int = 4  # per problem
-    per_problem: int = 1  # wrong samples kept per problem
+    per_problem: int = 1  # pairs kept per problem
     temperature: float = 1.0
     top_p: float = 0.9
     max_new_tokens: int = 64
     batch_size: int = 64
+    known_per_own: float | None = None  # JSFT mixture: known-label train pairs kept per own pair; None = all
+
+    def __post_init__(self):
+        if self.known_per_own is not None and self.known_per_own < 0:
+            raise ConfigError(f"own_samples.known_per_own: must be >= 0 (or null for all), got {self.known_per_own}")
+        if self.pairing == "own" and self.samples < 2:
+            raise ConfigError(f"own_samples.samples: pairing 'own' needs 2 or more samples a problem, "
+                              f"got {self.samples}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +167,18 @@ def _count(rows: list[dict], *keys: str) -> dict[str, Any]:
     return out
 
 
+def _with_known_share(pairs: list[dict], own_ids: set[str], known_per_own: float | None, seed: int) -> list[dict]:
+    """The JSFT mixture's pairs: every own pair, and `known_per_own` known-label pairs per own pair
+    (drawn with the seed, file order kept; all of them where None or more than there are)."""
+    own = [p for p in pairs if p["id"] in own_ids]
+    known = [p for p in pairs if p["id"] not in own_ids]
+    if known_per_own is None or known_per_own * len(own) >= len(known):
+        return pairs
+    keep = np.random.default_rng([seed, 17]).choice(len(known), size=int(round(known_per_own * len(own))),
+                                                    replace=False)
+    return [known[i] for i in sorted(keep)] + own
+
+
 def build(cfg: DataBuildConfig, log=print,
           own_pairs: Callable[[list[dict]], tuple[list[dict], dict[str, int]]] | None = None) -> dict[str, Any]:
     """Builds every file (see the module docstring) and returns the summary it writes. `own_pairs`
@@ -191,9 +216,16 @@ def build(cfg: DataBuildConfig, log=print,
     files["pairs_train"] = files["pairs_train"] + ext_pairs
     for name, rows in evals.items():
         files[f"eval_{name}"] = rows
-    jsft_rows, jsft_counts = build_jsft(files["sft_train"], files["pairs_train"], cfg.jsft, cfg.seed)
+    jsft_pairs = files["pairs_train"]
+    if cfg.own_samples.enabled:
+        own_ids = {r["id"] for r in own}
+        jsft_pairs = _with_known_share(jsft_pairs, own_ids, cfg.own_samples.known_per_own, cfg.seed)
+    jsft_rows, jsft_counts = build_jsft(files["sft_train"], jsft_pairs, cfg.jsft, cfg.seed)
     files["jsft_train"] = jsft_rows
     summary["jsft"] = dict(jsft_counts)
+    if cfg.own_samples.enabled:  # how much of the judge's training reads the model's own answers
+        mine = sum(1 for r in jsft_rows if r.get("pair_id") in own_ids)
+        summary["jsft"].update(own_judgment_rows=mine, known_judgment_rows=jsft_counts["judgment_rows"] - mine)
     summary["pairs"] = {s: _count(files[f"pairs_{s}"], "subset", "corruption") for s in SPLITS}
 
     tok = load_tokenizer(resolve(cfg.model))

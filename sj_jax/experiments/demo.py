@@ -4,18 +4,22 @@ Stages (each one a function here, each writing what it made under `cfg.out`):
 
 1. `build_data`: the task suite's train / validation / test problems and known-label pairs, and the
    JSFT mixture (`sj-jax data build`).
-2. `train_from_base`: SFT (instruction rows) and JSFT (the mixture) from the base model
+2. `_train_base`: SFT (instruction rows) from the base model; `build_judge_data`: the SFT policy's
+   own answers to train problems, checked, as pairs of a correct against a wrong answer, added to
+   the JSFT mixture (`data.own_samples`, into judge_data/); JSFT on that mixture from the base model
    (`sj-jax sft|jsft`; LoRA by default).
-3. `train_from_jsft`: offline DPO (the known-label train pairs), off-policy (samples drawn once from
+3. `_train_jsft`: offline DPO (the known-label train pairs), off-policy (samples drawn once from
    the JSFT policy) and SELF-JUDGE on-policy, all from the JSFT checkpoint with the frozen JSFT
    model as judge and reference, the same prompts, steps, beta, learning rate and pairs a step
-   (`sj-jax self-judge` with `samples: offline|off_policy|on_policy`).
+   (`sj-jax self-judge` with `samples: offline|off_policy|on_policy`); and SELF-JUDGE with the
+   checker as judge ("oracle", a diagnostic ceiling: what a perfect judge gives the same loop).
 4. `evaluate_policy` (greedy test accuracy, strict and lenient, per family, mean length) for base,
    SFT, JSFT and the three runs; `evaluate_tournament` (self-rejection, N = 1, 2, 4, 8) on the JSFT
    and SELF-JUDGE policies, each judging its own samples.
-5. `evaluate_judge`: the base and JSFT judges on held-out known-label pairs (both orders, each
-   order alone, swap consistency, per family) and on a `--judge-eval` file; and, from the SELF-JUDGE
-   run's metrics, how often the judge picked the correct sample of a pair with exactly one.
+5. `evaluate_judge`: the base and JSFT judges on held-out known-label pairs and on held-out pairs
+   of the JSFT policy's own answers (test problems, a correct against a wrong sample), both orders,
+   each order alone, swap consistency, per family; on a `--judge-eval` file; and, from the
+   SELF-JUDGE run's metrics, how often the judge picked the correct sample of a pair with exactly one.
 6. `sj_jax.experiments.demo_report`: results.json, report.md (the table over seeds, a paragraph per
    claim), metrics.jsonl of every stage and the plots.
 
@@ -36,7 +40,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from sj_jax.algorithms.own_samples import build_with_own_samples
+from sj_jax.algorithms.own_samples import build_with_own_samples, own_pairs
 from sj_jax.algorithms.pairs import oracle_correct
 from sj_jax.algorithms.self_judge import SelfJudgeRun
 from sj_jax.algorithms.self_judge_config import SelfJudgeConfig
@@ -48,7 +52,7 @@ from sj_jax.core.errors import ConfigError, SJError
 from sj_jax.core.machine import stage_machine
 from sj_jax.core.progress import sampling_bar
 from sj_jax.core.stages import run_stage
-from sj_jax.data.build import DataBuildConfig
+from sj_jax.data.build import DataBuildConfig, write_jsonl
 from sj_jax.data.loaders import load_rewardbench
 from sj_jax.evaluation.accuracy import check_responses, judge_accuracy, policy_accuracy
 from sj_jax.evaluation.eval_tasks import read_rows
@@ -60,6 +64,7 @@ from sj_jax.experiments.demo_plan import (
     TOURNAMENT_POLICIES,
     VARIANTS,
     judge_eval_dir,
+    own_pairs_file,
     plan,
     seed_dir,
 )
@@ -85,15 +90,27 @@ class DemoResult:
 
 def data_config(cfg: DemoConfig, out: Path) -> DataBuildConfig:
     """Stage 1's `sj-jax data build` config: `cfg.data` with what the demo sets (`DATA_OWNED`); its
-    examples as long as JSFT's."""
+    examples as long as JSFT's; the model's own samples left to the judge data stage."""
     return with_fields(cfg.data, {**_shared(cfg), "output_dir": str(out / "data"), "seed": cfg.seed, "model": cfg.model,
-                                  "max_length": cfg.jsft.data.max_length})
+                                  "max_length": cfg.jsft.data.max_length, "own_samples.enabled": False})
+
+
+def judge_data_config(cfg: DemoConfig, out: Path) -> DataBuildConfig:
+    """The judge data stage's `sj-jax data build` config (after SFT, when `data.own_samples.enabled`):
+    stage 1's, with `data.own_samples` answered by the SFT run (or the base model: `own_samples_from`),
+    into judge_data/, whose jsft_train.jsonl JSFT trains on. The same seed makes the same problems
+    and known-label pairs as stage 1."""
+    answers = str(out / "sft") if cfg.own_samples_from == "sft" else cfg.model
+    return with_fields(data_config(cfg, out), {"output_dir": str(out / "judge_data"), "own_samples.model": answers,
+                                               "own_samples.enabled": True})
 
 
 def train_config(cfg: DemoConfig, out: Path, kind: str) -> TrainConfig:
     """Stage 2's `sj-jax sft|jsft` config (kind "sft" or "jsft"): `cfg.sft` or `cfg.jsft` with what
     the demo sets (`TRAIN_OWNED`)."""
-    data = out / "data" / ("sft_train.jsonl" if kind == "sft" else "jsft_train.jsonl")
+    data = out / "data" / "sft_train.jsonl"
+    if kind == "jsft":
+        data = out / ("judge_data" if cfg.data.own_samples.enabled else "data") / "jsft_train.jsonl"
     return with_fields(getattr(cfg, kind), {**_shared(cfg), "model": cfg.model, "param_dtype": cfg.dtype,
                                             "output_dir": str(out / kind), "seed": cfg.seed,
                                             "data.train_file": str(data), "checkpoint": cfg.checkpoint})
@@ -107,6 +124,8 @@ def self_judge_config(cfg: DemoConfig, out: Path, variant: str, seed: int) -> Se
              "output_dir": str(seed_dir(out, seed) / variant), "seed": seed, "samples": variant,
              "prompts_file": str(data / "prompts_train.jsonl"), "offline_file": str(data / "pairs_train.jsonl"),
              "checkpoint": cfg.checkpoint}
+    if variant == "oracle":  # SELF-JUDGE with a perfect judge: the checker, a diagnostic ceiling
+        return with_fields(cfg.self_judge, {**owned, "samples": "on_policy", "judge_model": "checker"})
     if cfg.self_taught.judge_for_self_judge:
         st = self_taught_config(cfg, out)
         owned.update(judge_model=last_judge(Path(st.output_dir), st), judge_mode="generative",
@@ -119,12 +138,18 @@ def self_taught_config(cfg: DemoConfig, out: Path) -> SelfTaughtConfig:
     (`SELF_TAUGHT_OWNED`): seeded by the JSFT model, its pool the train problems, its judge measured
     on the held-out pairs and the `judge_eval` file."""
     data = out / "data"
-    files = (str(data / "pairs_test.jsonl"),) + ((cfg.judge_eval,) if cfg.judge_eval else ())
+    own = own_pairs_file(out)  # made by the judges stage, which runs first; none where no problem had a pair
+    files = ((str(data / "pairs_test.jsonl"), cfg.eval.judge_limit),) + (((str(own), 0),) if _has_rows(own) else ())
+    files += ((cfg.judge_eval, 0),) if cfg.judge_eval else ()
     loop = as_base(cfg.self_taught, SelfTaughtConfig)
     return with_fields(loop, {**_shared(cfg), "model": str(out / "jsft"), "output_dir": str(out / "self_taught"),
                               "seed": cfg.seed, "pool_file": str(data / "prompts_train.jsonl"),
-                              "eval.files": files, "eval.limits": (cfg.eval.judge_limit, 0),
+                              "eval.files": tuple(f for f, _ in files), "eval.limits": tuple(n for _, n in files),
                               "train.checkpoint": cfg.checkpoint})
+
+
+def _has_rows(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
 
 
 def _shared(cfg: DemoConfig) -> dict[str, Any]:
@@ -302,8 +327,10 @@ class Demo:
         cfg, out = self.cfg, self.out
         try:
             self._stage("data", out / "data", lambda: _summary(build_data(cfg, out)))
-            for kind in ("sft", "jsft"):
-                self._stage(kind, out / kind, lambda kind=kind: self._train_base(kind, stop_at))
+            self._stage("sft", out / "sft", lambda: self._train_base("sft", stop_at))
+            if cfg.data.own_samples.enabled:
+                self._stage("judge data", out / "judge_data", lambda: _summary(build_judge_data(cfg, out)))
+            self._stage("jsft", out / "jsft", lambda: self._train_base("jsft", stop_at))
             self._stage("eval base", out / "eval", self._eval_base)
             self._stage("judges", out / "judges", self._judges)
             if cfg.judge_eval:  # a stage of its own: a later run may add a file to a finished demo
@@ -359,9 +386,23 @@ class Demo:
         return {name: evaluate_policy(self.model(name), rows, self.cfg, self.progress) for name in BASE_POLICIES}
 
     def _judges(self) -> dict:
-        pairs = self._rows("test", "pairs", self.cfg.eval.judge_limit)
-        return {name: {"heldout": evaluate_judge(self.model(name), pairs, self.cfg, progress=self.progress)}
-                for name in JUDGES}
+        """Each judge on the held-out known-label pairs, and on held-out pairs of the JSFT policy's own
+        answers (test problems; written to `own_pairs_file` for the self-taught stage to read too)."""
+        cfg, pairs = self.cfg, self._rows("test", "pairs", self.cfg.eval.judge_limit)
+        problems = self._rows("test", "prompts", cfg.eval.own_pairs_limit)
+        e = cfg.eval
+        with sampling_bar(len(problems) * e.own_pairs_samples, enabled=self.progress) as bar:
+            own, stats = own_pairs(self.model("jsft"), problems, pairing="own", samples=e.own_pairs_samples,
+                                   per_problem=1, temperature=e.temperature, top_p=e.top_p,
+                                   max_new_tokens=e.max_new_tokens, seed=cfg.seed, batch_size=e.batch_size,
+                                   progress=bar)
+        write_jsonl(own_pairs_file(self.out), own)
+        out: dict[str, Any] = {"own_pairs": stats.as_dict()}
+        for name in JUDGES:
+            out[name] = {"heldout": evaluate_judge(self.model(name), pairs, cfg, progress=self.progress)}
+            if own:
+                out[name]["own_samples"] = evaluate_judge(self.model(name), own, cfg, progress=self.progress)
+        return out
 
     def _judge_eval(self) -> dict:
         return {name: evaluate_judge(self.model(name), self.judge_eval_rows, self.cfg, progress=self.progress)
@@ -383,7 +424,15 @@ class Demo:
 
 def build_data(cfg: DemoConfig, out: Path) -> dict:
     """Stage 1: `sj-jax data build` into `out/data`."""
-    dc = data_config(cfg, out)
+    return _data_build(data_config(cfg, out))
+
+
+def build_judge_data(cfg: DemoConfig, out: Path) -> dict:
+    """The judge data stage: `sj-jax data build` with the SFT policy's own answers into `out/judge_data`."""
+    return _data_build(judge_data_config(cfg, out))
+
+
+def _data_build(dc: DataBuildConfig) -> dict:
     Path(dc.output_dir).mkdir(parents=True, exist_ok=True)
     save_yaml(dc, Path(dc.output_dir) / "config.yaml")
     return build_with_own_samples(dc, log=lambda m: print(m, file=sys.stderr))
@@ -421,6 +470,7 @@ def demo(cfg: DemoConfig, **kw) -> DemoResult:
     return Demo(cfg, **kw).run(stop_at=stop_at)
 
 
-__all__ = ["Demo", "DemoResult", "DemoStopped", "build_data", "data_config", "demo", "evaluate_judge",
+__all__ = ["Demo", "DemoResult", "DemoStopped", "build_data", "build_judge_data", "data_config", "judge_data_config",
+           "demo", "evaluate_judge",
            "evaluate_policy", "evaluate_tournament", "load_demo_config", "own_sample_judging", "pass_at_n",
            "self_judge_config", "self_taught_config", "train_config"]

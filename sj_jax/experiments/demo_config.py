@@ -14,7 +14,7 @@ from sj_jax.algorithms.self_judge_config import SamplingSettings, SelfJudgeConfi
 from sj_jax.algorithms.self_taught_config import SelfTaughtConfig
 from sj_jax.core.config import Runtime, check_owned
 from sj_jax.core.errors import ConfigError
-from sj_jax.data.build import DataBuildConfig
+from sj_jax.data.build import DataBuildConfig, OwnSamplesConfig
 from sj_jax.judge.generative import GenerativeTemplate
 from sj_jax.judge.template import JudgeTemplate
 from sj_jax.models.lora import LoraConfig
@@ -33,8 +33,13 @@ DEMO_TEMPLATE = JudgeTemplate(
 
 LORA = LoraConfig(enabled=True, rank=8, alpha=16.0)
 
-# Stage 1's `sj-jax data build`: the task suite's problems per family in each split, their known-label pairs.
-DATA = DataBuildConfig(max_prompt_length=256, max_response_length=128)
+# Stage 1's `sj-jax data build`: the task suite's problems per family in each split, their known-label
+# pairs. Its `own_samples` are the judge data stage's (after SFT, into judge_data/): the SFT policy's
+# own answers to train problems, checked, as pairs of a correct against a wrong answer of one problem,
+# mixed into JSFT beside the known-label pairs, so the judge learns to tell the policy's answers apart.
+DATA = DataBuildConfig(max_prompt_length=256, max_response_length=128,
+                       own_samples=OwnSamplesConfig(enabled=True, pairing="own", problems=96, samples=4, per_problem=2,
+                                                    max_new_tokens=32))
 
 # Stage 2's `sj-jax sft|jsft` from the base model: SFT on the instruction rows, JSFT on the mixture.
 TRAIN = TrainConfig(steps=16, batch_size=8, data=DataConfig(max_length=256, group_by_length=True),
@@ -51,7 +56,7 @@ SELF_JUDGE = SelfJudgeConfig(steps=3, batch_size=8, sampling=SamplingSettings(ma
 # The keys of each stage's config that the demo sets itself: where a stage starts, reads and
 # writes, its seed, and what every stage shares (the judge's text, dtype, cache, checkpoints).
 SHARED = ("dtype", "cache_dir", "judge")
-DATA_OWNED = SHARED + ("output_dir", "seed", "model", "max_length")
+DATA_OWNED = SHARED + ("output_dir", "seed", "model", "max_length", "own_samples.model")
 TRAIN_OWNED = SHARED + ("model", "param_dtype", "output_dir", "seed", "data.train_file", "checkpoint")
 SELF_JUDGE_OWNED = SHARED + ("model", "param_dtype", "output_dir", "seed", "samples", "prompts_file", "offline_file",
                              "checkpoint")
@@ -73,8 +78,16 @@ class DemoEval:
     top_p: float = 0.9
     batch_size: int = 64  # sampler rows per compiled batch
     judge_batch_size: int = 16
+    # The judges on the JSFT policy's own answers: `own_pairs_samples` samples (at `temperature`,
+    # `top_p`) for each of the first `own_pairs_limit` test problems per family; a correct finished
+    # one against a wrong one where a problem has both (one pair a problem).
+    own_pairs_limit: int = 4
+    own_pairs_samples: int = 4
 
     def __post_init__(self):
+        if self.own_pairs_samples < 2:
+            raise ConfigError(f"own_pairs_samples: a pair needs 2 or more samples a problem, "
+                              f"got {self.own_pairs_samples}")
         if not self.tournament_n or any(n < 1 for n in self.tournament_n):
             raise ConfigError(f"tournament_n: sample counts >= 1, got {list(self.tournament_n)}")
 
@@ -107,6 +120,7 @@ class DemoConfig(Runtime):
     seeds: int = 1
     judge_eval: str = ""  # a RewardBench-format JSONL ({"prompt", "chosen", "rejected", "subset"?}) both judges read
     judge: JudgeTemplate = DEMO_TEMPLATE
+    own_samples_from: str = "sft"  # who answers for data.own_samples: "sft" (the SFT run) or "base"
     data: DataBuildConfig = DATA
     sft: TrainConfig = dataclasses.replace(TRAIN, steps=8)
     jsft: TrainConfig = TRAIN
@@ -118,6 +132,8 @@ class DemoConfig(Runtime):
     def __post_init__(self):
         if self.seeds < 1:
             raise ConfigError(f"seeds: must be >= 1, got {self.seeds}")
+        if self.own_samples_from not in ("sft", "base"):
+            raise ConfigError(f"own_samples_from: 'sft' or 'base', got {self.own_samples_from!r}")
         if self.self_taught.judge_for_self_judge and not self.self_taught.enabled:
             raise ConfigError("self_taught.judge_for_self_judge: needs self_taught.enabled=true (the judge comes "
                               "from that stage)")

@@ -29,7 +29,12 @@ from sj_jax.train.metrics import read_metrics
 from sj_jax.weights.checkpoint import Checkpointer
 
 LABELS = {"base": "base", "sft": "SFT", "jsft": "JSFT", "offline": "offline DPO", "off_policy": "off-policy",
-          "on_policy": "SELF-JUDGE"}
+          "on_policy": "SELF-JUDGE", "oracle": "SELF-JUDGE, oracle judge (diagnostic)"}
+# The judges' evaluation sets, in the report's order: where each table's pairs come from.
+JUDGE_SETS = {"heldout": "held-out known-label pairs (test split: the answer against a code-made corruption)",
+              "own_samples": "held-out own-sample pairs (test problems: a correct against a wrong answer, both "
+                             "sampled from the JSFT policy: the pairs the judge meets in SELF-JUDGE)",
+              "judge_eval": "the `--judge-eval` file"}
 
 
 def collect(out: Path, cfg: DemoConfig) -> dict[str, Any]:
@@ -46,7 +51,8 @@ def collect(out: Path, cfg: DemoConfig) -> dict[str, Any]:
                                  optional=("pass_at_n",))
                       for n in map(str, cfg.eval.tournament_n)} for p in TOURNAMENT_POLICIES}
     judges = finished_stage(out / "judges")["result"]
-    judge_tables = {j: {"heldout": judges[j]["heldout"]["by_subset"]} for j in JUDGES}
+    judge_tables = {j: {k: judges[j][k]["by_subset"] for k in ("heldout", "own_samples") if k in judges[j]}
+                    for j in JUDGES}
     if cfg.judge_eval:
         on_file = finished_stage(judge_eval_dir(out, cfg))["result"]
         for j in JUDGES:
@@ -70,6 +76,7 @@ def collect(out: Path, cfg: DemoConfig) -> dict[str, Any]:
         "stage_seconds": stages, "stage_matmul_gflops_float32": rates,
         "total_stage_seconds": round(sum(stages.values()), 1),
         "methods": methods, "tournament": tournament, "judges": judge_tables, "own_samples": own,
+        "own_pairs": judges.get("own_pairs"),  # how the held-out own-sample pairs were made
         "judge_eval_file": cfg.judge_eval or None,
         "self_taught": finished_stage(out / "self_taught")["result"] if cfg.self_taught.enabled else None,
     }
@@ -132,8 +139,10 @@ def claims(results: dict) -> list[dict]:
         {"claim": "SELF-JUDGE beats JSFT beats the base model",
          "comparisons": _chain(results, ["on_policy", "jsft", "base"])},
     ]
+    out.append({"claim": "SELF-JUDGE keeps at least half of the oracle judge's gain over JSFT",
+                "comparisons": [_kept_gain(results["methods"])]})
     judge = []
-    for where in ("heldout", "judge_eval"):
+    for where in JUDGE_SETS:
         tables = {j: results["judges"][j].get(where) for j in JUDGES}
         if tables["jsft"] is None:
             continue
@@ -164,6 +173,21 @@ def claims(results: dict) -> list[dict]:
                            "verdict": verdict, "detail": why})
         out.append({"claim": "The self-taught judge beats its seed model", "comparisons": better})
     return out
+
+
+def _kept_gain(m: dict) -> dict:
+    """SELF-JUDGE's gain over JSFT as a share of the oracle-judged loop's (means over seeds)."""
+    jsft = float(np.mean(m["jsft"]["accuracy"]))
+    oracle, own = float(np.mean(m["oracle"]["accuracy"])) - jsft, float(np.mean(m["on_policy"]["accuracy"])) - jsft
+    detail = f"gain over JSFT {own:+.3f} with its own judge, {oracle:+.3f} with the oracle judge"
+    if oracle <= 0:
+        return {"higher": "SELF-JUDGE gain", "lower": "half the oracle gain", "verdict": "does not hold",
+                "detail": detail + ": the oracle-judged loop itself did not gain, so there is no gain to keep",
+                "share": None}
+    share = own / oracle
+    return {"higher": "SELF-JUDGE gain", "lower": "half the oracle gain",
+            "verdict": "holds" if share >= 0.5 else "does not hold", "detail": f"{detail}: {share:.2f} kept",
+            "share": share}
 
 
 # -- report and plots -----------------------------------------------------------------------------
@@ -234,10 +258,11 @@ def markdown(results: dict) -> str:
                    "The oracle judge column is a diagnostic ceiling, not a method: the task suite's checker picks a "
                    "correct finished sample whenever one of the N is (pass@N), on the same samples.")]
     lines += ["", "## Judges", ""]
-    for where, title in (("heldout", "held-out known-label pairs (test split)"),
-                         ("judge_eval", f"`{results['judge_eval_file']}`")):
+    for where, title in JUDGE_SETS.items():
         if where not in results["judges"]["base"]:
             continue
+        if where == "judge_eval":
+            title = f"`{results['judge_eval_file']}`"
         t = {j: results["judges"][j][where] for j in JUDGES}
         lines += [f"On {title}: accuracy with both orders averaged, each order alone, and swap consistency.", "",
                   "| subset | n | base | JSFT | base, chosen first / second | JSFT, chosen first / second | "
@@ -249,6 +274,15 @@ def markdown(results: dict) -> str:
                          f"{j['accuracy_chosen_first']:.2f} / {j['accuracy_chosen_second']:.2f} | "
                          f"{b['swap_consistent']:.2f} | {j['swap_consistent']:.2f} |")
         lines.append("")
+        if where == "own_samples" and results.get("own_pairs"):
+            o = results["own_pairs"]
+            lines += [f"The JSFT policy answered {o['problems']} test problems {o['samples'] // max(o['problems'], 1)} "
+                      f"times each ({o['correct']} of {o['samples']} answers correct); {o['mixed']} problems had "
+                      "both a "
+                      f"correct and a wrong answer, one pair each.", ""]
+    if results.get("own_pairs") and "own_samples" not in results["judges"]["base"]:
+        lines += ["No held-out own-sample pairs: no test problem got both a correct and a wrong answer from the JSFT "
+                  "policy.", ""]
     own = results["own_samples"]
     if any(o["pairs"] for o in own):
         acc = [o["accuracy"] for o in own if o["accuracy"] is not None]
@@ -338,7 +372,8 @@ def plots(out: Path, results: dict, metrics: list[dict]) -> list[Path]:
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set_xticks(x, subsets, rotation=45, ha="right")
         ax.set_ylim(0, 1)
-        ax.set_title({"heldout": "held-out known-label pairs"}.get(where, "judge-eval file"))
+        ax.set_title({"heldout": "held-out known-label pairs", "own_samples": "held-out own-sample pairs"}.get(
+            where, "judge-eval file"))
         ax.legend()
     made.append(_save(fig, out / "judges.png"))
     # the training curves
