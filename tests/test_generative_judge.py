@@ -95,6 +95,23 @@ def test_rejection_sampling_keeps_only_label_consistent_judgments_balanced_betwe
         rejection_sample(labels, np.zeros((40, 2), np.int8))
 
 
+def test_both_orders_drops_the_pairs_a_position_rule_gets_right():
+    """A judge that answers "A" whatever the order is right on every pair in order 0 (the good
+    response first) and never in order 1: with `both_orders` it keeps nothing; a pair judged right
+    in both orders keeps its judgments."""
+    truth = np.tile(np.array([1, 2], np.int8), (30, 1))
+    always_a = np.ones((30, 2, 4), np.int8)
+    assert rejection_sample(always_a, truth, balance=False).counts["kept"] == 30  # order 0, each pair
+    sel = rejection_sample(always_a, truth, balance=False, both_orders=True)
+    assert sel.kept == [] and sel.counts["right_in_one_order_only"] == 30
+    reads = always_a.copy()
+    reads[:10, 1, 2] = 2  # the first 10 pairs: also right once with the good response second
+    sel = rejection_sample(reads, truth, balance=False, both_orders=True)
+    assert {p for p, _, _ in sel.kept} == set(range(10)) and sel.counts["right_in_one_order_only"] == 20
+    for p in range(10):  # one right judgment of each order (per_order 1): in order 1, the only one
+        assert [o for q, o, _ in sel.kept if q == p] == [0, 1] and (p, 1, 2) in sel.kept
+
+
 @pytest.fixture(scope="module")
 def tiny():
     from sj_jax.weights.tokenizer import load_tokenizer

@@ -345,7 +345,7 @@ class SelfTaughtRun:
                                  temperature=a.temperature, top_p=a.top_p, seed=seed, batch_size=cfg.batch_size,
                                  progress=bar)
         truth = np.tile(np.array([1, 2], np.int8), (len(pairs), 1))  # the good response is A, then B
-        sel = rejection_sample(j.labels, truth, per_order=a.per_order, balance=a.balance,
+        sel = rejection_sample(j.labels, truth, per_order=a.per_order, balance=a.balance, both_orders=a.both_orders,
                                seed=stage_seed(cfg.seed, i, "balance"))
         tpl = cfg.generative
 

@@ -83,13 +83,15 @@ class PairSettings:
 @dataclasses.dataclass(frozen=True)
 class AnnotateSettings:
     """Stage 3: `samples` judgments an order from the current judge, kept when the verdict is the
-    known label (at most `per_order` a pair and order), balanced between A and B."""
+    known label (at most `per_order` a pair and order), balanced between A and B; with `both_orders`,
+    only from pairs judged right in both orders at least once (a position rule is right in one)."""
 
     samples: int = 4
     temperature: float = 0.8
     top_p: float = 0.95
     per_order: int = 1
     balance: bool = True
+    both_orders: bool = False
 
     def __post_init__(self):
         if self.samples < 1 or self.per_order < 1:
