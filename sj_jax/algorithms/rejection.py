@@ -5,7 +5,8 @@ most `per_order`, drawn with the seed); the kept ones are then balanced between 
 B (the larger side is cut, with the seed, to the size of the smaller), so the trained judge learns
 no preferred letter. With `both_orders`, a pair keeps judgments only where the judge named the known
 label in each order at least once: a pair it answers with one letter whatever the order (a position
-rule, right in one order by chance) teaches nothing about the responses and gives none. For DPO, each kept judgment is paired with a discarded one of the same pair
+rule, right in one order by chance) teaches nothing about the responses and gives none.
+For DPO, each kept judgment is paired with a discarded one of the same pair
 and order (wrong verdict or none), as the self-taught evaluator's release does.
 """
 

@@ -172,7 +172,7 @@ def _with_known_share(pairs: list[dict], own_ids: set[str], known_per_own: float
     (drawn with the seed, file order kept; all of them where None or more than there are)."""
     own = [p for p in pairs if p["id"] in own_ids]
     known = [p for p in pairs if p["id"] not in own_ids]
-    if known_per_own is None or known_per_own * len(own) >= len(known):
+    if not own or known_per_own is None or known_per_own * len(own) >= len(known):  # none own: keep all known
         return pairs
     keep = np.random.default_rng([seed, 17]).choice(len(known), size=int(round(known_per_own * len(own))),
                                                     replace=False)

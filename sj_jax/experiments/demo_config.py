@@ -85,6 +85,8 @@ class DemoEval:
     own_pairs_samples: int = 4
 
     def __post_init__(self):
+        if self.own_pairs_limit < 1:
+            raise ConfigError(f"own_pairs_limit: test problems per family, >= 1, got {self.own_pairs_limit}")
         if self.own_pairs_samples < 2:
             raise ConfigError(f"own_pairs_samples: a pair needs 2 or more samples a problem, "
                               f"got {self.own_pairs_samples}")

@@ -62,5 +62,5 @@ def plan(cfg: DemoConfig) -> dict[str, float]:
         plan[f"off_policy (seed {seed})"] = 30 + p.steps * 10 * rate
         plan[f"on_policy (seed {seed})"] = 30 + p.steps * 12 * rate
         plan[f"oracle (seed {seed})"] = 30 + p.steps * 8 * rate
-        plan[f"eval (seed {seed})"] = 3 * greedy + 2 * (30 + per_prompt * e.tournament_limit * families)
+        plan[f"eval (seed {seed})"] = len(VARIANTS) * greedy + 2 * (30 + per_prompt * e.tournament_limit * families)
     return plan
