@@ -388,9 +388,9 @@ class Demo:
     def _judges(self) -> dict:
         """Each judge on the held-out known-label pairs, and on held-out pairs of the JSFT policy's own
         answers (test problems; written to `own_pairs_file` for the self-taught stage to read too)."""
-        cfg, pairs = self.cfg, self._rows("test", "pairs", self.cfg.eval.judge_limit)
-        problems = self._rows("test", "prompts", cfg.eval.own_pairs_limit)
-        e = cfg.eval
+        cfg, e = self.cfg, self.cfg.eval
+        pairs = self._rows("test", "pairs", e.judge_limit)
+        problems = self._rows("test", "prompts", e.own_pairs_limit)
         with sampling_bar(len(problems) * e.own_pairs_samples, enabled=self.progress) as bar:
             own, stats = own_pairs(self.model("jsft"), problems, pairing="own", samples=e.own_pairs_samples,
                                    per_problem=1, temperature=e.temperature, top_p=e.top_p,
