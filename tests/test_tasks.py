@@ -177,3 +177,18 @@ def test_repeat_check_counts_runs_exactly(unit, n, extra):
     assert checks.answer_repeated(answer, answer.upper())
     more = " ".join([unit] * (n + 1 + extra))
     assert not checks.answer_repeated(answer, more)
+
+
+def test_unit_conversion_explanation_names_one_unit_in_the_singular():
+    """The explanation is a judge's rationale and a generative judge's worked answer: "1 foot is 12
+    inches", never "1 fee"."""
+    rng = np.random.default_rng(5)
+    singular = {"kilometer", "meter", "kilogram", "liter", "centimeter", "hour", "minute", "day", "foot", "week",
+                "dozen"}
+    seen = set()
+    for _ in range(400):
+        p = FAMILIES["unit_conversion"].draw(rng, 3)
+        unit = re.match(r"1 (\w+) is ", p.explanation).group(1)
+        assert unit in singular, p.explanation
+        seen.add(unit)
+    assert seen == singular

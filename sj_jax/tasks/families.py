@@ -175,6 +175,7 @@ _UNITS = (  # (from, to, factor, metric)
     ("minutes", "seconds", 60, False), ("days", "hours", 24, False), ("feet", "inches", 12, False),
     ("weeks", "days", 7, False), ("dozens", "items", 12, False),
 )
+_ONE = {"feet": "foot", "dozens": "dozen"}  # the singulars that are not the plural less its "s"
 
 
 def draw_unit_conversion(rng: np.random.Generator, d: int) -> Problem:
@@ -191,7 +192,7 @@ def draw_unit_conversion(rng: np.random.Generator, d: int) -> Problem:
     }
     return _problem("unit_conversion", d, f"{q}|{src}|{dst}",
                     f"Convert {q} {src} to {dst}. Answer with only the number.", answer,
-                    f"1 {src[:-1] if src != 'dozens' else 'dozen'} is {factor} {dst}, so {q} {src} "
+                    f"1 {_ONE.get(src, src[:-1])} is {factor} {dst}, so {q} {src} "
                     f"are {q} × {factor} = {value} {dst}.", wrong)
 
 
