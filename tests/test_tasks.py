@@ -9,12 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sj_jax.core.config import from_dict
-from sj_jax.core.errors import ConfigError
+from sj_jax.core.errors import ConfigError, DataError
 from sj_jax.tasks import checks
 from sj_jax.tasks.families import FAMILIES, FLAWS, FORMAT_ONLY, MAX_DIFFICULTY, check
 from sj_jax.tasks.numbers import int_to_words
-from sj_jax.tasks.suite import (SPLITS, TaskSuiteConfig, build_split, draw_problems, split_of, split_pairs)
-from sj_jax.core.errors import DataError
+from sj_jax.tasks.suite import SPLITS, TaskSuiteConfig, build_split, draw_problems, split_of, split_pairs
 
 ISSUE_KINDS = ("off_by_one", "wrong_order", "format_broken", "truncated")
 
