@@ -342,7 +342,8 @@ def test_each_stage_runs_its_section_with_what_the_demo_sets(tmp_path):
     sets (folders, seed, model, dtype, cache, judge text, checkpoints); those in a section are errors."""
     cfg = load_demo_config(None, ["jsft.optim.learning_rate=0.003", "self_judge.dpo.beta=0.3", "seed=4",
                                   "self_judge.sampling.top_p=0.8", "self_taught.train.optim.learning_rate=0.02",
-                                  "data.tasks.train=30", "checkpoint.every=5", "dtype=bfloat16"], False)
+                                  "data.tasks.train=30", "checkpoint.every=5", "dtype=bfloat16",
+                                  "generative.max_evaluation_tokens=40"], False)
     out = tmp_path / "run"
     jsft = train_config(cfg, out, "jsft")
     assert jsft.optim == OptimConfig(learning_rate=0.003, warmup_ratio=0.05) and jsft.lora == cfg.jsft.lora
@@ -366,12 +367,19 @@ def test_each_stage_runs_its_section_with_what_the_demo_sets(tmp_path):
     st = self_taught_config(cfg, out)
     assert st.train.optim.learning_rate == 0.02 and st.train.checkpoint.every == 5 and st.dtype == "bfloat16"
     assert data_config(cfg, out).tasks.train == 30 and data_config(cfg, out).max_length == jsft.data.max_length
+    # one generative template: JSFT's generative rows, the self-taught loop and stage 3 read the demo's
+    assert cfg.generative.max_evaluation_tokens == 40
+    assert data_config(cfg, out).generative == judge_data_config(cfg, out).generative == cfg.generative
+    assert st.generative == sj.generative == oracle.generative == cfg.generative
     for override, named in (("sft.output_dir=x", "sft.output_dir"),
                             ("self_judge.samples=offline", "self_judge.samples"),
                             ("data.seed=1", "data.seed"), ("jsft.data.train_file=f.jsonl", "jsft.data.train_file"),
                             ("self_taught.train.checkpoint.every=3", "self_taught.train.checkpoint"),
                             ("self_taught.model=m", "self_taught.model"),
-                            ("data.own_samples.model=m", "data.own_samples.model")):
+                            ("data.own_samples.model=m", "data.own_samples.model"),
+                            ("self_taught.generative.max_evaluation_tokens=8", "self_taught.generative"),
+                            ("self_judge.generative.verdict_prefix=x", "self_judge.generative"),
+                            ("data.generative.max_evaluation_tokens=8", "data.generative")):
         with pytest.raises(ConfigError, match=rf"^{re.escape(named)}: set by the demo"):
             load_demo_config(None, [override], False)
 
@@ -407,7 +415,7 @@ def test_the_self_taught_stage_measures_its_judge_by_iteration_and_can_judge_for
         shutil.copytree(full_run[0] / stage, out / stage)
     cfg = tiny_config(tiny_folder, out, judge_file, **{
         "self_taught.enabled": "true", "self_taught.judge_for_self_judge": "true", "self_taught.iterations": 1,
-        "self_taught.instructions": 4, "self_taught.pool_limit": 8, "self_taught.generative.max_evaluation_tokens": 4,
+        "self_taught.instructions": 4, "self_taught.pool_limit": 8, "generative.max_evaluation_tokens": 4,
         "self_taught.selection.keep_unparsed": "true", "self_taught.pairs.keep_cut": "true",
         "self_taught.pairs.max_response_tokens": 5, "self_taught.pairs.max_instruction_tokens": 6,
         "self_taught.annotate.samples": 2, "self_taught.train.steps": 2, "self_taught.train.batch_size": 2})

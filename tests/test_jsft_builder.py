@@ -6,11 +6,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from sj_jax.core.errors import ConfigError
 from sj_jax.data.examples import DataReport, sft_example
 from sj_jax.data.jsft import JSFTConfig, build_jsft, judgment_rows, mix
 from sj_jax.data.judgment import judgment_text
-from sj_jax.core.errors import ConfigError
+from sj_jax.judge.generative_template import GenerativeTemplate, render_prompt
 from sj_jax.judge.template import DEFAULT_TEMPLATE
+from sj_jax.judge.verdict import parse_verdict
 from sj_jax.tasks.suite import TaskSuiteConfig, build_split, sft_row, split_pairs
 
 
@@ -132,3 +134,36 @@ def test_over_long_judgment_loses_context_from_the_left_never_the_verdict(smollm
     tiny = DataReport()
     assert sft_example(tok, judgment_rows([long])[0], "jsft:1", 1, tiny, judgment=judge) is None
     assert tiny.dropped_too_long == 1
+
+
+@pytest.mark.parametrize("prefix", ["\n\nFinal verdict: [[", ""])
+def test_generative_rows_work_the_problem_then_give_the_verdict_the_judge_reads(smollm2_tokenizer, prefix):
+    """Each pair's two generative rows train exactly the judgment after the prompt the generative
+    judge is given (same text), the worked answer before the verdict, and the verdict the parser
+    reads is the pair's label in either order."""
+    tok = smollm2_tokenizer
+    template = GenerativeTemplate(verdict_prefix=prefix)
+    sft, pairs = task_rows(1)
+    bare = dict(pairs[0], id="no-explanation")
+    del bare["explanation"]
+    rows, counts = build_jsft(sft, pairs + [bare], JSFTConfig(generative_rows=True), seed=0, generative=template)
+    gen = [r for r in rows if "messages" in r]
+    assert counts["generative_judgment"] == len(gen) == 2 * len(pairs) and counts["generative_no_explanation"] == 1
+    assert sum("judgment" in r for r in rows) == 2 * len(pairs) + 2  # the bare pair keeps its one-pass rows
+    by_id = {p["id"]: p for p in pairs}
+    report = DataReport()
+    for i, row in enumerate(gen):
+        pair = by_id[row["pair_id"]]
+        label = "A" if row["id"].endswith("-ab-generative") else "B"
+        a, b = (pair["chosen"], pair["rejected"]) if label == "A" else (pair["rejected"], pair["chosen"])
+        ex = sft_example(tok, row, f"jsft:{i + 1}", 1024, report)
+        trained = masked_text(tok, ex)
+        judgment = trained.removesuffix("<|im_end|>")
+        assert trained.endswith("<|im_end|>") and judgment.startswith(pair["explanation"])
+        assert f"Response A says {a}. Response B says {b}. So Response {label} is correct." in judgment
+        assert judgment.endswith(template.verdict_text(label))
+        assert parse_verdict(judgment, template.verdict_a, template.verdict_b).label == label
+        prompt = render_prompt(tok, template, pair["prompt"], a, b)
+        assert tok.decode(ex.input_ids).startswith(prompt + trained)  # then the turn's newline, untrained
+    assert GenerativeTemplate().verdict_text("B") == "\n\nFinal verdict: [[B]]"
+    assert GenerativeTemplate(verdict_prefix="", max_evaluation_tokens=8).verdict_text("A") == " [[A]]"

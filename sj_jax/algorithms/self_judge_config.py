@@ -12,7 +12,7 @@ from typing import Literal
 
 from sj_jax.algorithms.pairs import DegenerateRules
 from sj_jax.core.errors import ConfigError
-from sj_jax.judge.generative import GenerativeTemplate
+from sj_jax.judge.generative_template import GenerativeTemplate
 from sj_jax.judge.template import DEFAULT_PRINCIPLES, DEFAULT_TEMPLATE, JudgeTemplate
 from sj_jax.loading.runs import RunModel
 from sj_jax.models.sharding import MeshConfig

@@ -47,7 +47,8 @@ from sj_jax.data.chat import context_text
 from sj_jax.evaluation.eval_judge import judge_file, read_pairs
 from sj_jax.evaluation.eval_tasks import read_rows
 from sj_jax.inference.generate import encode_prompts, generate, length_batches
-from sj_jax.judge.generative import judge_generative, judgment_row, messages
+from sj_jax.judge.generative import judge_generative
+from sj_jax.judge.generative_template import judgment_row, messages
 from sj_jax.judge.template import encode
 from sj_jax.loading.model import load_model
 from sj_jax.tasks.families import FAMILIES, check

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from sj_jax.core.config import Runtime, as_base, check_owned, with_fields
 from sj_jax.core.errors import ConfigError
-from sj_jax.judge.generative import GenerativeTemplate
+from sj_jax.judge.generative_template import GenerativeTemplate
 from sj_jax.judge.template import DEFAULT_TEMPLATE, JudgeTemplate
 from sj_jax.models.lora import LoraConfig
 from sj_jax.train.config import CheckpointConfig, DataConfig, DPOConfig, OptimConfig, TrainConfig

@@ -25,6 +25,7 @@ from sj_jax.core.errors import ConfigError
 from sj_jax.data.jsft import JSFTConfig, build_jsft
 from sj_jax.data.loaders import FORMATS, PAIR_FORMATS, format_name, load_source, pairs_to_sft
 from sj_jax.data.summary import pair_lengths, sft_lengths
+from sj_jax.judge.generative_template import GenerativeTemplate
 from sj_jax.judge.template import DEFAULT_TEMPLATE, JudgeTemplate
 from sj_jax.tasks.families import FLAWS, MODEL_KINDS
 from sj_jax.tasks.suite import SPLITS, TaskSuiteConfig, build_split, sft_row, split_pairs
@@ -109,6 +110,7 @@ class DataBuildConfig(Runtime):
     own_samples: OwnSamplesConfig = OwnSamplesConfig()
     jsft: JSFTConfig = JSFTConfig()
     judge: JudgeTemplate = DEFAULT_TEMPLATE
+    generative: GenerativeTemplate = GenerativeTemplate()  # the text of jsft.generative_rows
     sources: tuple[SourceConfig, ...] = ()
 
 
@@ -220,7 +222,7 @@ def build(cfg: DataBuildConfig, log=print,
     if cfg.own_samples.enabled:
         own_ids = {r["id"] for r in own}
         jsft_pairs = _with_known_share(jsft_pairs, own_ids, cfg.own_samples.known_per_own, cfg.seed)
-    jsft_rows, jsft_counts = build_jsft(files["sft_train"], jsft_pairs, cfg.jsft, cfg.seed)
+    jsft_rows, jsft_counts = build_jsft(files["sft_train"], jsft_pairs, cfg.jsft, cfg.seed, cfg.generative)
     files["jsft_train"] = jsft_rows
     summary["jsft"] = dict(jsft_counts)
     if cfg.own_samples.enabled:  # how much of the judge's training reads the model's own answers

@@ -8,6 +8,12 @@ skipped, counted, where the principle ties. With rationales, a pair's `rationale
 and {rejected} stand for the letters the two responses get) follows the verdict. The mixing ratio
 subsamples whole pairs (both orders stay together) or instruction rows, then everything is
 shuffled with the seed.
+
+With `generative_rows`, each pair also gives two rows in the generative judge's form (both orders,
+the `GenerativeTemplate` of the build): an evaluation that first works the problem (the pair's
+`explanation`, e.g. "2 + 3 = 5."), then says what each response gives and which one is correct, then
+the verdict. A judge that writes its evaluation first can then decide by content: a one-pass judge
+has to name a letter before any work.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import numpy as np
 
 from sj_jax.core.errors import ConfigError
 from sj_jax.data.chat import context_text
+from sj_jax.judge.generative_template import GenerativeTemplate, judgment_row
 from sj_jax.judge.template import DEFAULT_PRINCIPLES
 
 
@@ -28,6 +35,7 @@ class JSFTConfig:
     judgment_ratio: float | None = None  # judgment rows per instruction row; None = all of both
     principles: tuple[str, ...] = ()  # principle names (judge.template DEFAULT_PRINCIPLES); () = the judge's system
     rationale: bool = False  # train on the pair's rationale after the verdict
+    generative_rows: bool = False  # each pair also as generative judgments that work the problem first
 
     def __post_init__(self):
         known = [p.name for p in DEFAULT_PRINCIPLES]
@@ -44,10 +52,34 @@ def _letters(rationale: str, chosen_letter: str) -> str:
     return rationale.replace("{chosen}", chosen_letter).replace("{rejected}", other)
 
 
+def worked_evaluation(explanation: str, response_a: str, response_b: str, label: str) -> str:
+    """A generative judgment's evaluation that works the problem before it decides."""
+    return (f"{explanation.strip()} Response A says {response_a.strip()}. Response B says {response_b.strip()}. "
+            f"So Response {label} is correct.")
+
+
+def generative_rows(pair: dict, pid: str, template: GenerativeTemplate, counts: Counter) -> list[dict]:
+    """The pair's two generative judgment rows (chosen shown first, then second) as chat rows
+    {"id", "pair_id", "messages"}; none, counted, for a pair without an `explanation`."""
+    explanation = pair.get("explanation")
+    if not isinstance(explanation, str) or not explanation.strip():
+        counts["generative_no_explanation"] += 1
+        return []
+    context = context_text(pair["prompt"])
+    out = []
+    for label, (a, b) in (("A", (pair["chosen"], pair["rejected"])), ("B", (pair["rejected"], pair["chosen"]))):
+        text = worked_evaluation(explanation, a, b, label) + template.verdict_text(label)
+        row = judgment_row(template, context, a, b, text)
+        out.append({"id": f"{pid}-{'ab' if label == 'A' else 'ba'}-generative", "pair_id": pid, **row})
+        counts["generative_judgment"] += 1
+    return out
+
+
 def judgment_rows(pairs: Sequence[dict], principles: Sequence[str] = (), rationale: bool = False,
-                  counts: Counter | None = None) -> list[dict]:
+                  counts: Counter | None = None, generative: GenerativeTemplate | None = None) -> list[dict]:
     """Judgment rows {"id", "pair_id", "judgment": {context, response_a, response_b, label, ...}}
-    for pair rows {"id", "prompt", "chosen", "rejected", "by_principle"?, "rationale"?}."""
+    for pair rows {"id", "prompt", "chosen", "rejected", "by_principle"?, "rationale"?,
+    "explanation"?}; with a `generative` template, each pair's generative rows too."""
     counts = Counter() if counts is None else counts
     out = []
     for k, pair in enumerate(pairs):
@@ -77,6 +109,8 @@ def judgment_rows(pairs: Sequence[dict], principles: Sequence[str] = (), rationa
                 suffix = f"{principle}-" if principle else ""
                 out.append({"id": f"{pid}-{suffix}{'ab' if label == 'A' else 'ba'}", "pair_id": pid, "judgment": j})
                 counts["judgment"] += 1
+        if generative is not None:
+            out += generative_rows(pair, pid, generative, counts)
     return out
 
 
@@ -107,8 +141,11 @@ def mix(instructions: Sequence[dict], judgments: Sequence[dict], ratio: float | 
     return [rows[i] for i in rng.permutation(len(rows))]
 
 
-def build_jsft(instructions: Sequence[dict], pairs: Sequence[dict], cfg: JSFTConfig, seed: int) -> tuple[list[dict], Counter]:
-    """(the shuffled JSFT rows, counts of what went in and what was skipped)."""
+def build_jsft(instructions: Sequence[dict], pairs: Sequence[dict], cfg: JSFTConfig, seed: int,
+               generative: GenerativeTemplate | None = None) -> tuple[list[dict], Counter]:
+    """(the shuffled JSFT rows, counts of what went in and what was skipped); `generative`: the
+    template of the generative rows (`cfg.generative_rows`; default `GenerativeTemplate()`)."""
     counts: Counter = Counter()
-    judgments = judgment_rows(pairs, cfg.principles, cfg.rationale, counts)
+    template = (generative or GenerativeTemplate()) if cfg.generative_rows else None
+    judgments = judgment_rows(pairs, cfg.principles, cfg.rationale, counts, template)
     return mix(instructions, judgments, cfg.judgment_ratio, seed, counts), counts

@@ -29,7 +29,8 @@ from sj_jax.core.errors import ConfigError
 from sj_jax.data.chat import context_text
 from sj_jax.data.loaders import load_rewardbench
 from sj_jax.evaluation.accuracy import Accuracy
-from sj_jax.judge.generative import GenerativeTemplate, judge_generative
+from sj_jax.judge.generative import judge_generative
+from sj_jax.judge.generative_template import GenerativeTemplate
 from sj_jax.judge.scoring import judge_pairs_detailed
 from sj_jax.judge.template import DEFAULT_TEMPLATE, JudgeTemplate
 from sj_jax.loading.model import load_model

@@ -91,8 +91,9 @@ class DemoResult:
 def data_config(cfg: DemoConfig, out: Path) -> DataBuildConfig:
     """Stage 1's `sj-jax data build` config: `cfg.data` with what the demo sets (`DATA_OWNED`); its
     examples as long as JSFT's; the model's own samples left to the judge data stage."""
-    return with_fields(cfg.data, {**_shared(cfg), "output_dir": str(out / "data"), "seed": cfg.seed, "model": cfg.model,
-                                  "max_length": cfg.jsft.data.max_length, "own_samples.enabled": False})
+    return with_fields(cfg.data, {**_shared(cfg), "generative": cfg.generative, "output_dir": str(out / "data"),
+                                  "seed": cfg.seed, "model": cfg.model, "max_length": cfg.jsft.data.max_length,
+                                  "own_samples.enabled": False})
 
 
 def judge_data_config(cfg: DemoConfig, out: Path) -> DataBuildConfig:
@@ -120,7 +121,7 @@ def self_judge_config(cfg: DemoConfig, out: Path, variant: str, seed: int) -> Se
     """Stage 3's `sj-jax self-judge` config for one variant (`samples`) and seed: `cfg.self_judge`
     with what the demo sets (`SELF_JUDGE_OWNED`), from the JSFT run."""
     data = out / "data"
-    owned = {**_shared(cfg), "model": str(out / "jsft"), "param_dtype": cfg.dtype,
+    owned = {**_shared(cfg), "generative": cfg.generative, "model": str(out / "jsft"), "param_dtype": cfg.dtype,
              "output_dir": str(seed_dir(out, seed) / variant), "seed": seed, "samples": variant,
              "prompts_file": str(data / "prompts_train.jsonl"), "offline_file": str(data / "pairs_train.jsonl"),
              "checkpoint": cfg.checkpoint}
@@ -128,8 +129,7 @@ def self_judge_config(cfg: DemoConfig, out: Path, variant: str, seed: int) -> Se
         return with_fields(cfg.self_judge, {**owned, "samples": "on_policy", "judge_model": "checker"})
     if cfg.self_taught.judge_for_self_judge:
         st = self_taught_config(cfg, out)
-        owned.update(judge_model=last_judge(Path(st.output_dir), st), judge_mode="generative",
-                     generative=st.generative)
+        owned.update(judge_model=last_judge(Path(st.output_dir), st), judge_mode="generative")
     return with_fields(cfg.self_judge, owned)
 
 
@@ -142,7 +142,8 @@ def self_taught_config(cfg: DemoConfig, out: Path) -> SelfTaughtConfig:
     files = ((str(data / "pairs_test.jsonl"), cfg.eval.judge_limit),) + (((str(own), 0),) if _has_rows(own) else ())
     files += ((cfg.judge_eval, 0),) if cfg.judge_eval else ()
     loop = as_base(cfg.self_taught, SelfTaughtConfig)
-    return with_fields(loop, {**_shared(cfg), "model": str(out / "jsft"), "output_dir": str(out / "self_taught"),
+    return with_fields(loop, {**_shared(cfg), "generative": cfg.generative, "model": str(out / "jsft"),
+                              "output_dir": str(out / "self_taught"),
                               "seed": cfg.seed, "pool_file": str(data / "prompts_train.jsonl"),
                               "eval.files": tuple(f for f, _ in files), "eval.limits": tuple(n for _, n in files),
                               "train.checkpoint": cfg.checkpoint})

@@ -15,7 +15,7 @@ from sj_jax.algorithms.self_taught_config import SelfTaughtConfig
 from sj_jax.core.config import Runtime, check_owned
 from sj_jax.core.errors import ConfigError
 from sj_jax.data.build import DataBuildConfig, OwnSamplesConfig
-from sj_jax.judge.generative import GenerativeTemplate
+from sj_jax.judge.generative_template import GenerativeTemplate
 from sj_jax.judge.template import JudgeTemplate
 from sj_jax.models.lora import LoraConfig
 from sj_jax.train.config import CheckpointConfig, DataConfig, OptimConfig, TrainConfig
@@ -56,12 +56,12 @@ SELF_JUDGE = SelfJudgeConfig(steps=3, batch_size=8, sampling=SamplingSettings(ma
 # The keys of each stage's config that the demo sets itself: where a stage starts, reads and
 # writes, its seed, and what every stage shares (the judge's text, dtype, cache, checkpoints).
 SHARED = ("dtype", "cache_dir", "judge")
-DATA_OWNED = SHARED + ("output_dir", "seed", "model", "max_length", "own_samples.model")
+DATA_OWNED = SHARED + ("generative", "output_dir", "seed", "model", "max_length", "own_samples.model")
 TRAIN_OWNED = SHARED + ("model", "param_dtype", "output_dir", "seed", "data.train_file", "checkpoint")
-SELF_JUDGE_OWNED = SHARED + ("model", "param_dtype", "output_dir", "seed", "samples", "prompts_file", "offline_file",
-                             "checkpoint")
-SELF_JUDGE_JUDGE = ("judge_model", "judge_mode", "generative")  # owned too with self_taught.judge_for_self_judge
-SELF_TAUGHT_OWNED = SHARED + ("model", "output_dir", "seed", "pool_file", "eval.files", "eval.limits",
+SELF_JUDGE_OWNED = SHARED + ("generative", "model", "param_dtype", "output_dir", "seed", "samples", "prompts_file",
+                             "offline_file", "checkpoint")
+SELF_JUDGE_JUDGE = ("judge_model", "judge_mode")  # owned too with self_taught.judge_for_self_judge
+SELF_TAUGHT_OWNED = SHARED + ("generative", "model", "output_dir", "seed", "pool_file", "eval.files", "eval.limits",
                               "train.checkpoint")
 
 
@@ -107,7 +107,7 @@ class DemoSelfTaught(SelfTaughtConfig):
     judge_for_self_judge: bool = False
 
 
-SELF_TAUGHT = DemoSelfTaught(generative=GenerativeTemplate(max_evaluation_tokens=32))
+SELF_TAUGHT = DemoSelfTaught()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +122,9 @@ class DemoConfig(Runtime):
     seeds: int = 1
     judge_eval: str = ""  # a RewardBench-format JSONL ({"prompt", "chosen", "rejected", "subset"?}) both judges read
     judge: JudgeTemplate = DEMO_TEMPLATE
+    # The generative judge's text, wherever the model judges generatively: JSFT's generative rows
+    # (`data.jsft.generative_rows`), the self-taught loop, and stage 3 with `self_judge.judge_mode`.
+    generative: GenerativeTemplate = GenerativeTemplate()
     own_samples_from: str = "sft"  # who answers for data.own_samples: "sft" (the SFT run) or "base"
     data: DataBuildConfig = DATA
     sft: TrainConfig = dataclasses.replace(TRAIN, steps=8)

@@ -21,79 +21,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sj_jax.core.config import from_dict
-from sj_jax.core.errors import ConfigError
 from sj_jax.inference.generate import generate, length_batches
-from sj_jax.judge.template import check_texts, check_user, encode
+from sj_jax.judge.generative_template import GenerativeTemplate, render_prompt
+from sj_jax.judge.template import check_texts, encode
 from sj_jax.judge.verdict import parse_verdict
 from sj_jax.loading.model import Model
 from sj_jax.weights.tokenizer import end_of_turn_ids
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerativeTemplate:
-    """The generative judge's text. `user` holds {context}, {response_a}, {response_b}, each once;
-    the evaluation follows `assistant_prefix`; `verdict_prefix` is fed after it ("" = none) and the
-    verdict is `verdict_a` or `verdict_b` in the text (a verdict the model wrote in its evaluation
-    itself is its verdict: see `own_verdict`)."""
-
-    system: str = ("You are an impartial judge. Compare the two responses to the user's request below and decide "
-                   "which one follows the request and answers it better: correct, relevant and complete. Ignore "
-                   "the order of the responses and their length. First explain your comparison briefly, then "
-                   "give your final verdict: [[A]] if Response A is better, [[B]] if Response B is better.")
-    user: str = ("[User request]\n{context}\n\n[Response A]\n{response_a}\n[End of Response A]\n\n"
-                 "[Response B]\n{response_b}\n[End of Response B]")
-    assistant_prefix: str = ""
-    verdict_a: str = "[[A]]"
-    verdict_b: str = "[[B]]"
-    verdict_prefix: str = "\n\nFinal verdict: [["
-    max_evaluation_tokens: int = 64
-    max_verdict_tokens: int = 4
-
-    def __post_init__(self):
-        for name in ("system", "user", "assistant_prefix", "verdict_a", "verdict_b", "verdict_prefix"):
-            if not isinstance(getattr(self, name), str):
-                raise ConfigError(f"generative.{name}: expected a string, got {getattr(self, name)!r}")
-        check_user(self.user, "generative.user")
-        if not self.verdict_a or not self.verdict_b or self.verdict_a == self.verdict_b:
-            raise ConfigError(f"generative.verdict_a/verdict_b: two different non-empty markers, got "
-                              f"{self.verdict_a!r} and {self.verdict_b!r}")
-        if self.verdict_a in self.verdict_b or self.verdict_b in self.verdict_a:
-            raise ConfigError("generative.verdict_a/verdict_b: one marker contains the other")
-        if self.max_evaluation_tokens < 0 or self.max_verdict_tokens < 1:
-            raise ConfigError(f"generative.max_evaluation_tokens >= 0 and max_verdict_tokens >= 1, got "
-                              f"{self.max_evaluation_tokens} and {self.max_verdict_tokens}")
-        if not self.verdict_prefix and self.max_evaluation_tokens == 0:
-            raise ConfigError("generative.max_evaluation_tokens: 0 needs a verdict_prefix (nothing would be written)")
-
-    @property
-    def max_new_tokens(self) -> int:
-        return self.max_evaluation_tokens + self.max_verdict_tokens
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "generative") -> "GenerativeTemplate":
-        return from_dict(cls, data, where)
-
-
-def messages(template: GenerativeTemplate, context: str, response_a: str, response_b: str) -> list[dict]:
-    """The [system, user] turns of one judge prompt."""
-    user = template.user.format(context=context, response_a=response_a, response_b=response_b)
-    return [{"role": "system", "content": template.system}, {"role": "user", "content": user}]
-
-
-def render_prompt(tokenizer: Any, template: GenerativeTemplate, context: str, response_a: str,
-                  response_b: str) -> str:
-    """The prompt text through the chat template's generation prompt and the assistant prefix."""
-    head = tokenizer.apply_chat_template(messages(template, context, response_a, response_b), tokenize=False,
-                                         add_generation_prompt=True)
-    return head + template.assistant_prefix
-
-
-def judgment_row(template: GenerativeTemplate, context: str, response_a: str, response_b: str,
-                 judgment: str) -> dict:
-    """A chat row for SFT on one judgment: the prompt's turns and the judgment as the assistant's."""
-    return {"messages": messages(template, context, response_a, response_b)
-            + [{"role": "assistant", "content": template.assistant_prefix + judgment}]}
 
 
 @dataclasses.dataclass
@@ -175,8 +108,9 @@ def judge_generative(model: Model, contexts: Sequence[str], responses_a: Sequenc
                      progress: Callable[[int, int], None] | None = None) -> GenerativeJudgments:
     """Judges each (context, a, b) in both orders, `samples` judgments an order (temperature 0 =
     greedy, when more than one sample repeats itself). batch_size: sampler rows a compiled batch
-    (whole prompts); max_batch_tokens: cache positions a batch (`sj_jax.inference.generate.length_batches`). key_ids: one number per pair that its samples are keyed by
-    (default its position), so a pair keeps its judgments whatever else shares the call."""
+    (whole prompts); max_batch_tokens: cache positions a batch
+    (`sj_jax.inference.generate.length_batches`). key_ids: one number per pair that its samples are
+    keyed by (default its position), so a pair keeps its judgments whatever else shares the call."""
     template = GenerativeTemplate() if template is None else template
     tok = model.tokenizer
     if tok is None:

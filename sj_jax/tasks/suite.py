@@ -6,7 +6,8 @@ Rows are plain dicts (written as JSONL):
 - problem rows (evaluation sets and on-policy prompts): id, task, difficulty, prompt, answer, explanation;
 - SFT rows: id, task, prompt, response;
 - pair rows (RewardBench layout plus extras): id, subset (= task), task, prompt, chosen, rejected,
-  corruption, rationale (with {chosen} / {rejected} standing for the two responses' letters).
+  corruption, rationale (with {chosen} / {rejected} standing for the two responses' letters),
+  explanation (the problem's worked answer).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def pair_row(problem: dict, rejected: str, kind: str) -> dict:
     """A known-label pair from a problem row: its answer against a wrong response of `kind`."""
     return {"id": f"{problem['id']}-{kind}", "subset": problem["task"], "task": problem["task"],
             "prompt": problem["prompt"], "chosen": problem["answer"], "rejected": rejected, "corruption": kind,
-            "rationale": rationale(problem["explanation"], FLAWS[kind])}
+            "rationale": rationale(problem["explanation"], FLAWS[kind]), "explanation": problem["explanation"]}
 
 
 def corruption_pairs(p: Problem, row: dict, kinds: Sequence[str], per_problem: int,
