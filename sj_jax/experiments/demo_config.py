@@ -162,11 +162,20 @@ class DemoConfig(Runtime):
 #   steps and fell back to 0.495 at 40; lr 1e-3 lost 5 points; N = 8 gave 0.485 at twice the sampling.
 # - The tests' 40 problems per family (320) put 2 standard errors near 0.04 at 20% accuracy; the
 #   own-sample judge pairs come from 40 test problems per family answered 8 times.
+# - JSFT's generative rows (the problem worked, each response's answer, the verdict), so the
+#   self-taught seed writes an evaluation before its verdict: on validation own-sample pairs the
+#   one-pass judge went 0.594 -> 0.625 with them (the rule fixed before: keep them if not lower); the
+#   generative judge stayed at 0.508 (it works the problem and copies both answers right, then names
+#   a position), so stage 3 keeps the one-pass judge. Rows up to 384 tokens hold them whole.
+# - The self-taught loop keeps judgments only from pairs judged right in both orders: the seed's
+#   generative verdicts follow position.
 FULL = (
     "sft.steps=100",
     "jsft.steps=300",
     "data.own_samples.problems=800",
     "data.own_samples.known_per_own=1.0",
+    "data.jsft.generative_rows=true",
+    "jsft.data.max_length=384",
     "self_judge.steps=20",
     "self_judge.batch_size=16",
     "self_judge.num_samples=4",
@@ -176,4 +185,5 @@ FULL = (
     "eval.own_pairs_limit=40",
     "eval.own_pairs_samples=8",
     "self_taught.enabled=true",
+    "self_taught.annotate.both_orders=true",
 )
