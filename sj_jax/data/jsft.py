@@ -58,14 +58,15 @@ def worked_evaluation(explanation: str, response_a: str, response_b: str, label:
             f"So Response {label} is correct.")
 
 
-def generative_rows(pair: dict, pid: str, template: GenerativeTemplate, counts: Counter) -> list[dict]:
+def generative_rows(pair: dict, pid: str, context: str, template: GenerativeTemplate,
+                    counts: Counter) -> list[dict]:
     """The pair's two generative judgment rows (chosen shown first, then second) as chat rows
-    {"id", "pair_id", "messages"}; none, counted, for a pair without an `explanation`."""
+    {"id", "pair_id", "messages"}, `context` its prompt as text; none, counted, for a pair without
+    an `explanation`."""
     explanation = pair.get("explanation")
     if not isinstance(explanation, str) or not explanation.strip():
         counts["generative_no_explanation"] += 1
         return []
-    context = context_text(pair["prompt"])
     out = []
     for label, (a, b) in (("A", (pair["chosen"], pair["rejected"])), ("B", (pair["rejected"], pair["chosen"]))):
         text = worked_evaluation(explanation, a, b, label) + template.verdict_text(label)
@@ -110,7 +111,7 @@ def judgment_rows(pairs: Sequence[dict], principles: Sequence[str] = (), rationa
                 out.append({"id": f"{pid}-{suffix}{'ab' if label == 'A' else 'ba'}", "pair_id": pid, "judgment": j})
                 counts["judgment"] += 1
         if generative is not None:
-            out += generative_rows(pair, pid, generative, counts)
+            out += generative_rows(pair, pid, context, generative, counts)
     return out
 
 
