@@ -160,30 +160,32 @@ class DemoConfig(Runtime):
 # - Stage 3: 16 prompts a step, N = 4 (best against worst), 20 steps, beta 0.1, lr 2e-4 constant,
 #   LoRA r8. With the checker judging (the ceiling), validation accuracy went 0.475 -> 0.515 at 20
 #   steps and fell back to 0.495 at 40; lr 1e-3 lost 5 points; N = 8 gave 0.485 at twice the sampling.
-# - The tests' 40 problems per family (320) put 2 standard errors near 0.04 at 20% accuracy; the
-#   own-sample judge pairs come from 40 test problems per family answered 8 times.
-# - JSFT's generative rows (the problem worked, each response's answer, the verdict), so the
-#   self-taught seed writes an evaluation before its verdict: on validation own-sample pairs the
-#   one-pass judge went 0.594 -> 0.625 with them (the rule fixed before: keep them if not lower); the
-#   generative judge stayed at 0.508 (it works the problem and copies both answers right, then names
-#   a position), so stage 3 keeps the one-pass judge. Rows up to 384 tokens hold them whole.
+# - JSFT's generative rows (`data.jsft.generative_rows`: the problem worked, each response's answer,
+#   the verdict) are off: on validation own-sample pairs they moved the one-pass judge 0.594 -> 0.625
+#   (64 pairs, within the spread) and left the generative judge at chance (0.508: it works the
+#   problem and copies both answers right, then names a position), and they doubled JSFT's time
+#   (2,376 s of 300 steps at 384 tokens). Stage 3 judges in one pass.
 # - The self-taught loop keeps judgments only from pairs judged right in both orders: the seed's
 #   generative verdicts follow position.
+# - Sized by time alone, before any test number was read, so that three seeds run in about two hours
+#   on 2 cores: 20 test problems per family (160; 2 standard errors near 0.06 at 20% accuracy) for
+#   every policy and known-label judge pair, the tournament on 4 a family, the own-sample judge pairs
+#   from 30 test problems per family answered 8 times, and the self-taught loop on 48 instructions an
+#   iteration. Stage 3 keeps the recipe the validation ceiling chose.
 FULL = (
     "sft.steps=100",
     "jsft.steps=300",
     "data.own_samples.problems=800",
     "data.own_samples.known_per_own=1.0",
-    "data.jsft.generative_rows=true",
-    "jsft.data.max_length=384",
     "self_judge.steps=20",
     "self_judge.batch_size=16",
     "self_judge.num_samples=4",
-    "eval.test_limit=40",
-    "eval.judge_limit=40",
-    "eval.tournament_limit=8",
-    "eval.own_pairs_limit=40",
+    "eval.test_limit=20",
+    "eval.judge_limit=20",
+    "eval.tournament_limit=4",
+    "eval.own_pairs_limit=30",
     "eval.own_pairs_samples=8",
     "self_taught.enabled=true",
+    "self_taught.instructions=48",
     "self_taught.annotate.both_orders=true",
 )
