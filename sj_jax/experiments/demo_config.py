@@ -169,9 +169,10 @@ class DemoConfig(Runtime):
 #   generative verdicts follow position.
 # - Sized by time alone, before any test number was read, so that three seeds run in about two hours
 #   on 2 cores: 20 test problems per family (160; 2 standard errors near 0.06 at 20% accuracy) for
-#   every policy and known-label judge pair, the tournament on 4 a family, the own-sample judge pairs
-#   from 30 test problems per family answered 8 times, and the self-taught loop on 48 instructions an
-#   iteration. Stage 3 keeps the recipe the validation ceiling chose.
+#   every policy, 10 known-label judge pairs per family (each judge in both modes in the self-taught
+#   loop), the tournament on 4 a family, the own-sample judge pairs from 30 test problems per family
+#   answered 8 times, and the self-taught loop on 32 instructions an iteration. Stage 3 keeps the
+#   recipe the validation ceiling chose.
 FULL = (
     "sft.steps=100",
     "jsft.steps=300",
@@ -181,11 +182,11 @@ FULL = (
     "self_judge.batch_size=16",
     "self_judge.num_samples=4",
     "eval.test_limit=20",
-    "eval.judge_limit=20",
+    "eval.judge_limit=10",
     "eval.tournament_limit=4",
     "eval.own_pairs_limit=30",
     "eval.own_pairs_samples=8",
     "self_taught.enabled=true",
-    "self_taught.instructions=48",
+    "self_taught.instructions=32",
     "self_taught.annotate.both_orders=true",
 )
