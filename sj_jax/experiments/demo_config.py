@@ -166,7 +166,9 @@ class DemoConfig(Runtime):
 #   problem and copies both answers right, then names a position), and they doubled JSFT's time
 #   (2,376 s of 300 steps at 384 tokens). Stage 3 judges in one pass.
 # - The self-taught loop keeps judgments only from pairs judged right in both orders: the seed's
-#   generative verdicts follow position.
+#   generative verdicts follow position. Its selection stage is off: FULL filters no category or
+#   difficulty, and the JSFT model without generative rows writes no "Difficulty:" label (366 of 400
+#   pool rows unparsed), so selection would only drop rows.
 # - Sized by time alone, before any test number was read, so that three seeds run in about two hours
 #   on 2 cores: 20 test problems per family (160; 2 standard errors near 0.06 at 20% accuracy) for
 #   every policy, 10 known-label judge pairs per family (each judge in both modes in the self-taught
@@ -188,5 +190,6 @@ FULL = (
     "eval.own_pairs_samples=8",
     "self_taught.enabled=true",
     "self_taught.instructions=32",
+    "self_taught.selection.enabled=false",
     "self_taught.annotate.both_orders=true",
 )
