@@ -13,11 +13,11 @@ from sj_jax.algorithms.self_judge import self_judge
 from sj_jax.algorithms.self_judge_config import SelfJudgeConfig
 from sj_jax.algorithms.self_taught import self_taught
 from sj_jax.algorithms.self_taught_config import SelfTaughtConfig
-from sj_jax.core.cache import configure_caches
 from sj_jax.core.config import Runtime, load_yaml, to_dict
 from sj_jax.core.errors import ConfigError, SJError
 from sj_jax.core.jsonl import read_jsonl
 from sj_jax.core.progress import sampling_bar
+from sj_jax.core.runtime import apply_runtime
 from sj_jax.data.build import DataBuildConfig
 from sj_jax.evaluation import eval_judge, eval_tasks
 from sj_jax.experiments import tournament
@@ -88,9 +88,8 @@ def _flag_overrides(args, flags: tuple[tuple[str, str], ...]) -> list[str]:
 
 
 def _configured(cfg):
-    """The command's config, after pointing the caches where its `cache_dir` says."""
-    configure_caches(cfg.cache_dir)
-    return cfg
+    """The command's config, after applying its runtime keys (processes, precision, caches) to the process."""
+    return apply_runtime(cfg)
 
 
 def _report_run(result) -> None:

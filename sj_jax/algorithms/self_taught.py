@@ -176,7 +176,7 @@ class SelfTaughtRun:
         """The folder holds this run or none; `iterations` may grow (more iterations on the same run)."""
         self.out.mkdir(parents=True, exist_ok=True)
         saved = self.out / "config.yaml"
-        skip = ("iterations", "cache_dir", "output_dir")
+        skip = ("iterations", "cache_dir", "distributed", "output_dir")
         if saved.exists():
             theirs = {k: v for k, v in (read_yaml(saved.read_text()) or {}).items() if k not in skip}
             mine = {k: v for k, v in to_dict(self.cfg).items() if k not in skip}
@@ -385,6 +385,7 @@ class SelfTaughtRun:
         source = cfg.model if t.init_from == "seed" else self.judge_source(i - 1)
         response = cfg.generative.max_new_tokens + 32
         tc = t.run_config({"model": source, "dtype": cfg.dtype, "param_dtype": cfg.dtype, "cache_dir": cfg.cache_dir,
+                           "matmul_precision": cfg.matmul_precision, "distributed": cfg.distributed,
                            "output_dir": str(self.iter_dir(i) / "train"), "seed": cfg.seed + i, "judge": cfg.judge,
                            "data.train_file": str(self.iter_dir(i) / "judgments" / "train.jsonl"),
                            "data.max_prompt_length": t.data.max_length - response,

@@ -117,8 +117,8 @@ class JudgeTraining(TrainConfig):
 
 # Set by the loop for each iteration: where it starts, writes and reads, the seed, the judge text,
 # and the prompt/response split of `data.max_length` (the response is the generative judgment).
-JUDGE_TRAINING_OWNED = ("model", "dtype", "param_dtype", "cache_dir", "output_dir", "seed", "judge", "data.train_file",
-                        "data.max_prompt_length", "data.max_response_length")
+JUDGE_TRAINING_OWNED = ("model", "dtype", "param_dtype", "cache_dir", "matmul_precision", "distributed", "output_dir",
+                        "seed", "judge", "data.train_file", "data.max_prompt_length", "data.max_response_length")
 DEFAULT_JUDGE_TRAINING = JudgeTraining(
     epochs=2.0, batch_size=8,
     data=DataConfig(max_length=1024, group_by_length=True, pair_layout="joint"),

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from sj_jax.core.distributed import DistributedConfig
 from sj_jax.core.errors import ConfigError
 
 T = TypeVar("T")
@@ -121,6 +122,10 @@ class Runtime:
 
     dtype: typing.Literal["float32", "bfloat16"] = "float32"  # compute dtype
     cache_dir: str | None = "auto"  # compiled executables and dequantised weights; "off" = none (sj_jax.core.cache)
+    # float32 matmuls: "default" lets the backend choose (TF32 on NVIDIA GPUs, bfloat16 passes on TPUs,
+    # full float32 on CPUs); "high" (bf16_3x) and "highest" (full float32) ask for more. For the process.
+    matmul_precision: typing.Literal["default", "high", "highest"] = "default"
+    distributed: DistributedConfig = DistributedConfig()  # several processes (sj_jax.core.distributed)
 
 
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "", base: Any = None) -> T:

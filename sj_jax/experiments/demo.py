@@ -153,9 +153,15 @@ def _has_rows(path: Path) -> bool:
     return path.is_file() and path.stat().st_size > 0
 
 
+# What a rerun on the same folder may change: more seeds, another judge file, where it writes and
+# caches, and how many processes run it (the data order is global).
+RERUN_MAY_CHANGE = ("seeds", "judge_eval", "out", "cache_dir", "distributed")
+
+
 def _shared(cfg: DemoConfig) -> dict[str, Any]:
-    """What every stage takes from the demo: the judge's text, the dtype and the cache."""
-    return {"judge": cfg.judge, "dtype": cfg.dtype, "cache_dir": cfg.cache_dir}
+    """What every stage takes from the demo: the judge's text, the dtype, the cache and the process's runtime."""
+    return {"judge": cfg.judge, "dtype": cfg.dtype, "cache_dir": cfg.cache_dir,
+            "matmul_precision": cfg.matmul_precision, "distributed": cfg.distributed}
 
 
 # -- stages 4 and 5: evaluations ------------------------------------------------------------------
@@ -255,7 +261,7 @@ class Demo:
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"out: {self.out}: is a file, not a folder; use another --out")
         saved = self.out / "demo_config.yaml"
-        mine = {k: v for k, v in to_dict(self.cfg).items() if k not in ("seeds", "judge_eval", "out", "cache_dir")}
+        mine = {k: v for k, v in to_dict(self.cfg).items() if k not in RERUN_MAY_CHANGE}
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             text = saved.read_text() if saved.exists() else None
@@ -264,7 +270,7 @@ class Demo:
                               f"({e.strerror or e}); use another --out") from e
         if text is not None:
             theirs = {k: v for k, v in (read_yaml(text) or {}).items()
-                      if k not in ("seeds", "judge_eval", "out", "cache_dir")}
+                      if k not in RERUN_MAY_CHANGE}
             diff = _first_difference(theirs, mine)
             if diff is not None:
                 raise ConfigError(f"{self.out}: holds a demo run with {diff[0]}={diff[1]!r}, but this command has "

@@ -55,7 +55,7 @@ SELF_JUDGE = SelfJudgeConfig(steps=3, batch_size=8, sampling=SamplingSettings(ma
 
 # The keys of each stage's config that the demo sets itself: where a stage starts, reads and
 # writes, its seed, and what every stage shares (the judge's text, dtype, cache, checkpoints).
-SHARED = ("dtype", "cache_dir", "judge")
+SHARED = ("dtype", "cache_dir", "matmul_precision", "distributed", "judge")
 DATA_OWNED = SHARED + ("generative", "output_dir", "seed", "model", "max_length", "own_samples.model")
 TRAIN_OWNED = SHARED + ("model", "param_dtype", "output_dir", "seed", "data.train_file", "checkpoint")
 SELF_JUDGE_OWNED = SHARED + ("generative", "model", "param_dtype", "output_dir", "seed", "samples", "prompts_file",

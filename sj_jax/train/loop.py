@@ -23,9 +23,10 @@ from typing import Any, Callable
 import jax
 from tqdm import tqdm
 
+from sj_jax.core.distributed import is_primary
 from sj_jax.core.errors import SJError
 from sj_jax.train.config import CheckpointConfig
-from sj_jax.train.metrics import MetricsLog
+from sj_jax.train.metrics import MetricsLog, NullLog
 from sj_jax.train.preemption import PreemptionGuard
 from sj_jax.weights.checkpoint import Checkpointer
 
@@ -70,14 +71,15 @@ def run_loop(*, out: Path, state: Any, total: int, step_fn: StepFn, checkpoint: 
         restore_data(meta["data"])
         start = int(meta.get("loop_step", ckpt.latest_step()))
         print(f"resumed from step {start} ({out / 'checkpoints'})", file=sys.stderr)
-    log = MetricsLog(out / "metrics.jsonl", resume_step=start)
+    # Process 0 writes the metrics and shows the progress; the others run the same steps silently.
+    log = MetricsLog(out / "metrics.jsonl", resume_step=start) if is_primary() else NullLog()
     last_loss, nonfinite_run, preempted, step = float("nan"), 0, False, start
 
     try:
         if on_start is not None:
             on_start(start, state, log.write)
-        with PreemptionGuard() as guard, tqdm(total=total, initial=start, disable=not progress, file=sys.stderr,
-                                              unit="step", dynamic_ncols=True) as bar:
+        with PreemptionGuard() as guard, tqdm(total=total, initial=start, disable=not (progress and is_primary()),
+                                              file=sys.stderr, unit="step", dynamic_ncols=True) as bar:
             for step in range(start, total):
                 state, row = step_fn(step, state)
                 row = {"step": step + 1, **row}

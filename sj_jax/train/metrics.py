@@ -41,6 +41,16 @@ class MetricsLog:
             self._tb.close()
 
 
+class NullLog:
+    """A `MetricsLog` that keeps nothing: what the processes other than process 0 log to."""
+
+    def write(self, row: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _tensorboard(folder: Path):
     try:
         from tensorboardX import SummaryWriter  # type: ignore

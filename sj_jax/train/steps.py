@@ -125,6 +125,14 @@ def batch_shardings(mesh: Mesh, batch: dict) -> dict:
     return jax.tree.map(lambda x: logical_sharding((None, "batch") + (None,) * (x.ndim - 2), x.shape, mesh), batch)
 
 
+def place_batch(mesh: Mesh, batch: dict) -> dict:
+    """A host batch, the same global batch on every process, as global arrays laid out by
+    `batch_shardings`: each process copies in only the rows its own devices hold. On several
+    processes jit takes no numpy input with a sharded layout, so every step's batch goes through here."""
+    return jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]),
+                        batch, batch_shardings(mesh, batch))
+
+
 def mesh_shardings(tree: Any, mesh: Mesh) -> Any:
     """Each leaf's own `NamedSharding` on `mesh`, or replicated over `mesh` (scalars such as the
     step and Adam's count, which jit otherwise leaves on one device)."""

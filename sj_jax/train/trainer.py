@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from sj_jax.core.config import save_yaml, to_dict
+from sj_jax.core.distributed import is_primary
 from sj_jax.core.errors import SJError
 from sj_jax.data.batches import EpochIterator, collate_pairs, collate_pairs_joint, collate_sft, example_length
 from sj_jax.data.examples import DataReport, load_examples, pair_example, sft_example
@@ -32,7 +33,7 @@ from sj_jax.train.config import TrainConfig
 from sj_jax.train.loop import run_loop
 from sj_jax.train.metrics import read_metrics, write_report
 from sj_jax.train.optim import make_optimizer
-from sj_jax.train.steps import StepSpec, batch_shape, mesh_shardings, shared_step
+from sj_jax.train.steps import StepSpec, batch_shape, mesh_shardings, place_batch, shared_step
 from sj_jax.weights.checkpoint import Checkpointer
 
 Kind = Literal["sft", "jsft", "dpo"]
@@ -99,7 +100,9 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
         raise SJError("data.packing: packs SFT/JSFT examples; DPO pairs keep one pair a row")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "config.yaml")
+    primary = is_primary()  # process 0 writes the run's files; every process trains
+    if primary:
+        save_yaml(cfg, out / "config.yaml")
     mesh = make_mesh(cfg.mesh)
     if model is None:
         model = load_model(cfg.model, dtype=cfg.dtype, param_dtype=cfg.param_dtype, mesh=mesh, remat=cfg.remat)
@@ -109,7 +112,8 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
     if cfg.data.packing:
         examples, packed = pack(examples, cfg.data.max_length)
         data_report["packing"] = packed.as_dict()  # batch_size now counts packed rows
-    (out / "data_report.json").write_text(json.dumps(data_report, indent=1))
+    if primary:
+        (out / "data_report.json").write_text(json.dumps(data_report, indent=1))
     rows_per_step = cfg.batch_size * cfg.optim.grad_accum
     lengths = [example_length(e) for e in examples] if cfg.data.group_by_length else None
     it = EpochIterator(len(examples), rows_per_step, cfg.seed, cfg.data.shuffle, lengths=lengths)
@@ -123,10 +127,12 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
 
     def one_step(step: int, state):
         batch, r = _collate(kind, cfg, [examples[i] for i in it.next()], pad_id)
+        tokens = int((batch["attention_mask"] > 0).sum())
+        batch = place_batch(mesh, batch)
         fn = shared_step(dataclasses.replace(base_spec, response_len=r), cfg.optim, total, mesh, state, frozen, batch)
         state, metrics = fn(state, frozen, batch)
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        clock["tokens"] += int((batch["attention_mask"] > 0).sum())
+        clock["tokens"] += tokens
         elapsed = time.perf_counter() - clock["t0"]
         shapes.add(batch_shape(batch))
         return state, {**m, "tokens_per_s": clock["tokens"] / elapsed, "elapsed_s": elapsed,
@@ -139,7 +145,7 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
                     stop_at_step=stop_at_step,
                     postfix=lambda row: {"loss": f"{row['loss']:.4f}", "tok_s": f"{row['tokens_per_s']:.0f}"})
     report_path = None
-    if not loop.preempted:
+    if primary and not loop.preempted:
         rows = read_metrics(out / "metrics.jsonl")
         keys = ("loss", "rewards/margins", "rewards/accuracies") if kind == "dpo" else ("loss",)
         report_path = write_report(out, f"sj-jax {kind}: {cfg.model}", rows, {
