@@ -37,6 +37,7 @@ import numpy as np
 from sj_jax.algorithms.pairs import SKIP_REASONS, Candidate, PairChoice, checker_pairs, choose_pairs, defect
 from sj_jax.algorithms.self_judge_config import SelfJudgeConfig
 from sj_jax.core.config import save_yaml, to_dict
+from sj_jax.core.distributed import is_primary
 from sj_jax.core.errors import ConfigError, SJError
 from sj_jax.data.batches import EpochIterator, collate_pairs, collate_pairs_joint
 from sj_jax.data.chat import context_text
@@ -53,7 +54,7 @@ from sj_jax.tasks.families import FAMILIES, check
 from sj_jax.train.loop import run_loop
 from sj_jax.train.metrics import read_metrics, write_report
 from sj_jax.train.optim import make_optimizer
-from sj_jax.train.steps import StepSpec, batch_shape, mesh_shardings, shared_step
+from sj_jax.train.steps import StepSpec, batch_shape, mesh_shardings, place_batch, shared_step
 from sj_jax.train.trainer import init_state
 from sj_jax.weights.checkpoint import Checkpointer
 from sj_jax.weights.tokenizer import end_of_turn_ids
@@ -97,7 +98,8 @@ class SelfJudgeRun:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.out.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, self.out / "config.yaml")
+        if is_primary():  # process 0 writes the run's files; every process samples, judges and trains its share
+            save_yaml(cfg, self.out / "config.yaml")
         if model is None:
             model = load_model(cfg.model, dtype=cfg.dtype, param_dtype=cfg.param_dtype, mesh=make_mesh(cfg.mesh),
                                remat=cfg.remat)
@@ -111,7 +113,8 @@ class SelfJudgeRun:
         self.stop_ids = end_of_turn_ids(self.tok)
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.stop_ids[0]
         self.data_report = self._load_data()
-        (self.out / "data_report.json").write_text(json.dumps(self.data_report, indent=1))
+        if is_primary():
+            (self.out / "data_report.json").write_text(json.dumps(self.data_report, indent=1))
         n = len(self.pairs) if cfg.samples == "offline" else len(self.prompt_ids)
         if n < cfg.batch_size:
             raise ConfigError(f"batch_size: {cfg.batch_size} prompts a step, but only {n} usable rows in "
@@ -224,13 +227,14 @@ class SelfJudgeRun:
         batch, r = collate(pairs + [pairs[0]] * (b - len(pairs)), cfg.max_prompt_length, cfg.sampling.max_new_tokens,
                            self.pad_id)
         batch["pair_weight"] = (np.arange(b) < len(pairs)).astype(np.float32)
-        batch = {k: v[None] for k, v in batch.items()}  # one micro-batch
+        host = {k: v[None] for k, v in batch.items()}  # one micro-batch
+        batch = place_batch(self.model.mesh, host)
         fn = shared_step(dataclasses.replace(self.spec, response_len=r), cfg.optim, self.total, self.model.mesh,
                          state, self.frozen, batch)
         state, metrics = fn(state, self.frozen, batch)
-        self._shapes.add(batch_shape(batch))
+        self._shapes.add(batch_shape(host))
         metrics = {**jax.device_get(metrics), "step_programs": len(self._shapes)}
-        return state, {k: float(v) for k, v in metrics.items()}, batch, r
+        return state, {k: float(v) for k, v in metrics.items()}, host, r
 
     def validate(self, policy: dict) -> dict[str, float]:
         """Greedy accuracy of `policy` on the validation rows: overall (strict and lenient) and by task."""
@@ -290,7 +294,8 @@ class SelfJudgeRun:
                 row["kl_estimate"] = (metrics["rewards/chosen"] + metrics["rewards/rejected"]) / (2 * cfg.dpo.beta)
         else:
             row["updated"] = 0
-            print(f"step {step + 1}: every pair was skipped ({_skips(choices)}); no update", file=sys.stderr)
+            if is_primary():
+                print(f"step {step + 1}: every pair was skipped ({_skips(choices)}); no update", file=sys.stderr)
         row["time/step_s"] = time.perf_counter() - t3
         row["time/total_s"] = time.perf_counter() - t0
         every = cfg.validation.every
@@ -316,7 +321,7 @@ class SelfJudgeRun:
                         stop_at_step=stop_at_step, postfix=_postfix, on_start=before)
         self.state = loop.state
         report = None
-        if not loop.preempted:
+        if is_primary() and not loop.preempted:
             rows = read_metrics(self.out / "metrics.jsonl")
             report = write_report(self.out, f"sj-jax self-judge: {cfg.model}", rows, self.summary(rows), PLOTTED,
                                   columns=PLOTTED[:-1] + (

@@ -96,9 +96,13 @@ def initialize_arguments(cfg: DistributedConfig, env: Mapping[str, str] = os.env
     if not host or not port.isdigit():
         raise ConfigError(f"{where['coordinator']}: expected host:port, got {coordinator!r}")
     if n < 1:
-        raise ConfigError(f"{where['num_processes']}: needed with a coordinator ({coordinator}), got {n}")
+        raise ConfigError(f"distributed.num_processes (or ${_ENV['num_processes']}): needed with a coordinator "
+                          f"({coordinator})")
+    if pid == -1:
+        raise ConfigError(f"distributed.process_id (or ${_ENV['process_id']}): needed with a coordinator "
+                          f"({coordinator})")
     if not 0 <= pid < n:
-        raise ConfigError(f"{where['process_id']}: must be in 0..{n - 1}, got {pid}")
+        raise ConfigError(f"{where['process_id']}: must be in 0..{n - 1} ({n} processes), got {pid}")
     if n == 1:
         return None
     args: dict[str, Any] = {"coordinator_address": coordinator, "num_processes": n, "process_id": pid,

@@ -28,7 +28,7 @@ from sj_jax.core.buckets import bucket
 from sj_jax.inference.kv_cache import decode_step, kv_shapes, left_pad, prefill, unstack_layers
 from sj_jax.inference.sampling import SamplingConfig, sample
 from sj_jax.models.config import ModelConfig
-from sj_jax.models.sharding import batch_sharding, logical_sharding, param_shardings
+from sj_jax.models.sharding import batch_sharding, logical_sharding, param_shardings, to_global, to_host
 from sj_jax.weights.loader import abstract_params
 
 
@@ -139,6 +139,15 @@ def _decode_loop(cfg, plan, params, state, stop_ids):
 
 
 @functools.lru_cache(maxsize=32)
+def _row_keys_of(row_shard: NamedSharding):
+    """jitted `(base key data uint32[2], row ids int32[rows]) -> one PRNG key a row`, laid out as the rows are."""
+    def keys(base, row_ids):
+        return jax.vmap(lambda r: jax.random.fold_in(jax.random.wrap_key_data(base), r))(row_ids)
+
+    return jax.jit(keys, out_shardings=row_shard)
+
+
+@functools.lru_cache(maxsize=32)
 def compiled(cfg: ModelConfig, mesh: Mesh, plan: DecodePlan):
     """The jitted (prefill, decode loop) pair for one plan, with explicit shardings; the loop's state
     (cache included) is donated."""
@@ -177,17 +186,20 @@ def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *,
     b_prompts = bucket(max(len(prompts), -(-min_rows // group)), minimum=1, multiple=data_size)
     b = b_prompts * group
     ids, mask = left_pad(prompts, plen, b_prompts, pad_id)
-    active = np.arange(b) < rows
-    base = jax.random.key(seed)
-    keys = jax.vmap(lambda r: jax.random.fold_in(base, r))(jnp.asarray(list(row_ids) + [-1] * (b - rows), jnp.int32))
     plan = DecodePlan(b, plen, max_new_tokens, sampling, pad_id, group, tuple(int(t) for t in forced),
                       int(budget) if forced else 0, int(after) if forced else 0)
     first, loop = compiled(cfg, mesh, plan)
-    stops = jnp.asarray(sorted(set(stop_ids)) or [-1], jnp.int32)
-    state = first(params, ids, mask, keys, active, stops)
+    # Every input a global array (the same host values on every process; each copies in its own rows).
+    x_shard, row_shard = batch_sharding(mesh, ids.shape), batch_sharding(mesh, (b,))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    base = to_global(np.asarray(jax.random.key_data(jax.random.key(seed))), replicated)
+    keys = _row_keys_of(row_shard)(base, to_global(np.asarray(list(row_ids) + [-1] * (b - rows), np.int32), row_shard))
+    stops = to_global(np.asarray(sorted(set(stop_ids)) or [-1], np.int32), replicated)
+    state = first(params, to_global(ids, x_shard), to_global(mask, x_shard), keys,
+                  to_global(np.arange(b) < rows, row_shard), stops)
     state = loop(params, state, stops)
-    tokens = np.asarray(state["tokens"])[:rows]
-    logprobs = np.asarray(state["logprobs"])[:rows]
-    stopped = np.asarray(state["stopped"])[:rows]
-    lengths = np.asarray(state["count"])[:rows]  # the stop token included
+    tokens = to_host(state["tokens"])[:rows]
+    logprobs = to_host(state["logprobs"])[:rows]
+    stopped = to_host(state["stopped"])[:rows]
+    lengths = to_host(state["count"])[:rows]  # the stop token included
     return {"tokens": tokens, "logprobs": logprobs, "stopped": stopped, "lengths": lengths}

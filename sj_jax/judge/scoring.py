@@ -41,7 +41,7 @@ from sj_jax.judge.template import (
 )
 from sj_jax.loading.model import Model
 from sj_jax.models.config import ModelConfig
-from sj_jax.models.sharding import batch_sharding, logical_sharding, param_shardings
+from sj_jax.models.sharding import batch_sharding, logical_sharding, param_shardings, to_global, to_host
 from sj_jax.models.transformer import Transformer, positions_from_mask
 from sj_jax.weights.loader import abstract_params
 
@@ -142,7 +142,7 @@ def verdict_probs(model: Model, prompts: Sequence[Sequence[int]], verdict_ids: t
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     multiple = mesh.shape["data"] * mesh.shape["fsdp"]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    vids = jnp.asarray(verdict_ids, jnp.int32)
+    vids = to_global(np.asarray(verdict_ids, np.int32), NamedSharding(mesh, PartitionSpec()))
     pending = []
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
@@ -151,10 +151,10 @@ def verdict_probs(model: Model, prompts: Sequence[Sequence[int]], verdict_ids: t
         ids, mask = kv_cache.left_pad([prompts[i] for i in rows], t, b, pad)
         fn, x_shard = compiled_verdict_logprobs(cfg, mesh, (b, t))
         # Dispatch every batch before reading any back, so host work overlaps device work.
-        pending.append((rows, fn(model.params, jax.device_put(ids, x_shard), jax.device_put(mask, x_shard), vids)))
+        pending.append((rows, fn(model.params, to_global(ids, x_shard), to_global(mask, x_shard), vids)))
     out = np.empty((len(prompts), 2), np.float64)
     for rows, logp in pending:
-        out[rows] = np.exp(np.asarray(logp, np.float64)[:len(rows)])
+        out[rows] = np.exp(to_host(logp).astype(np.float64)[:len(rows)])
         if progress is not None:
             progress(len(rows))
     return out
@@ -224,7 +224,7 @@ def verdict_probs_shared(model: Model, prompts: Sequence[Sequence[int]], verdict
     rest = [max(len(prompts[2 * g]), len(prompts[2 * g + 1])) - shared[g] for g in range(groups)]
     order = sorted(range(groups), key=lambda g: (shared[g] + rest[g], shared[g]))
     step = max(1, batch_size // 2)
-    vids = jnp.asarray(verdict_ids, jnp.int32)
+    vids = to_global(np.asarray(verdict_ids, np.int32), NamedSharding(mesh, PartitionSpec()))
     pending = []
     for start in range(0, groups, step):
         chunk = order[start:start + step]
@@ -235,11 +235,11 @@ def verdict_probs_shared(model: Model, prompts: Sequence[Sequence[int]], verdict
         suf_ids, suf_mask = kv_cache.left_pad(
             [prompts[2 * g + o][shared[g]:] for g in chunk for o in range(2)], sl, 2 * b, pad)
         fn, pre_shard, suf_shard = compiled_shared_verdict_logprobs(cfg, mesh, (b, pl, sl))
-        pending.append((chunk, fn(model.params, jax.device_put(pre_ids, pre_shard), jax.device_put(pre_mask, pre_shard),
-                                  jax.device_put(suf_ids, suf_shard), jax.device_put(suf_mask, suf_shard), vids)))
+        pending.append((chunk, fn(model.params, to_global(pre_ids, pre_shard), to_global(pre_mask, pre_shard),
+                                  to_global(suf_ids, suf_shard), to_global(suf_mask, suf_shard), vids)))
     out = np.empty((groups, 2, 2), np.float64)
     for chunk, logp in pending:
-        out[chunk] = np.exp(np.asarray(logp, np.float64)[:2 * len(chunk)]).reshape(len(chunk), 2, 2)
+        out[chunk] = np.exp(to_host(logp).astype(np.float64)[:2 * len(chunk)]).reshape(len(chunk), 2, 2)
         if progress is not None:
             progress(2 * len(chunk))
     return out.reshape(len(prompts), 2)

@@ -19,7 +19,7 @@ from sj_jax.core.errors import ConfigError, WeightsError
 from sj_jax.loading.runs import RunParts, is_run_folder, read_run_model, restore_trained, run_step
 from sj_jax.models import lora
 from sj_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, from_hf_config, to_hf_config_kwargs
-from sj_jax.models.sharding import MeshConfig, batch_sharding, logical_sharding, make_mesh, param_shardings
+from sj_jax.models.sharding import MeshConfig, batch_sharding, logical_sharding, make_mesh, param_shardings, to_global
 from sj_jax.models.transformer import Transformer
 from sj_jax.weights.dequant_cache import CachedGGUFSource
 from sj_jax.weights.gguf_io import GGUFSource
@@ -195,7 +195,7 @@ def logits(model: Model, input_ids: Any, attention_mask: Any = None) -> jax.Arra
     if mask.shape != ids.shape:
         raise ValueError(f"attention_mask: shape {mask.shape} differs from input_ids {ids.shape}")
     fn, x_shard = jitted_forward(model.config, model.mesh, ids.shape)
-    return fn(model.params, jax.device_put(ids, x_shard), jax.device_put(mask, x_shard))
+    return fn(model.params, to_global(ids, x_shard), to_global(mask, x_shard))
 
 
 def save_hf(model: Model, out_dir: str | Path) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sj_jax.core.errors import ConfigError
@@ -102,6 +103,22 @@ def param_shardings(abstract_boxed_params: Any, mesh: Mesh) -> Any:
         return NamedSharding(mesh, PartitionSpec())
 
     return jax.tree.map(one, abstract_boxed_params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+def to_global(x: Any, sharding: NamedSharding) -> jax.Array:
+    """A host array, the same on every process, laid out as `sharding` says over its mesh: each
+    process copies in only the shards of its own devices. (Across processes jit takes no numpy input
+    with a sharded layout, and `device_put` would copy the whole array to every process's devices.)"""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole of a global array on this process's host: an all-gather when other processes hold
+    parts of it, else a plain copy."""
+    if x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def batch_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:

@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sj_jax.models import lora
 from sj_jax.models.config import ModelConfig
 from sj_jax.models.lora import LoraConfig
-from sj_jax.models.sharding import logical_sharding
+from sj_jax.models.sharding import logical_sharding, to_global
 from sj_jax.objectives.dpo import dpo_loss
 from sj_jax.objectives.sequence import joint_pair_logprobs, sequence_logprobs
 from sj_jax.objectives.sft import sft_loss
@@ -129,8 +129,7 @@ def place_batch(mesh: Mesh, batch: dict) -> dict:
     """A host batch, the same global batch on every process, as global arrays laid out by
     `batch_shardings`: each process copies in only the rows its own devices hold. On several
     processes jit takes no numpy input with a sharded layout, so every step's batch goes through here."""
-    return jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]),
-                        batch, batch_shardings(mesh, batch))
+    return jax.tree.map(to_global, batch, batch_shardings(mesh, batch))
 
 
 def mesh_shardings(tree: Any, mesh: Mesh) -> Any:
