@@ -7,6 +7,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tolerances against PyTorch and float64 assume full float32 matmuls; a GPU's default is TF32.
+# Subprocesses inherit it; a config's matmul_precision "default" keeps it.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 import shutil  # noqa: E402
 import tempfile  # noqa: E402

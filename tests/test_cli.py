@@ -16,7 +16,7 @@ from sj_jax.cli import main
 
 def test_bad_config_key_is_named_and_exits_2(capsys):
     assert main(["generate", "dtyp=bfloat16"]) == 2
-    assert "dtyp: unknown key; known: dtype, cache_dir, model" in capsys.readouterr().err
+    assert "dtyp: unknown key; known: dtype, cache_dir, matmul_precision, distributed, model" in capsys.readouterr().err
 
 
 def test_bad_config_file_is_named(tmp_path, capsys):

@@ -122,8 +122,9 @@ class Runtime:
 
     dtype: typing.Literal["float32", "bfloat16"] = "float32"  # compute dtype
     cache_dir: str | None = "auto"  # compiled executables and dequantised weights; "off" = none (sj_jax.core.cache)
-    # float32 matmuls: "default" lets the backend choose (TF32 on NVIDIA GPUs, bfloat16 passes on TPUs,
-    # full float32 on CPUs); "high" (bf16_3x) and "highest" (full float32) ask for more. For the process.
+    # float32 matmuls, for the whole process: "default" keeps JAX's setting ($JAX_DEFAULT_MATMUL_PRECISION,
+    # else the backend's choice: TF32 on NVIDIA GPUs, bfloat16 passes on TPUs, full float32 on CPUs);
+    # "high" (bf16_3x) and "highest" (full float32) ask for more. Saved in each run's config.yaml.
     matmul_precision: typing.Literal["default", "high", "highest"] = "default"
     distributed: DistributedConfig = DistributedConfig()  # several processes (sj_jax.core.distributed)
 

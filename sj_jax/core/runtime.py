@@ -15,8 +15,10 @@ R = TypeVar("R", bound=Runtime)
 
 
 def set_matmul_precision(precision: str) -> None:
-    """The process's default float32 matmul precision: "default" (the backend's choice), "high" or "highest"."""
-    jax.config.update("jax_default_matmul_precision", None if precision == "default" else precision)
+    """The process's float32 matmul precision: "high" or "highest"; "default" leaves JAX's own setting
+    (`$JAX_DEFAULT_MATMUL_PRECISION` if set, else the backend's choice: TF32 on NVIDIA GPUs)."""
+    if precision != "default":
+        jax.config.update("jax_default_matmul_precision", precision)
 
 
 def apply_runtime(cfg: R) -> R:
