@@ -19,6 +19,7 @@ from sj_jax.core.distributed import DistributedConfig, initialize_arguments
 from sj_jax.core.errors import ConfigError
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
+LOCAL_SH = Path(__file__).parents[1] / "launch" / "local.sh"
 QUESTIONS = [("What is 2 + 3?", "5", "6"), ("Reverse: a b c", "c b a", "a b c"), ("Capital of Italy?", "Rome", "Paris"),
              ("Sort 3 1 2", "1 2 3", "3 2 1"), ("How many letters in 'cat'?", "3", "4"), ("7 times 6?", "42", "36"),
              ("Upper-case 'hi'", "HI", "hi"), ("Next prime after 7?", "11", "9")]
@@ -116,6 +117,16 @@ def launch(mode: str, model: Path, data: Path, out: Path, processes: int, device
     return procs
 
 
+def launch_local_sh(mode: str, model: Path, data: Path, out: Path, processes: int,
+                    devices: int) -> list[subprocess.Popen]:
+    """The same through `launch/local.sh` (one shell, `processes` workers, their output interleaved)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SJ_") or k == "SJ_JAX_CACHE_DIR"}
+    env.update(SJ_DEVICES_PER_PROCESS=str(devices),
+               PYTHONPATH=os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")]))
+    return [subprocess.Popen([str(LOCAL_SH), str(processes), sys.executable, str(WORKER), mode, str(model), str(data),
+                              str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+
+
 def finish(procs: list[subprocess.Popen], timeout: float = 600) -> list[str]:
     outs = []
     for p in procs:
@@ -155,8 +166,9 @@ def one_process(tiny_folder, data, tmp_path_factory) -> Path:
 def test_processes_train_as_one_process_over_as_many_devices(processes, devices, one_process, tiny_folder, data,
                                                              tmp_path):
     many = tmp_path / "many"
-    outs = finish(launch("runs", tiny_folder, data, many, processes, devices))
-    assert all("DONE" in o for o in outs)
+    start = launch_local_sh if processes == 2 else launch  # launch/local.sh is how a user does it
+    outs = finish(start("runs", tiny_folder, data, many, processes, devices))
+    assert sum(o.count("DONE") for o in outs) == processes
     for kind in ("jsft", "dpo", "self_judge"):
         ref = losses(one_process / kind / "metrics.jsonl")
         assert len(ref) >= 2, kind
