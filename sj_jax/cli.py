@@ -20,7 +20,7 @@ from sj_jax.core.progress import sampling_bar
 from sj_jax.core.runtime import apply_runtime
 from sj_jax.data.build import DataBuildConfig
 from sj_jax.evaluation import eval_judge, eval_tasks
-from sj_jax.experiments import tournament
+from sj_jax.experiments import memory, tournament
 from sj_jax.experiments.demo import demo, load_demo_config
 from sj_jax.experiments.demo_report import summary_table
 from sj_jax.inference.generate import generate
@@ -167,6 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     dm.add_argument("--out", help="the run folder (default runs/demo); a rerun skips what is done")
     dm.add_argument("--judge-eval", help="a RewardBench-format JSONL both judges are also evaluated on")
     dm.add_argument("overrides", nargs="*", help="key=value overrides, e.g. jsft.steps=50 eval.test_limit=20")
+    mem = sub.add_parser("memory", help="per-device bytes of a training or SELF-JUDGE config on its mesh, and "
+                                        "whether it fits a device (no device needed)")
+    mem.add_argument("--config", nargs="+", required=True, help="YAML files of sft/jsft/dpo/self_judge configs")
+    mem.add_argument("--kind", choices=("sft", "jsft", "dpo", "self_judge"),
+                     help="the command the configs are for (default: from each file's name)")
+    mem.add_argument("--devices", type=int, help="devices of the mesh (default: the product of its axes)")
+    mem.add_argument("--device", default="h100-80gb", choices=sorted(memory.DEVICES), help="the accelerator")
+    mem.add_argument("overrides", nargs="*", help="key=value overrides applied to every config, e.g. batch_size=32")
     export = sub.add_parser("export", help="write a run folder's model (LoRA adapter merged) as a Hugging Face folder")
     export.add_argument("run", help="a run folder (sj-jax sft|jsft|dpo output_dir), or any model sj-jax loads")
     export.add_argument("out", help="the Hugging Face folder to write")
@@ -204,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
                                          log=lambda m: print(m, file=sys.stderr))
             print(eval_tasks.markdown(result))
             print(f"per-row results: {result['out']}", file=sys.stderr)
+        elif args.command == "memory":
+            rows = []
+            for path in args.config:
+                kind = args.kind or memory.kind_of(path)
+                cls = SelfJudgeConfig if kind == "self_judge" else TrainConfig
+                _, est = memory.plan(load_yaml(cls, path, list(args.overrides)), kind, args.devices)
+                rows.append((f"{path} ({kind})", est, args.device))
+            print(memory.table(rows))
         elif args.command == "info":
             model = load_model(args.model, tokenizer=None)  # configures the "auto" caches
             print(json.dumps({**to_dict(model.config), "num_params": model.config.num_params}, indent=1))

@@ -144,6 +144,29 @@ def mesh_shardings(tree: Any, mesh: Mesh) -> Any:
     return jax.tree.map(one, tree)
 
 
+def _path_keys(path: tuple) -> tuple:
+    return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
+
+
+def optimizer_shardings(opt_state: Any, params: Any, mesh: Mesh) -> Any:
+    """A layout for an optimizer state (arrays or `jax.eval_shape`'s shapes): each leaf that mirrors a
+    parameter (Adam's moments: the parameter's path at the end of its own, and its shape) laid out
+    as that parameter is, the rest (step counts) replicated. Without it the moments of an
+    FSDP-sharded model would sit whole on every device: twice the weights' size, replicated."""
+    by_path = {_path_keys(p): (x.shape, x.sharding) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def one(path, leaf):
+        keys = _path_keys(path)
+        for i in range(len(keys)):
+            shape, sharding = by_path.get(keys[i:], (None, None))
+            if shape == leaf.shape and isinstance(sharding, NamedSharding):
+                return sharding
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(one, opt_state)
+
+
 def compile_step(spec: StepSpec, tx, schedule, mesh: Mesh, state: dict, frozen: Any, batch: dict):
     """`train_step` jitted with the shardings the arrays have on `mesh` (state donated). Place the
     state with `jax.device_put(state, mesh_shardings(state, mesh))` first."""

@@ -33,7 +33,7 @@ from sj_jax.train.config import TrainConfig
 from sj_jax.train.loop import run_loop
 from sj_jax.train.metrics import read_metrics, write_report
 from sj_jax.train.optim import make_optimizer
-from sj_jax.train.steps import StepSpec, batch_shape, mesh_shardings, place_batch, shared_step
+from sj_jax.train.steps import StepSpec, batch_shape, mesh_shardings, optimizer_shardings, place_batch, shared_step
 from sj_jax.weights.checkpoint import Checkpointer
 
 Kind = Literal["sft", "jsft", "dpo"]
@@ -88,8 +88,9 @@ def init_state(kind: Kind, cfg: TrainConfig, model: Model, tx):
         frozen = model.params
     else:
         trainable, frozen = model.params, None
-    state = {"params": trainable, "opt_state": jax.jit(tx.init)(trainable), "step": jnp.int32(0),
-             "rng": jax.random.key_data(key)}
+    opt_layout = optimizer_shardings(jax.eval_shape(tx.init, trainable), trainable, model.mesh)
+    opt_state = jax.jit(tx.init, out_shardings=opt_layout)(trainable)  # the moments sharded as the weights
+    state = {"params": trainable, "opt_state": opt_state, "step": jnp.int32(0), "rng": jax.random.key_data(key)}
     return jax.device_put(state, mesh_shardings(state, model.mesh)), frozen
 
 
