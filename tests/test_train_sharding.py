@@ -24,6 +24,8 @@ def test_sharded_train_steps_equal_single_device(kind):
         # Adam divides each update by its gradient's root mean square, so the float32 reassociation a
         # sharded matmul brings shows in the updates of the LoRA adapters (b starts at 0) at 1e-5.
         assert res["param_rel_diff"] < (1e-4 if kind == "lora" else 5e-5), (name, res)
+        # Adam's two moments of every trained leaf, each laid out as its weight
+        assert res["moments"] >= 2 and res["moments_not_as_weights"] == [], (name, res)
     # The state is really laid out over the mesh: FFN over tensor, the embed axis over fsdp.
     if kind == "dpo":
         assert r["dpo/data2_fsdp2_tensor2"]["up_spec"] == [None, "fsdp", "tensor"]

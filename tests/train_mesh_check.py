@@ -13,12 +13,12 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from sj_jax import MeshConfig, ModelConfig, init_model  # noqa: E402
-from sj_jax.loading.model import Model  # noqa: E402
 from sj_jax.core.config import from_dict  # noqa: E402
+from sj_jax.loading.model import Model  # noqa: E402
+from sj_jax.models.sharding import make_mesh, param_shardings  # noqa: E402
 from sj_jax.train.config import TrainConfig  # noqa: E402
 from sj_jax.train.optim import make_optimizer  # noqa: E402
 from sj_jax.train.steps import StepSpec, compile_step  # noqa: E402
-from sj_jax.models.sharding import make_mesh, param_shardings  # noqa: E402
 from sj_jax.train.trainer import init_state  # noqa: E402
 from sj_jax.weights.loader import abstract_params  # noqa: E402
 
@@ -67,7 +67,13 @@ def run(kind: str, mesh_cfg, start: dict):
         spec_of = [list(s) if isinstance(s, tuple) else s for s in state["params"]["layers"]["mlp"]["up"]["kernel"].sharding.spec]
         while spec_of and spec_of[-1] is None:
             spec_of.pop()
-    return losses, params, spec_of
+    # Adam's moments laid out as the weights they mirror (not whole on every device)
+    by_path = {tuple(str(k) for k in p): x.sharding for p, x in jax.tree_util.tree_flatten_with_path(state["params"])[0]}
+    moments = [(tuple(str(k) for k in p), x) for p, x in jax.tree_util.tree_flatten_with_path(state["opt_state"])[0]
+               if x.ndim > 0]
+    mismatched = [p for p, x in moments if not any(
+        p[i:] in by_path and by_path[p[i:]].is_equivalent_to(x.sharding, x.ndim) for i in range(len(p)))]
+    return losses, params, spec_of, len(moments), mismatched
 
 
 def main(kinds: list[str]) -> dict:
@@ -77,14 +83,15 @@ def main(kinds: list[str]) -> dict:
     # weights on any mesh, so one compile of it is enough.
     start = jax.tree.map(np.asarray, init_model(CFG, seed=1, mesh=make_mesh(MeshConfig(), jax.devices()[:1])).params)
     for kind in kinds:
-        ref_losses, ref_params, _ = run(kind, None, start)
+        ref_losses, ref_params, *_ = run(kind, None, start)
         for name, mcfg in MESHES.items():
             if mcfg is None:
                 continue
-            losses, params, spec = run(kind, mcfg, start)
+            losses, params, spec, n_moments, mismatched = run(kind, mcfg, start)
             rel = max(float(np.abs(a - b).max() / (np.abs(b).max() + 1e-12))
                       for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))
-            out[f"{kind}/{name}"] = {"losses": losses, "ref_losses": ref_losses, "param_rel_diff": rel, "up_spec": spec}
+            out[f"{kind}/{name}"] = {"losses": losses, "ref_losses": ref_losses, "param_rel_diff": rel, "up_spec": spec,
+                                     "moments": n_moments, "moments_not_as_weights": [str(p) for p in mismatched]}
     return out
 
 
