@@ -25,6 +25,7 @@ trainer's (`sj_jax.train.loop`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 import time
@@ -54,7 +55,7 @@ from sj_jax.tasks.families import FAMILIES, check
 from sj_jax.train.loop import run_loop
 from sj_jax.train.metrics import read_metrics, write_report
 from sj_jax.train.optim import make_optimizer
-from sj_jax.train.steps import StepSpec, batch_shape, mesh_shardings, place_batch, shared_step
+from sj_jax.train.steps import StepSpec, as_param_dtype, batch_shape, mesh_shardings, place_batch, shared_step
 from sj_jax.train.trainer import init_state
 from sj_jax.weights.checkpoint import Checkpointer
 from sj_jax.weights.tokenizer import end_of_turn_ids
@@ -125,6 +126,8 @@ class SelfJudgeRun:
         self.spec = StepSpec("dpo", model.config, cfg.lora, cfg.dpo, cfg.logprob_chunk)
         self._merge = (lora.jitted_merge(cfg.lora, mesh_shardings(self.frozen, model.mesh)) if cfg.lora.enabled
                        else None)
+        self._cast = (jax.jit(functools.partial(as_param_dtype, model.config)) if model.config.param_dtype != "float32"
+                      else lambda params: params)
         v = cfg.validation
         self.val_rows = read_rows(v.file, ("prompt", "answer", "task"), v.limit) if v.file else []
         self.judge = None  # a judge of its own (judge_model a path), loaded once
@@ -164,7 +167,9 @@ class SelfJudgeRun:
 
     def policy_params(self, state: dict) -> dict:
         """The current policy: the frozen base with the trained adapter merged, or the trained copy."""
-        return self._merge(self.frozen, state["params"]) if self._merge is not None else state["params"]
+        if self._merge is not None:
+            return self._merge(self.frozen, state["params"])
+        return self._cast(state["params"])  # the float32 master as the sampler's param_dtype
 
     def _with(self, params: dict) -> Model:
         return dataclasses.replace(self.model, params=params)

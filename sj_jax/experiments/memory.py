@@ -2,8 +2,9 @@
 touched, and whether it fits a named accelerator.
 
 Counted per device: the weights (each leaf's shard under the mesh's logical rules, as
-`sj_jax.models.sharding` lays it out), the trained tree (full weights or LoRA adapters), its gradients
-and Adam's two moments, a frozen reference copy (full-weight DPO), the activations a step keeps for
+`sj_jax.models.sharding` lays it out), the trained tree (LoRA adapters, or the float32 master of
+bfloat16 weights), its gradients and Adam's two moments, a frozen reference copy (full-weight DPO
+in float32), the activations a step keeps for
 its backward pass (by the `remat` setting), the output projection's chunk of logits, and for
 SELF-JUDGE the sampler's KV cache and the judge's forward. The activations are an estimate from the
 layer's shapes (checked against XLA's own `memory_analysis()` of the compiled step in the tests);
@@ -148,10 +149,14 @@ def estimate(cfg: ModelConfig, w: Workload, mesh: MeshConfig, devices: int) -> d
     if w.lora.enabled:
         trained = lora_bytes(cfg, w.lora)
         out.update(trained=trained, gradients=trained, optimizer=2 * trained)
-    else:
+    elif cfg.param_dtype == "float32":
         out.update(gradients=weights, optimizer=2 * weights)
         if w.kind in ("dpo", "self_judge"):
             out["reference"] = weights  # the frozen copy the policy is measured against
+    else:
+        # Mixed precision: the optimizer trains a float32 master; the loaded weights stay (DPO's reference).
+        master = weights * 4 // BYTES[cfg.param_dtype]
+        out.update(trained=master, gradients=master, optimizer=2 * master)
     local_rows = -(-w.rows // batch_split)
     # DPO runs the reference forward too (no backward: nothing kept) beside the policy's.
     out["activations"] = activation_bytes(cfg, local_rows, w.seq, w.logprob_chunk, train=True)

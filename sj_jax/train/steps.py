@@ -46,11 +46,19 @@ class StepSpec:
 
 
 def policy_params(spec: StepSpec, trainable: Any, frozen: Any) -> dict:
-    """The policy's weights for the objectives: the trained tree, or under LoRA the variables
-    `{"params": frozen base, "lora": the adapters}` (run beside the kernels, not merged)."""
+    """The policy's weights for the objectives: the trained tree (its float32 master cast to the
+    model's `param_dtype`), or under LoRA the variables `{"params": frozen base, "lora": the
+    adapters}` (run beside the kernels, not merged)."""
     if spec.lora.enabled:
         return {"params": frozen, "lora": lora.adapter_variables(spec.lora, trainable)}
-    return trainable
+    return as_param_dtype(spec.model, trainable)
+
+
+def as_param_dtype(cfg: ModelConfig, params: Any) -> Any:
+    """Float32 master weights cast to the model's `param_dtype` for its forward (a no-op when they
+    already are): the gradient flows back through the cast into the float32 master."""
+    dtype = jnp.dtype(cfg.param_dtype)
+    return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
 
 def pair_logprobs(spec: StepSpec, params: dict, micro: dict) -> tuple[jax.Array, jax.Array]:

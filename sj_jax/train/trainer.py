@@ -83,9 +83,11 @@ def init_state(kind: Kind, cfg: TrainConfig, model: Model, tx):
     if cfg.lora.enabled:
         trainable = jax.jit(lambda p, k: lora.init_lora(cfg.lora, p, k))(model.params, jax.random.fold_in(key, 1))
         frozen = model.params
-    elif kind == "dpo":
-        trainable = jax.jit(lambda p: jax.tree.map(jnp.copy, p))(model.params)
-        frozen = model.params
+    elif kind == "dpo" or model.config.param_dtype != "float32":
+        # Full fine-tuning trains a float32 master copy (mixed precision: the forward casts it to
+        # param_dtype, the optimizer updates it in float32); DPO keeps the start as its reference.
+        trainable = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(jnp.float32), p))(model.params)
+        frozen = model.params if kind == "dpo" else None
     else:
         trainable, frozen = model.params, None
     opt_layout = optimizer_shardings(jax.eval_shape(tx.init, trainable), trainable, model.mesh)
