@@ -9,8 +9,8 @@ import pytest
 
 import sj_jax
 from sj_jax.inference import kv_cache
-from sj_jax.models.config import ModelConfig
 from sj_jax.inference.sampling import NUCLEUS_CANDIDATES, SamplingConfig, processed_logits, sample
+from sj_jax.models.config import ModelConfig
 
 TINY = ModelConfig(model_type="llama", vocab_size=61, hidden_size=48, intermediate_size=72, num_layers=2,
                    num_heads=6, num_kv_heads=2, head_dim=8, max_position_embeddings=256, eos_token_id=0)
@@ -266,3 +266,24 @@ def test_forced_tokens_follow_the_budget_or_a_stop_and_the_row_then_ends_at_its_
     assert capped.token_ids[0][0] == toks[:9] and not capped.finished[0][0]  # 2 of the model's tokens after the fed ones
     with pytest.raises(ValueError, match="no room"):
         sj_jax.generate(tiny, [prompt], max_new_tokens=6, forced=forced, budget=3, stop=[])
+
+
+def test_scanned_layers_give_the_unrolled_samples(tiny, monkeypatch):
+    """Models deeper than `UNROLL_LAYERS` decode with their layers scanned over a stacked cache: the
+    same tokens and log-probs as unrolled (both orders of grouped prefill, windows, stops)."""
+    from sj_jax.inference import sampler
+
+    prompts = _prompts(np.random.default_rng(8), tiny.config.vocab_size, [6, 13, 3])
+    kw = dict(max_new_tokens=12, temperature=1.0, top_p=0.9, num_samples=4, seed=5, stop=[1, 2], batch_size=8)
+    sampler.compiled.cache_clear()
+    unrolled = sj_jax.generate(tiny, prompts, **kw)
+    monkeypatch.setattr(kv_cache, "UNROLL_LAYERS", 0)
+    sampler.compiled.cache_clear()  # the plan does not hold the layer layout: compile again
+    try:
+        scanned = sj_jax.generate(tiny, prompts, **kw)
+    finally:
+        sampler.compiled.cache_clear()
+    assert not isinstance(kv_cache.layer_stack(tiny.config, tiny.params["layers"]), list)  # it did scan
+    assert scanned.token_ids == unrolled.token_ids
+    flat = lambda g: [x for prompt in g.logprobs for sample in prompt for x in sample]  # noqa: E731
+    np.testing.assert_allclose(flat(scanned), flat(unrolled), rtol=1e-5, atol=1e-6)

@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sj_jax.core.buckets import bucket
-from sj_jax.inference.kv_cache import decode_step, kv_shapes, left_pad, prefill, unstack_layers
+from sj_jax.inference.kv_cache import decode_step, kv_shapes, layer_stack, left_pad, prefill
 from sj_jax.inference.sampling import SamplingConfig, sample
 from sj_jax.models.config import ModelConfig
 from sj_jax.models.sharding import batch_sharding, logical_sharding, param_shardings, to_global, to_host
@@ -83,13 +83,17 @@ def _advance(plan: DecodePlan, s: dict, token: jax.Array, logprob: jax.Array, st
 
 
 def _prefill_and_first(cfg, plan, kv_sharding, params, ids, mask, keys, active, stop_ids):
-    layer_params = unstack_layers(params["layers"], cfg.num_layers)
+    layer_params = layer_stack(cfg, params["layers"])
     logits, cache = prefill(cfg, params, layer_params, ids, mask, plan.prompt_len + plan.max_new_tokens,
                             kv_sharding)
     if plan.group > 1:  # one prefill per prompt, its cache repeated for the prompt's samples
         logits = jnp.repeat(logits, plan.group, axis=0)
-        cache = {k: (v if k == "index" else jax.tree.map(lambda x: jnp.repeat(x, plan.group, axis=0), v))
-                 for k, v in cache.items()}
+        stacked = not isinstance(layer_params, list)  # k, v [layers, batch, ...]: rows on axis 1
+
+        def repeat(name, x):
+            return jnp.repeat(x, plan.group, axis=1 if stacked and name in ("k", "v") else 0)
+
+        cache = {k: (v if k == "index" else jax.tree.map(lambda x, k=k: repeat(k, x), v)) for k, v in cache.items()}
     b, n = plan.batch, plan.max_new_tokens
     start = {k: jnp.zeros((b,), jnp.int32) for k in ("phase", "fpos", "vpos")}
     token, logprob = sample(logits, _row_keys(keys, 0), plan.sampling)
@@ -110,7 +114,7 @@ def _prefill_and_first(cfg, plan, kv_sharding, params, ids, mask, keys, active, 
 
 
 def _decode_loop(cfg, plan, params, state, stop_ids):
-    layer_params = unstack_layers(params["layers"], cfg.num_layers)
+    layer_params = layer_stack(cfg, params["layers"])
 
     def cond(s):
         return (s["step"] < plan.max_new_tokens) & ~jnp.all(s["done"])
