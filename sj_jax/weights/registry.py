@@ -8,6 +8,9 @@ import os
 import re
 from pathlib import Path
 
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
+
 from sj_jax.core.errors import ModelNotFoundError
 
 # name -> (package, file inside it, the command that installs it)
@@ -54,18 +57,14 @@ def _offline() -> bool:
 def hub_snapshot(repo_id: str) -> Path:
     """The local folder of a Hub model: from the Hugging Face cache (`$HF_HUB_CACHE`, else the
     default), downloaded only when `HF_HUB_OFFLINE` is off (sj-jax turns it on unless you set it)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
     offline = _offline()
     try:
         return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES, local_files_only=offline,
                                       cache_dir=os.environ.get("HF_HUB_CACHE") or None))
     except LocalEntryNotFoundError:
         where = os.environ.get("HF_HUB_CACHE") or "the default Hugging Face cache"
-        raise ModelNotFoundError(
-            f"{repo_id}: no such folder here, and not in {where}" + (", and downloads are off (HF_HUB_OFFLINE=1): fetch it first with "
-                                            f"`hf download {repo_id}`, or set HF_HUB_OFFLINE=0" if offline else
-                                            " and it could not be downloaded")) from None
+        how = (f", and downloads are off (HF_HUB_OFFLINE=1): fetch it first with `hf download {repo_id}`, or set "
+               "HF_HUB_OFFLINE=0") if offline else ", and it could not be downloaded"
+        raise ModelNotFoundError(f"{repo_id}: no such folder here, and not in {where}{how}") from None
     except Exception as e:  # a missing or gated repository, no network
         raise ModelNotFoundError(f"{repo_id}: cannot get it from the Hugging Face Hub: {e}") from None
