@@ -22,6 +22,7 @@ from sj_jax.models.config import ModelConfig, RopeConfig
 from sj_jax.weights.gguf_reader import GGUFFile, TensorInfo
 
 _MAX_COUNT = 1 << 20  # layers, heads, ... far above any real model
+_LAYER_NAME = re.compile(r"model\.layers\.(\d+)\.")  # a decoder layer's tensor, under its HF name
 
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -141,12 +142,18 @@ class GGUFSource:
         theta = self.number(f"{a}.rope.freq_base", 10000.0)
         rope = RopeConfig(theta=theta, kind="linear", factor=factor) if kind == "linear" else RopeConfig(theta=theta)
         head_dim = self.count("attention.key_length", max(hidden // heads, 1))
+        layers = self.count("block_count")
+        # Before ModelConfig sizes anything by it: a corrupt count (one flipped bit) must not allocate.
+        present = {m.group(1) for n in self._tensors if (m := _LAYER_NAME.match(n))}
+        if layers != len(present):
+            raise WeightsError(f"{self.path}: metadata field {a}.block_count is {layers}, but the file holds the "
+                               f"tensors of {len(present)} layers")
         return ModelConfig(
             model_type=_ARCH_TO_MODEL_TYPE[a],
             vocab_size=int(vocab),
             hidden_size=hidden,
             intermediate_size=self.count("feed_forward_length"),
-            num_layers=self.count("block_count"),
+            num_layers=layers,
             num_heads=heads,
             num_kv_heads=self._kv_heads,
             head_dim=head_dim,
