@@ -21,7 +21,7 @@ LAYERS = ("core", "tasks", "models", "objectives", "weights", "loading", "infere
 
 # Imports that may sit inside a function: dependencies a run may not have (the test and bench extras)
 # or that cost start-up time only for the command that needs them.
-OPTIONAL = ("torch", "transformers", "matplotlib", "psutil", "resource", "tensorboardX")
+OPTIONAL = ("torch", "transformers", "matplotlib", "psutil", "resource", "tensorboardX", "wandb")
 
 
 def _modules(root: Path) -> dict[str, Path]:

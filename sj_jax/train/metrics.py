@@ -1,12 +1,19 @@
-"""Where a run's numbers go: a JSONL file a user can plot, TensorBoard when it is installed, and the
-end-of-run report (a markdown table and a loss plot)."""
+"""Where a run's numbers go: a JSONL file a user can plot, TensorBoard when it is installed, Weights &
+Biases when it is installed and `WANDB_PROJECT` asks for it (the same names and steps in all three),
+and the end-of-run report (a markdown table and a loss plot). Process 0 writes them (`NullLog`
+elsewhere)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -26,19 +33,25 @@ class MetricsLog:
         self.path.write_text("".join(line + "\n" for line in kept))
         self._f = open(self.path, "a", encoding="utf-8")
         self._tb = _tensorboard(self.path.parent / "tensorboard")
+        self._wandb = _wandb(self.path.parent)
 
     def write(self, row: dict[str, Any]) -> None:
         self._f.write(json.dumps(row) + "\n")
         self._f.flush()
+        numbers = {k: v for k, v in row.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
         if self._tb is not None:
-            for k, v in row.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    self._tb.add_scalar(k, v, row["step"])
+            for k, v in numbers.items():
+                self._tb.add_scalar(k, v, row["step"])
+        if self._wandb is not None:
+            self._wandb.log(numbers, step=row["step"])
 
     def close(self) -> None:
         self._f.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
 
 class NullLog:
@@ -49,6 +62,22 @@ class NullLog:
 
     def close(self) -> None:
         pass
+
+
+def _wandb(folder: Path):
+    """A Weights & Biases run for the run folder when `WANDB_PROJECT` is set and wandb is installed:
+    named after the folder, its id made from the folder's path, so a resumed run logs into the same
+    W&B run (steps past the restored one are logged again, as in the JSONL file)."""
+    project = os.environ.get("WANDB_PROJECT", "")
+    if not project:
+        return None
+    try:
+        import wandb  # type: ignore
+    except ImportError:
+        log.warning("WANDB_PROJECT=%s but wandb is not installed: metrics go to %s only", project, folder)
+        return None
+    run_id = "sj-" + hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:16]
+    return wandb.init(project=project, name=folder.name, id=run_id, resume="allow", dir=str(folder))
 
 
 def _tensorboard(folder: Path):
