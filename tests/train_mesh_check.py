@@ -68,9 +68,9 @@ def run(kind: str, mesh_cfg, start: dict):
         while spec_of and spec_of[-1] is None:
             spec_of.pop()
     # Adam's moments laid out as the weights they mirror (not whole on every device)
-    by_path = {tuple(str(k) for k in p): x.sharding for p, x in jax.tree_util.tree_flatten_with_path(state["params"])[0]}
-    moments = [(tuple(str(k) for k in p), x) for p, x in jax.tree_util.tree_flatten_with_path(state["opt_state"])[0]
-               if x.ndim > 0]
+    flat = jax.tree_util.tree_flatten_with_path
+    by_path = {tuple(str(k) for k in p): x.sharding for p, x in flat(state["params"])[0]}
+    moments = [(tuple(str(k) for k in p), x) for p, x in flat(state["opt_state"])[0] if x.ndim > 0]
     mismatched = [p for p, x in moments if not any(
         p[i:] in by_path and by_path[p[i:]].is_equivalent_to(x.sharding, x.ndim) for i in range(len(p)))]
     return losses, params, spec_of, len(moments), mismatched
