@@ -63,7 +63,7 @@ def build_data(root: Path, template) -> Path:
 
 def bench_train(kind: str, model, data: Path, template, steps: int, peak: float) -> dict:
     """sft / jsft: the trainer's own data path, collate and shared compiled step."""
-    from sj_jax.data.batches import EpochIterator, example_length
+    from sj_jax.data.batches import EpochIterator
     from sj_jax.models.lora import LoraConfig
     from sj_jax.train import trainer
     from sj_jax.train.config import DataConfig, OptimConfig, TrainConfig
@@ -74,7 +74,7 @@ def bench_train(kind: str, model, data: Path, template, steps: int, peak: float)
                      data=DataConfig(train_file=str(data / f"{kind}_train.jsonl"), max_length=256, group_by_length=True),
                      optim=OptimConfig(learning_rate=1e-4), cache_dir="off")
     examples, _ = trainer.load_data(kind, tc, model.tokenizer)
-    it = EpochIterator(len(examples), 8, 0, True, lengths=[example_length(e) for e in examples])
+    it = EpochIterator(len(examples), 8, 0, True, lengths=examples.lengths())
     state, frozen = trainer.init_state(kind, tc, model, make_optimizer(tc.optim, steps)[0])
     spec = StepSpec("sft", model.config, tc.lora, tc.dpo, tc.logprob_chunk)
     batches, flops = [], []

@@ -1,6 +1,7 @@
 """One process of a multi-process run in `test_distributed.py` (or the whole run, on one process).
 
     python distributed_worker.py runs MODEL DATA OUT    JSFT stopped at step 2 and resumed, DPO, 2 SELF-JUDGE steps
+    python distributed_worker.py first|rest MODEL DATA OUT  the same in two parts (JSFT to its stop; the rest)
     python distributed_worker.py drill MODEL DATA OUT   a long JSFT run, slowed, that a SIGTERM stops
 
 The processes come from the environment (`SJ_COORDINATOR`, `SJ_NUM_PROCESSES`, `SJ_PROCESS_ID`), as
@@ -57,14 +58,17 @@ def slowed(run_loop, seconds: float):
 
 def main(mode: str, model: str, data: str, out: str) -> None:
     data_dir, out_dir = Path(data), Path(out)
-    if mode == "runs":
+    if mode in ("runs", "first", "rest"):
         cfg = apply_runtime(train_config("jsft", model, data_dir, out_dir, steps=4))
-        first = trainer.train("jsft", cfg, stop_at_step=2, progress=False)  # a collective save, then a stop
-        assert first.preempted and first.steps == 2, first
-        again = trainer.train("jsft", cfg, progress=False)  # a collective restore of step 2
-        assert not again.preempted and again.steps == 4, again
-        trainer.train("dpo", train_config("dpo", model, data_dir, out_dir, steps=3), progress=False)
-        self_judge(self_judge_config(model, data_dir, out_dir), progress=False)
+        if mode in ("runs", "first"):
+            first = trainer.train("jsft", cfg, stop_at_step=2, progress=False)  # a collective save, then a stop
+            assert first.preempted and first.steps == 2, first
+            print(f"TOKENISED {first.tokenised}", flush=True)
+        if mode in ("runs", "rest"):
+            again = trainer.train("jsft", cfg, progress=False)  # a collective restore of step 2
+            assert not again.preempted and again.steps == 4, again
+            trainer.train("dpo", train_config("dpo", model, data_dir, out_dir, steps=3), progress=False)
+            self_judge(self_judge_config(model, data_dir, out_dir), progress=False)
         print("DONE", flush=True)
     elif mode == "drill":
         cfg = apply_runtime(train_config("jsft", model, data_dir, out_dir, steps=16))

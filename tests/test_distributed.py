@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -168,7 +169,7 @@ def assert_same_losses(ours: list, ref: list, rel: float = 1e-5) -> None:
 def one_process(tiny_folder, data, tmp_path_factory) -> Path:
     """The runs on one process over 4 devices: the reference for any split of those 4 devices."""
     out = tmp_path_factory.mktemp("one_process")
-    finish(launch("runs", tiny_folder, data, out, 1, 4))
+    (out / "out.txt").write_text(finish(launch("runs", tiny_folder, data, out, 1, 4))[0])
     return out
 
 
@@ -179,8 +180,16 @@ def test_processes_train_as_one_process_over_as_many_devices(processes, devices,
                                                              tmp_path):
     many = tmp_path / "many"
     start = launch_local_sh if processes == 2 else launch  # launch/local.sh is how a user does it
-    outs = finish(start("runs", tiny_folder, data, many, processes, devices))
-    assert sum(o.count("DONE") for o in outs) == processes
+    outs = finish(start("first", tiny_folder, data, many, processes, devices))
+    # JSFT's 16 examples: each process tokenised its share (16 / processes) up front, then only the rows
+    # its devices hold of the 2 steps' 8 (8 / processes); one process tokenised all 16
+    tokenised = [int(n) for o in outs for n in re.findall(r"TOKENISED (\d+)", o)]
+    assert len(tokenised) == processes and all(n <= 24 // processes for n in tokenised), tokenised
+    assert re.findall(r"TOKENISED (\d+)", (one_process / "out.txt").read_text()) == ["16"]
+    # the rest resumes JSFT on the other process count (4 devices either way): the data order is global
+    other, other_devices = (4, 1) if processes == 2 else (2, 2)
+    outs = finish(launch("rest", tiny_folder, data, many, other, other_devices))
+    assert sum(o.count("DONE") for o in outs) == other
     for kind in ("jsft", "dpo", "self_judge"):
         ref = losses(one_process / kind / "metrics.jsonl")
         assert len(ref) >= 2, kind

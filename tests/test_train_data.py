@@ -10,7 +10,8 @@ from sj_jax.core.config import load_yaml
 from sj_jax.core.errors import DataError
 from sj_jax.core.jsonl import read_jsonl
 from sj_jax.data.batches import EpochIterator, collate_pairs, collate_sft
-from sj_jax.data.examples import DataReport, load_examples, pair_example, sft_example
+from sj_jax.data.examples import DataReport, pair_example, sft_example
+from sj_jax.data.shares import Examples, file_rows
 from sj_jax.train.config import TrainConfig
 
 
@@ -43,7 +44,7 @@ def test_bad_rows_are_errors_that_name_the_line(tok, tmp_path):
     for row, message in cases:
         p.write_text(json.dumps({"prompt": "fine", "chosen": "a", "rejected": "b"}) + "\n" + json.dumps(row) + "\n")
         with pytest.raises(DataError, match=rf"rows.jsonl:2: .*{message}"):
-            load_examples(str(p), lambda r, w: pair_example(tok, r, w, 64, 64, report), report)
+            Examples(file_rows(str(p)), lambda r, w, rep: pair_example(tok, r, w, 64, 64, rep))
     with pytest.raises(DataError, match="empty assistant response"):
         sft_example(tok, {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": " "}]},
                     "f:1", 64, report)

@@ -38,11 +38,12 @@ import numpy as np
 from sj_jax.algorithms.pairs import SKIP_REASONS, Candidate, PairChoice, checker_pairs, choose_pairs, defect
 from sj_jax.algorithms.self_judge_config import SelfJudgeConfig
 from sj_jax.core.config import save_yaml, to_dict
-from sj_jax.core.distributed import is_primary
+from sj_jax.core.distributed import gather_from_processes, is_primary
 from sj_jax.core.errors import ConfigError, SJError
 from sj_jax.data.batches import EpochIterator, collate_pairs, collate_pairs_joint
 from sj_jax.data.chat import context_text
-from sj_jax.data.examples import DataReport, PairExample, load_examples, pair_example
+from sj_jax.data.examples import PairExample, pair_example
+from sj_jax.data.shares import Examples, file_rows
 from sj_jax.evaluation.accuracy import policy_accuracy
 from sj_jax.evaluation.eval_tasks import read_rows
 from sj_jax.inference.generate import encode_prompts, generate
@@ -141,13 +142,12 @@ class SelfJudgeRun:
     def _load_data(self) -> dict:
         cfg = self.cfg
         if cfg.samples == "offline":
-            report = DataReport()
-
-            def build(row, where):
+            def build(row, where, report):
                 return pair_example(self.tok, row, where, cfg.max_prompt_length, cfg.sampling.max_new_tokens, report)
 
-            self.pairs = load_examples(cfg.offline_file, build, report)
-            return {"file": cfg.offline_file, **report.as_dict()}
+            self.pairs = Examples(file_rows(cfg.offline_file), build, index=jax.process_index(),
+                                  count=jax.process_count(), gather=gather_from_processes)
+            return {"file": cfg.offline_file, **self.pairs.report.as_dict()}
         rows = read_rows(cfg.prompts_file, ("prompt",), 0)
         ids = encode_prompts(self.model, [r["prompt"] for r in rows], chat=True)
         keep = [i for i, x in enumerate(ids) if len(x) <= cfg.max_prompt_length]

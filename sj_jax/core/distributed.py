@@ -22,6 +22,8 @@ import os
 from typing import Any, Mapping
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from sj_jax.core.errors import ConfigError
 
@@ -139,6 +141,15 @@ def start(cfg: DistributedConfig = DistributedConfig(), env: Mapping[str, str] =
 def is_primary() -> bool:
     """Whether this process writes the run's files, metrics, reports and progress (process 0)."""
     return jax.process_index() == 0
+
+
+def gather_from_processes(x: np.ndarray) -> np.ndarray:
+    """`[processes, *x.shape]`: every process's `x` (the same shape and dtype on each), in process
+    order, on every process. For small host facts (counts, lengths), not for model arrays."""
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+        return x[None]
+    return np.asarray(multihost_utils.process_allgather(x, tiled=False))
 
 
 def _tag_logs() -> None:

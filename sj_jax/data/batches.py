@@ -17,13 +17,6 @@ from sj_jax.core.buckets import bucket
 from sj_jax.data.examples import PairExample, SFTExample
 
 
-def example_length(e: SFTExample | PairExample) -> int:
-    """Tokens the example occupies in a batch row (a pair: prompt and its longer response)."""
-    if isinstance(e, PairExample):
-        return len(e.prompt_ids) + max(len(e.chosen_ids), len(e.rejected_ids))
-    return len(e.input_ids)
-
-
 def collate_sft(examples: Sequence[SFTExample], max_length: int, pad_id: int) -> dict[str, np.ndarray]:
     """int32 `input_ids`, `attention_mask`, `loss_mask` `[batch, T]`, right-padded to a fine `bucket`
     length; and the trained tokens gathered into `K` slots a row (K a power of two, at least 8):

@@ -16,7 +16,6 @@ from typing import Any, Callable
 import numpy as np
 
 from sj_jax.core.errors import DataError
-from sj_jax.core.jsonl import read_jsonl
 from sj_jax.data.chat import assistant_spans, render, tokens_with_mask, turn_span
 
 
@@ -46,6 +45,35 @@ class PairExample:
     prompt_ids: np.ndarray  # int32 [prompt]
     chosen_ids: np.ndarray  # int32 [response], through the end-of-turn token
     rejected_ids: np.ndarray
+
+
+# What padding a batch needs of an example, as 4 ints (`shape_of`): (0, 0, 0, 0) for a dropped row;
+# SFT: (1, tokens, trained tokens, whether the first token is trained); pair: (2, prompt, chosen, rejected).
+SHAPE_WIDTH = 4
+
+
+def shape_of(e: SFTExample | PairExample | None) -> tuple[int, int, int, int]:
+    """An example's `SHAPE_WIDTH` ints: all a collate function reads of it to size a batch."""
+    if e is None:
+        return (0, 0, 0, 0)
+    if isinstance(e, PairExample):
+        return (2, len(e.prompt_ids), len(e.chosen_ids), len(e.rejected_ids))
+    return (1, len(e.input_ids), int(e.loss_mask.sum()), int(e.loss_mask[0]))
+
+
+def stand_in(shape: tuple[int, ...]) -> SFTExample | PairExample:
+    """An example of the same `shape_of` with placeholder tokens: it pads a batch to the buckets
+    the real one would, for the rows another process fills in (see `sj_jax.data.shares`)."""
+    kind, a, b, c = (int(v) for v in shape)
+    if kind == 2:
+        return PairExample(np.zeros(a, np.int32), np.zeros(b, np.int32), np.zeros(c, np.int32))
+    if kind != 1:
+        raise ValueError(f"no stand-in for a dropped example (shape {tuple(shape)})")
+    mask = np.zeros(a, np.int32)
+    mask[0] = c
+    if b - c:
+        mask[-(b - c):] = 1  # the trained tokens after the first, counted as collate_sft counts them
+    return SFTExample(np.zeros(a, np.int32), mask)
 
 
 def _messages_of(row: dict, where: str) -> list[dict]:
@@ -153,11 +181,3 @@ def pair_example(tokenizer: Any, row: dict, where: str, max_prompt: int, max_res
                  report: DataReport) -> PairExample:
     """One tokenised pair, cut to the limits (see `cut_pair`)."""
     return cut_pair(pair_tokens(tokenizer, row, where), max_prompt, max_response, report)
-
-
-def load_examples(path: str, build: Callable[[dict, str], Any], report: DataReport) -> list:
-    """Every row of a JSONL file through `build(row, "file:line")`, dropping the Nones it counts."""
-    rows = read_jsonl(path)
-    report.rows += len(rows)
-    out = [build(row, f"{path}:{n}") for n, row in rows]
-    return [x for x in out if x is not None]

@@ -34,14 +34,14 @@ class PackReport:
         return {**dataclasses.asdict(self), "fill": round(self.fill, 4)}
 
 
-def pack(examples: Sequence[SFTExample], length: int) -> tuple[list[SFTExample], PackReport]:
-    """Rows of at most `length` tokens, each the concatenation of whole examples, with
-    `segment_ids` 1, 2, ... per example (an example longer than `length` must not be given)."""
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i].input_ids))
+def pack_plan(lengths: Sequence[int], length: int) -> list[np.ndarray]:
+    """Each packed row's members (indices into `lengths`, tokens per example), best-fit decreasing
+    into rows of at most `length` tokens (an example longer than `length` must not be given)."""
+    order = sorted(range(len(lengths)), key=lambda i: -int(lengths[i]))
     rows: list[list[int]] = []
     free: list[tuple[int, int]] = []  # (room left, row index), sorted
     for i in order:
-        n = len(examples[i].input_ids)
+        n = int(lengths[i])
         if n > length:
             raise ValueError(f"example {i} has {n} tokens, more than the packed row length {length}")
         k = bisect.bisect_left(free, (n, -1))
@@ -52,11 +52,19 @@ def pack(examples: Sequence[SFTExample], length: int) -> tuple[list[SFTExample],
         else:
             rows.append([i])
             bisect.insort(free, (length - n, len(rows) - 1))
-    out = []
-    for members in rows:
-        ids = np.concatenate([examples[i].input_ids for i in members]).astype(np.int32)
-        loss = np.concatenate([examples[i].loss_mask for i in members]).astype(np.int32)
-        seg = np.concatenate([np.full(len(examples[i].input_ids), s + 1, np.int32) for s, i in enumerate(members)])
-        out.append(SFTExample(ids, loss, seg))
-    report = PackReport(len(examples), len(out), int(sum(len(e.input_ids) for e in examples)), length)
-    return out, report
+    return [np.asarray(members, np.int64) for members in rows]
+
+
+def join(members: Sequence[SFTExample]) -> SFTExample:
+    """One packed row: the examples end to end, `segment_ids` 1, 2, ... per example."""
+    ids = np.concatenate([e.input_ids for e in members]).astype(np.int32)
+    loss = np.concatenate([e.loss_mask for e in members]).astype(np.int32)
+    seg = np.concatenate([np.full(len(e.input_ids), s + 1, np.int32) for s, e in enumerate(members)])
+    return SFTExample(ids, loss, seg)
+
+
+def pack(examples: Sequence[SFTExample], length: int) -> tuple[list[SFTExample], PackReport]:
+    """Rows of at most `length` tokens, each the concatenation of whole examples (`pack_plan`, `join`)."""
+    lengths = [len(e.input_ids) for e in examples]
+    out = [join([examples[i] for i in members]) for members in pack_plan(lengths, length)]
+    return out, PackReport(len(examples), len(out), int(sum(lengths)), length)

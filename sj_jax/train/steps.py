@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -138,6 +139,16 @@ def place_batch(mesh: Mesh, batch: dict) -> dict:
     `batch_shardings`: each process copies in only the rows its own devices hold. On several
     processes jit takes no numpy input with a sharded layout, so every step's batch goes through here."""
     return jax.tree.map(to_global, batch, batch_shardings(mesh, batch))
+
+
+def local_batch_rows(mesh: Mesh, accum: int, rows: int) -> np.ndarray:
+    """bool[rows]: which rows of each micro-batch of `rows` this process's devices hold (under
+    `batch_shardings`): the only rows whose tokens it needs."""
+    sharding = logical_sharding((None, "batch"), (accum, rows), mesh)
+    mine = np.zeros(rows, bool)
+    for index in sharding.addressable_devices_indices_map((accum, rows)).values():
+        mine[index[1]] = True
+    return mine
 
 
 def mesh_shardings(tree: Any, mesh: Mesh) -> Any:

@@ -20,12 +20,12 @@ import jax
 import jax.numpy as jnp
 
 from sj_jax.core.config import save_yaml, to_dict
-from sj_jax.core.distributed import is_primary
+from sj_jax.core.distributed import gather_from_processes, is_primary
 from sj_jax.core.errors import SJError
-from sj_jax.data.batches import EpochIterator, collate_pairs, collate_pairs_joint, collate_sft, example_length
-from sj_jax.data.examples import DataReport, load_examples, pair_example, sft_example
+from sj_jax.data.batches import EpochIterator, collate_pairs, collate_pairs_joint, collate_sft
+from sj_jax.data.examples import DataReport, pair_example, sft_example
 from sj_jax.data.judgment import judgment_text
-from sj_jax.data.packing import pack
+from sj_jax.data.shares import Examples, PackedExamples, file_rows
 from sj_jax.loading.model import Model, load_model
 from sj_jax.models import lora
 from sj_jax.models.sharding import make_mesh
@@ -33,7 +33,8 @@ from sj_jax.train.config import TrainConfig
 from sj_jax.train.loop import run_loop
 from sj_jax.train.metrics import read_metrics, write_report
 from sj_jax.train.optim import make_optimizer
-from sj_jax.train.steps import StepSpec, batch_shape, mesh_shardings, optimizer_shardings, place_batch, shared_step
+from sj_jax.train.steps import (StepSpec, batch_shape, local_batch_rows, mesh_shardings, optimizer_shardings,
+                                place_batch, shared_step)
 from sj_jax.weights.checkpoint import Checkpointer
 
 Kind = Literal["sft", "jsft", "dpo"]
@@ -46,23 +47,27 @@ class RunResult:
     metrics_file: Path
     report: Path | None
     preempted: bool = False
+    tokenised: int = 0  # training examples this process tokenised (on several: its share and its rows)
 
 
-def load_data(kind: Kind, cfg: TrainConfig, tokenizer: Any) -> tuple[list, DataReport]:
-    report = DataReport()
+def load_data(kind: Kind, cfg: TrainConfig, tokenizer: Any) -> tuple[Examples, DataReport]:
+    """The training file's examples and its whole report; on several processes each tokenises only
+    its share up front, and later only the rows its devices hold (`sj_jax.data.shares`)."""
     d = cfg.data
     if not d.train_file:
         raise SJError("data.train_file: not set (a JSONL file)")
     if kind == "dpo":
-        def build(row, where):
+        def build(row, where, report):
             return pair_example(tokenizer, row, where, d.max_prompt_length, d.max_response_length, report)
     else:
         def judgment(tok, row, where):
             return judgment_text(tok, cfg.judge, row, where)
 
-        def build(row, where):
+        def build(row, where, report):
             return sft_example(tokenizer, row, where, d.max_length, report, judgment=judgment)
-    return load_examples(d.train_file, build, report), report
+    examples = Examples(file_rows(d.train_file), build, index=jax.process_index(), count=jax.process_count(),
+                        gather=gather_from_processes)
+    return examples, examples.report
 
 
 def _collate(kind: Kind, cfg: TrainConfig, examples: list, pad_id: int):
@@ -113,12 +118,12 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
     examples, report = load_data(kind, cfg, model.tokenizer)
     data_report = report.as_dict()
     if cfg.data.packing:
-        examples, packed = pack(examples, cfg.data.max_length)
-        data_report["packing"] = packed.as_dict()  # batch_size now counts packed rows
+        examples = PackedExamples(examples, cfg.data.max_length)
+        data_report["packing"] = examples.report.as_dict()  # batch_size now counts packed rows
     if primary:
         (out / "data_report.json").write_text(json.dumps(data_report, indent=1))
     rows_per_step = cfg.batch_size * cfg.optim.grad_accum
-    lengths = [example_length(e) for e in examples] if cfg.data.group_by_length else None
+    lengths = examples.lengths() if cfg.data.group_by_length else None
     it = EpochIterator(len(examples), rows_per_step, cfg.seed, cfg.data.shuffle, lengths=lengths)
     total = cfg.steps or int(cfg.epochs * it.steps_per_epoch)
     tx = make_optimizer(cfg.optim, total)[0]
@@ -128,8 +133,11 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
     clock = {"t0": time.perf_counter(), "tokens": 0}
     shapes: set[tuple] = set()  # the padded batch shapes met so far: one compiled program each
 
+    mine = local_batch_rows(mesh, cfg.optim.grad_accum, cfg.batch_size)  # the rows this process fills in
+
     def one_step(step: int, state):
-        batch, r = _collate(kind, cfg, [examples[i] for i in it.next()], pad_id)
+        rows = [examples[i] if mine[k % cfg.batch_size] else examples.stand_in(i) for k, i in enumerate(it.next())]
+        batch, r = _collate(kind, cfg, rows, pad_id)
         tokens = int((batch["attention_mask"] > 0).sum())
         batch = place_batch(mesh, batch)
         fn = shared_step(dataclasses.replace(base_spec, response_len=r), cfg.optim, total, mesh, state, frozen, batch)
@@ -154,4 +162,5 @@ def train(kind: Kind, cfg: TrainConfig, *, model: Model | None = None, stop_at_s
         report_path = write_report(out, f"sj-jax {kind}: {cfg.model}", rows, {
             "steps": total, "final loss": f"{loop.last_loss:.4f}", "examples": report.examples,
             **{k: v for k, v in report.as_dict().items() if k != "examples"}}, keys)
-    return RunResult(loop.steps, loop.last_loss, out / "metrics.jsonl", report_path, loop.preempted)
+    base = examples.base if cfg.data.packing else examples
+    return RunResult(loop.steps, loop.last_loss, out / "metrics.jsonl", report_path, loop.preempted, base.tokenised)
