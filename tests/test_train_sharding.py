@@ -18,6 +18,11 @@ def test_sharded_train_steps_equal_single_device(kind):
     proc = subprocess.run([sys.executable, str(script), kind], capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     r = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+    if kind == "sft":
+        # FSDP gathers each layer's weights and keeps the activations' rows split; the estimate agrees.
+        # (Without the activations pinned, GSPMD resharded them instead: 501 MiB against 302.)
+        mem = r.pop("memory/fsdp2")
+        assert abs(mem["estimate"]["total"] - mem["xla"]) <= 0.10 * mem["xla"], mem
     assert sorted(r) == [f"{kind}/data2_fsdp2_tensor2", f"{kind}/fsdp8"]
     for name, res in r.items():
         np.testing.assert_allclose(res["losses"], res["ref_losses"], rtol=2e-5, err_msg=name)

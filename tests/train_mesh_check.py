@@ -14,11 +14,12 @@ import numpy as np  # noqa: E402
 
 from sj_jax import MeshConfig, ModelConfig, init_model  # noqa: E402
 from sj_jax.core.config import from_dict  # noqa: E402
+from sj_jax.experiments.memory import Workload, estimate  # noqa: E402
 from sj_jax.loading.model import Model  # noqa: E402
 from sj_jax.models.sharding import make_mesh, param_shardings  # noqa: E402
 from sj_jax.train.config import TrainConfig  # noqa: E402
 from sj_jax.train.optim import make_optimizer  # noqa: E402
-from sj_jax.train.steps import StepSpec, compile_step  # noqa: E402
+from sj_jax.train.steps import StepSpec, compile_step, place_batch  # noqa: E402
 from sj_jax.train.trainer import init_state  # noqa: E402
 from sj_jax.weights.loader import abstract_params  # noqa: E402
 
@@ -76,9 +77,26 @@ def run(kind: str, mesh_cfg, start: dict):
     return losses, params, spec_of, len(moments), mismatched
 
 
+def fsdp_memory() -> dict:
+    """XLA's bytes for a small model's SFT step on a 2-device fsdp mesh, and `sj-jax memory`'s estimate
+    (test_memory.py does the single-device cases)."""
+    mesh_cfg = MeshConfig(data=1, fsdp=2)
+    mesh = make_mesh(mesh_cfg, jax.devices()[:2])
+    cfg = ModelConfig("llama", vocab_size=8192, hidden_size=256, intermediate_size=768, num_layers=4, num_heads=8,
+                      num_kv_heads=4, head_dim=32, max_position_embeddings=1024)
+    tc = from_dict(TrainConfig, {"mesh": {"data": 1, "fsdp": 2}})
+    tx, sched = make_optimizer(tc.optim, 10)
+    state, frozen = init_state("sft", tc, init_model(cfg, mesh=mesh), tx)
+    batch = place_batch(mesh, {k: np.ones((1, 8, 256), np.int32) for k in ("input_ids", "attention_mask", "loss_mask")})
+    step = compile_step(StepSpec("sft", cfg, tc.lora, tc.dpo, 8192), tx, sched, mesh, state, frozen, batch)
+    m = step.lower(state, frozen, batch).compile().memory_analysis()
+    real = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+    return {"xla": real, "estimate": estimate(cfg, Workload("sft", 8, 256, tc.lora), mesh_cfg, 2)}
+
+
 def main(kinds: list[str]) -> dict:
     assert len(jax.devices()) == 8
-    out = {}
+    out = {"memory/fsdp2": fsdp_memory()} if "sft" in kinds else {}
     # Initialised once and placed on each mesh: the (partitionable) initialiser gives the same
     # weights on any mesh, so one compile of it is enough.
     start = jax.tree.map(np.asarray, init_model(CFG, seed=1, mesh=make_mesh(MeshConfig(), jax.devices()[:1])).params)

@@ -140,6 +140,18 @@ def kv_cache_bytes(cfg: ModelConfig, rows: int, length: int, sizes: dict[str, in
     return 2 * cfg.num_layers * rows * length * cfg.num_kv_heads * cfg.head_dim * BYTES[cfg.dtype] // kv_split
 
 
+def gathered_bytes(cfg: ModelConfig, sizes: dict[str, int]) -> int:
+    """Under fsdp, the whole copies of layers' weights a train step holds at its peak (split by tensor
+    only), in the compute dtype: every layer's, kept from the forward for the backward, unless the
+    layers are rematerialised (then one layer's, gathered again for its recompute; read off the
+    compiled step's all-gathers on CPU, tests/train_mesh_check.py). The embedding and the output
+    projection are gathered too, but not at the step's peak."""
+    e, f, h, k, d = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    layer = (2 * e * h * d + 2 * e * k * d + 3 * e * f) // sizes["tensor"] + 2 * e
+    kept = 1 if cfg.remat != "none" else cfg.num_layers
+    return kept * layer * BYTES[cfg.dtype]
+
+
 def estimate(cfg: ModelConfig, w: Workload, mesh: MeshConfig, devices: int) -> dict[str, int]:
     """Per-device bytes by part, and "total": the parts live at once at the step's peak."""
     sizes = mesh_sizes(mesh, devices)
@@ -157,6 +169,8 @@ def estimate(cfg: ModelConfig, w: Workload, mesh: MeshConfig, devices: int) -> d
         # Mixed precision: the optimizer trains a float32 master; the loaded weights stay (DPO's reference).
         master = weights * 4 // BYTES[cfg.param_dtype]
         out.update(trained=master, gradients=master, optimizer=2 * master)
+    if sizes["fsdp"] > 1:
+        out["gathered"] = gathered_bytes(cfg, sizes)
     local_rows = -(-w.rows // batch_split)
     # DPO runs the reference forward too (no backward: nothing kept) beside the policy's.
     out["activations"] = activation_bytes(cfg, local_rows, w.seq, w.logprob_chunk, train=True)
@@ -207,7 +221,7 @@ def gib(n: int) -> str:
 
 def table(rows: list[tuple[str, dict[str, int], str]]) -> str:
     """A markdown table: one row a (name, estimate, device) with each part in GiB and the verdict."""
-    parts = ["weights", "reference", "trained", "gradients", "optimizer", "activations", "sampler_kv_cache",
+    parts = ["weights", "gathered", "reference", "trained", "gradients", "optimizer", "activations", "sampler_kv_cache",
              "judge_forward", "total"]
     lines = ["| config | device | " + " | ".join(parts) + " | fits |", "|---" * (len(parts) + 3) + "|"]
     for name, est, device in rows:

@@ -28,7 +28,7 @@ from sj_jax.core.buckets import bucket
 from sj_jax.inference.kv_cache import decode_step, kv_shapes, layer_stack, left_pad, prefill
 from sj_jax.inference.sampling import SamplingConfig, sample
 from sj_jax.models.config import ModelConfig
-from sj_jax.models.sharding import batch_sharding, logical_sharding, param_shardings, to_global, to_host
+from sj_jax.models.sharding import batch_sharding, logical_sharding, param_shardings, to_global, to_host, traced_on
 from sj_jax.weights.loader import abstract_params
 
 
@@ -163,10 +163,10 @@ def compiled(cfg: ModelConfig, mesh: Mesh, plan: DecodePlan):
     kv_shard = logical_sharding(("batch", "kv_heads", None, None), k_shape, mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
     first = jax.jit(
-        functools.partial(_prefill_and_first, cfg, plan, kv_shard),
+        traced_on(mesh, functools.partial(_prefill_and_first, cfg, plan, kv_shard)),
         in_shardings=(p_shard, x_shard, x_shard, row_shard, row_shard, replicated),
     )
-    loop = jax.jit(functools.partial(_decode_loop, cfg, plan), donate_argnums=(1,))
+    loop = jax.jit(traced_on(mesh, functools.partial(_decode_loop, cfg, plan)), donate_argnums=(1,))
     return first, loop
 
 

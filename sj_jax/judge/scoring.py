@@ -41,7 +41,7 @@ from sj_jax.judge.template import (
 )
 from sj_jax.loading.model import Model
 from sj_jax.models.config import ModelConfig
-from sj_jax.models.sharding import batch_sharding, logical_sharding, param_shardings, to_global, to_host
+from sj_jax.models.sharding import batch_sharding, logical_sharding, param_shardings, to_global, to_host, traced_on
 from sj_jax.models.transformer import Transformer, positions_from_mask
 from sj_jax.weights.loader import abstract_params
 
@@ -124,7 +124,8 @@ def compiled_verdict_logprobs(cfg: ModelConfig, mesh: Mesh, shape: tuple[int, in
         logits = module.apply({"params": params}, h[:, -1], method=Transformer.logits_from_hidden)
         return jax.nn.log_softmax(logits, axis=-1)[:, verdict_ids]
 
-    fn = jax.jit(f, in_shardings=(param_shardings(abstract_params(cfg), mesh), x_shard, x_shard, replicated),
+    fn = jax.jit(traced_on(mesh, f), in_shardings=(param_shardings(abstract_params(cfg), mesh), x_shard, x_shard,
+                                                   replicated),
                  out_shardings=batch_sharding(mesh, (shape[0], 2)))
     return fn, x_shard
 
@@ -197,7 +198,7 @@ def compiled_shared_verdict_logprobs(cfg: ModelConfig, mesh: Mesh, shape: tuple[
     kv_shard = logical_sharding(("batch", "kv_heads", None, None), k_shape, mesh)
     pre_shard, suf_shard = batch_sharding(mesh, (g, p)), batch_sharding(mesh, (2 * g, s))
     fn = jax.jit(
-        functools.partial(_forward_shared, cfg, kv_shard),
+        traced_on(mesh, functools.partial(_forward_shared, cfg, kv_shard)),
         in_shardings=(param_shardings(abstract_params(cfg), mesh), pre_shard, pre_shard, suf_shard, suf_shard,
                       NamedSharding(mesh, PartitionSpec())),
         out_shardings=batch_sharding(mesh, (2 * g, 2)),

@@ -19,7 +19,8 @@ from sj_jax.core.errors import ConfigError, WeightsError
 from sj_jax.loading.runs import RunParts, is_run_folder, read_run_model, restore_trained, run_step
 from sj_jax.models import lora
 from sj_jax.models.config import SUPPORTED_MODEL_TYPES, ModelConfig, from_hf_config, to_hf_config_kwargs
-from sj_jax.models.sharding import MeshConfig, batch_sharding, logical_sharding, make_mesh, param_shardings, to_global
+from sj_jax.models.sharding import (MeshConfig, batch_sharding, logical_sharding, make_mesh, param_shardings,
+                                    to_global, traced_on)
 from sj_jax.models.transformer import Transformer
 from sj_jax.weights.dequant_cache import CachedGGUFSource
 from sj_jax.weights.gguf_io import GGUFSource
@@ -177,7 +178,7 @@ def jitted_forward(cfg: ModelConfig, mesh: Mesh, shape: tuple[int, int]):
     def fwd(params, input_ids, attention_mask):
         return module.apply({"params": params}, input_ids, attention_mask)
 
-    return jax.jit(fwd, in_shardings=(p_shard, x_shard, x_shard), out_shardings=out_shard), x_shard
+    return jax.jit(traced_on(mesh, fwd), in_shardings=(p_shard, x_shard, x_shard), out_shardings=out_shard), x_shard
 
 
 def logits(model: Model, input_ids: Any, attention_mask: Any = None) -> jax.Array:

@@ -7,9 +7,12 @@ replicated instead: the layout changes, never the numbers.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+import functools
 import math
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -103,6 +106,40 @@ def param_shardings(abstract_boxed_params: Any, mesh: Mesh) -> Any:
         return NamedSharding(mesh, PartitionSpec())
 
     return jax.tree.map(one, abstract_boxed_params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+
+
+_ACTIVATION_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("activation_mesh", default=None)
+
+
+@contextlib.contextmanager
+def activations_on(mesh: Mesh) -> Iterator[None]:
+    """While a function is traced inside this, `constrain_batch` pins the model's activations to
+    `mesh`: rows over data and fsdp, the rest whole. Without it, GSPMD may meet an fsdp-sharded
+    weight by resharding the activations instead of gathering the weight (measured on a 2-device
+    CPU mesh, fsdp=2: the step's temporaries 459 MiB instead of 275, and 27% slower)."""
+    token = _ACTIVATION_MESH.set(mesh)
+    try:
+        yield
+    finally:
+        _ACTIVATION_MESH.reset(token)
+
+
+def traced_on(mesh: Mesh, fn: Callable) -> Callable:
+    """`fn`, traced (by jit) inside `activations_on(mesh)`."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with activations_on(mesh):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """`x: [batch, ...]` laid out by the logical "batch" rule on the mesh of `activations_on`, if any."""
+    mesh = _ACTIVATION_MESH.get()
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_sharding(("batch",) + (None,) * (x.ndim - 1), x.shape, mesh))
 
 
 def to_global(x: Any, sharding: NamedSharding) -> jax.Array:

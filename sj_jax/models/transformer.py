@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from sj_jax.models.config import ModelConfig
 from sj_jax.models.rope import apply_rotary, rotary_tables
+from sj_jax.models.sharding import constrain_batch
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -155,6 +156,7 @@ class DecoderLayer(nn.Module):
     def __call__(self, x, window, cos, sin, mask, pos_diff, cache=None):
         """x: [batch, seq, embed]; window: int32 scalar (0 = none); pos_diff: query minus key positions
         [batch, seq, keys] or None. Returns (x, updated cache or None), the form `nn.scan` wants."""
+        x = constrain_batch(x)  # FSDP gathers the layer's weights; the activations keep their rows
         if pos_diff is not None:
             mask = mask & ((window <= 0) | (pos_diff < window))[:, None]
         attn, cache = Attention(self.config, name="attn")(

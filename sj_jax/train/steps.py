@@ -24,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from sj_jax.models import lora
 from sj_jax.models.config import ModelConfig
 from sj_jax.models.lora import LoraConfig
-from sj_jax.models.sharding import logical_sharding, to_global
+from sj_jax.models.sharding import logical_sharding, to_global, traced_on
 from sj_jax.objectives.dpo import dpo_loss
 from sj_jax.objectives.sequence import joint_pair_logprobs, sequence_logprobs
 from sj_jax.objectives.sft import sft_loss
@@ -193,7 +193,7 @@ def compile_step(spec: StepSpec, tx, schedule, mesh: Mesh, state: dict, frozen: 
     frozen_sh = mesh_shardings(frozen, mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(
-        lambda s, f, b: train_step(spec, tx, schedule, s, f, b),
+        traced_on(mesh, lambda s, f, b: train_step(spec, tx, schedule, s, f, b)),
         in_shardings=(state_sh, frozen_sh, batch_shardings(mesh, batch)),
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,),
