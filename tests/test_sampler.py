@@ -287,3 +287,54 @@ def test_scanned_layers_give_the_unrolled_samples(tiny, monkeypatch):
     assert scanned.token_ids == unrolled.token_ids
     flat = lambda g: [x for prompt in g.logprobs for sample in prompt for x in sample]  # noqa: E731
     np.testing.assert_allclose(flat(scanned), flat(unrolled), rtol=1e-5, atol=1e-6)
+
+
+def _compacted_row_steps(lengths: np.ndarray, max_new: int) -> int:
+    """The decode row-steps the compaction rule gives for rows of these lengths (tokens, stop included)."""
+    from sj_jax.core.buckets import bucket
+    from sj_jax.inference import sampler
+
+    rows, step, total = len(lengths), 1, 0
+    while True:
+        until = rows // 2 if rows // 2 >= sampler.COMPACT_MIN_ROWS else 0
+        end = step
+        while end < max_new and np.sum(lengths > end) > until:
+            end += 1  # a row of length n is done once n tokens are written (step n)
+        total += rows * (end - step)
+        step, active = end, int(np.sum(lengths > end))
+        if active == 0 or step >= max_new:
+            return total
+        if until == 0 or max_new - step < sampler.COMPACT_MIN_STEPS:
+            return total + rows * (int(lengths.max()) - step)
+        rows = bucket(active, minimum=1)
+
+
+@pytest.mark.parametrize("scanned, forced", [(False, False), (True, True)])
+def test_unfinished_rows_go_on_in_a_smaller_batch_with_the_same_samples(tiny, scanned, forced, monkeypatch):
+    """Once most rows have stopped, the rest decode in a smaller batch: the same tokens and log-probs
+    as one batch to the end, in fewer row-steps (the scanned layout and the forced phase too)."""
+    from sj_jax.inference import sampler
+
+    cfg = tiny.config
+    prompts = _prompts(np.random.default_rng(11), cfg.vocab_size, [int(n) for n in np.arange(16) % 7 + 3])
+    kw = dict(max_new_tokens=64, sampling=SamplingConfig(temperature=1.0, top_p=0.95), row_ids=list(range(32)),
+              seed=3, stop_ids=[1, 2, 3], pad_id=0, group=2)
+    if forced:
+        kw.update(forced=(7, 8), budget=4, after=30)
+    if scanned:
+        monkeypatch.setattr(kv_cache, "UNROLL_LAYERS", 0)
+    sampler.compiled.cache_clear()
+    try:
+        whole = sampler.run(cfg, tiny.mesh, tiny.params, prompts, compact=False, **kw)
+        parts = sampler.run(cfg, tiny.mesh, tiny.params, prompts, **kw)
+    finally:
+        sampler.compiled.cache_clear()
+    lengths = whole["lengths"]
+    half = np.sort(lengths)[15]  # most rows end early, one goes on
+    assert half + sampler.COMPACT_MIN_STEPS < 64 and half + 8 < lengths.max()
+    assert whole["row_steps"] == whole["row_steps_full"] == 32 * (lengths.max() - 1)
+    assert parts["row_steps_full"] == whole["row_steps_full"] and parts["row_steps"] == _compacted_row_steps(lengths, 64)
+    assert parts["row_steps"] < 0.8 * whole["row_steps"]
+    for k in ("tokens", "stopped", "lengths"):
+        np.testing.assert_array_equal(parts[k], whole[k], err_msg=k)
+    np.testing.assert_allclose(parts["logprobs"], whole["logprobs"], rtol=1e-5, atol=1e-6)

@@ -113,11 +113,13 @@ def _prefill_and_first(cfg, plan, kv_sharding, params, ids, mask, keys, active, 
     }
 
 
-def _decode_loop(cfg, plan, params, state, stop_ids):
+def _decode_loop(cfg, plan, params, state, stop_ids, until):
+    """Decodes until every row is done, `max_new_tokens` are written, or at most `until` rows are
+    still writing (int32 scalar; 0 = to the end), whichever comes first."""
     layer_params = layer_stack(cfg, params["layers"])
 
     def cond(s):
-        return (s["step"] < plan.max_new_tokens) & ~jnp.all(s["done"])
+        return (s["step"] < plan.max_new_tokens) & ~jnp.all(s["done"]) & (jnp.sum(~s["done"]) > until)
 
     def body(s):
         logits, cache = decode_step(cfg, params, layer_params, s["cache"], s["last"])
@@ -140,6 +142,48 @@ def _decode_loop(cfg, plan, params, state, stop_ids):
         }
 
     return jax.lax.while_loop(cond, body, state)
+
+
+# A batch whose rows have mostly ended goes on with its unfinished rows only (`_compacted`): once at
+# most half of them still write, with at least COMPACT_MIN_STEPS steps left, they move into the next
+# smaller batch (a decode program of its own, compiled once per size). Not below COMPACT_MIN_ROWS rows.
+COMPACT_MIN_STEPS = 16
+COMPACT_MIN_ROWS = 4
+
+
+def _until(batch: int, multiple: int, compact: bool) -> int:
+    """The `until` of a decode loop over `batch` rows: half of them, where a batch of half is allowed."""
+    half = batch // 2
+    return half if compact and half >= COMPACT_MIN_ROWS and half % multiple == 0 else 0
+
+
+def _row_axis(path: tuple, stacked: bool) -> int:
+    """The batch axis of a decode-state leaf: 1 for a scanned model's stacked cache, else 0."""
+    return 1 if stacked and path[:1] == ("cache",) and path[1:2] in (("k",), ("v",)) else 0
+
+
+@functools.lru_cache(maxsize=32)
+def _compactor(mesh: Mesh):
+    """jitted `(state, rows int32[new]) -> state` of those rows only, each laid out over the mesh's
+    batch axes; the cache's slot count is kept."""
+    def take(state, rows):
+        stacked = not isinstance(state["cache"]["k"], (tuple, list))  # a scanned model's cache
+
+        def one(path, x):
+            keys = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
+            if x.ndim == 0:
+                return x
+            axis = _row_axis(keys, stacked)
+            y = jnp.take(x, rows, axis=axis) if axis else x[rows]
+            names = [None] * y.ndim
+            names[axis] = "batch"
+            if keys[:1] == ("cache",) and keys[1:2] in (("k",), ("v",)):
+                names[axis + 1] = "kv_heads"
+            return jax.lax.with_sharding_constraint(y, logical_sharding(tuple(names), y.shape, mesh))
+
+        return jax.tree_util.tree_map_with_path(one, state)
+
+    return jax.jit(take)
 
 
 @functools.lru_cache(maxsize=32)
@@ -172,12 +216,15 @@ def compiled(cfg: ModelConfig, mesh: Mesh, plan: DecodePlan):
 
 def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *, max_new_tokens: int,
         sampling: SamplingConfig, row_ids: list[int], seed: int, stop_ids: list[int], pad_id: int,
-        min_rows: int = 0, group: int = 1, forced: tuple[int, ...] = (), budget: int = 0, after: int = 0) -> dict:
+        min_rows: int = 0, group: int = 1, forced: tuple[int, ...] = (), budget: int = 0, after: int = 0,
+        compact: bool = True) -> dict:
     """Generates for token-id prompts, `group` rows each (row r continues prompt r // group).
     Returns host arrays: `tokens` and `logprobs` `[rows, max_new_tokens]`, `stopped` and the
-    number of tokens per row `lengths` (stop included). min_rows: compile for at least this many
-    rows (the last, smaller batch of a run then reuses the full batches' program instead of
-    compiling its own). forced, budget, after: see the module docstring."""
+    number of tokens per row `lengths` (stop included); and `row_steps`, the decode steps run times
+    the rows they ran over, with `row_steps_full`, the same without compaction. min_rows: compile for
+    at least this many rows (the last, smaller batch of a run then reuses the full batches' program
+    instead of compiling its own). forced, budget, after: see the module docstring. compact: let the
+    unfinished rows go on in a smaller batch (`COMPACT_MIN_STEPS`); the samples are the same."""
     rows = len(prompts) * group
     if len(row_ids) != rows:
         raise ValueError(f"row_ids: {len(row_ids)} keys for {len(prompts)} prompts x {group} rows")
@@ -201,9 +248,32 @@ def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *,
     stops = to_global(np.asarray(sorted(set(stop_ids)) or [-1], np.int32), replicated)
     state = first(params, to_global(ids, x_shard), to_global(mask, x_shard), keys,
                   to_global(np.arange(b) < rows, row_shard), stops)
-    state = loop(params, state, stops)
-    tokens = to_host(state["tokens"])[:rows]
-    logprobs = to_host(state["logprobs"])[:rows]
-    stopped = to_host(state["stopped"])[:rows]
-    lengths = to_host(state["count"])[:rows]  # the stop token included
-    return {"tokens": tokens, "logprobs": logprobs, "stopped": stopped, "lengths": lengths}
+    out = {"tokens": np.zeros((rows, max_new_tokens), np.int32), "logprobs": np.zeros((rows, max_new_tokens), np.float32),
+           "stopped": np.zeros(rows, bool), "lengths": np.zeros(rows, np.int32)}
+    where = np.arange(b)  # the original row of each row of the state; past `rows`, fillers
+    replicated_rows = NamedSharding(mesh, PartitionSpec())
+    step0, cur = 1, b
+    row_steps = 0
+    while True:
+        until = _until(cur, data_size, compact)
+        state = loop(params, state, stops, np.int32(until))
+        done, step = to_host(state["done"]), int(to_host(state["step"]))
+        row_steps += cur * (step - step0)
+        step0 = step
+        real = where < rows
+        for name, key in (("tokens", "tokens"), ("logprobs", "logprobs"), ("stopped", "stopped"), ("lengths", "count")):
+            out[name][where[real]] = to_host(state[key])[real]  # a done row's values are final
+        if done.all() or step >= max_new_tokens:
+            break
+        active = np.flatnonzero(~done)
+        nb = bucket(len(active), minimum=1, multiple=data_size)
+        if until == 0 or max_new_tokens - step < COMPACT_MIN_STEPS or nb > cur // 2:
+            compact = False  # finish this batch as it is
+            continue
+        # the unfinished rows, then finished ones as fillers (they stay done and write nothing)
+        keep = np.concatenate([active, np.flatnonzero(done)[:nb - len(active)]]).astype(np.int32)
+        state = _compactor(mesh)(state, to_global(keep, replicated_rows))
+        where, cur = where[keep], nb
+        loop = compiled(cfg, mesh, dataclasses.replace(plan, batch=nb, group=1))[1]
+    out["row_steps"], out["row_steps_full"] = row_steps, b * (step0 - 1)
+    return out

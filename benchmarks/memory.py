@@ -1,0 +1,199 @@
+"""Peak memory (RSS) of judging long prompts and of a SELF-JUDGE step, on SmolLM2-135M-Instruct, float32, CPU.
+
+    python -m benchmarks.memory [--pairs 64] [--lengths 512,1024,2048] [--cases generative,one_pass,self_judge]
+                                [--json out.json]
+
+Each case runs in a fresh process, so its peak resident set is its own:
+- `generative@L`: `judge_generative` (the default template: 64 evaluation tokens, then the verdict) of
+  `pairs` pairs whose judge prompts are L tokens (a long context, two short answers), greedy;
+- `one_pass@L`: `judge_pairs` of the same pairs (both orders, the shared-prefix path);
+- `self_judge`: one SELF-JUDGE step as `benchmarks.self_judge_step` runs it: 16 task prompts, 2 samples
+  of up to 64 tokens, the frozen model judging, a full-weight DPO update.
+
+Beside each peak it prints its bound: the weights, plus the largest batch's KV caches, plus one layer's
+activations for that batch without attention scores. For `self_judge`, the bound is
+`sj-jax memory`'s estimate of the step instead (weights, reference, Adam, the update's activations).
+The peak also holds what the runtime costs before any model loads (Python, JAX, the tokenizer),
+measured in each process and printed as `runtime GB`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+GB = 1e9
+WORDS = ("the river carried small boats past the old mill while children counted them from the bridge "
+         "and a baker set out bread for the market that would open at noon near the station").split()
+
+
+def rss_now() -> float:
+    """Bytes resident now (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
+def contexts_of_length(model, length: int, pairs: int, render) -> list[str]:
+    """`pairs` distinct contexts whose judge prompts (`render(context)` token ids) are `length` tokens or
+    just under."""
+    def prompt_len(n_words: int, k: int) -> int:
+        return len(render(context(n_words, k)))
+
+    def context(n_words: int, k: int) -> str:
+        words = [WORDS[(i * 7 + k) % len(WORDS)] for i in range(n_words)]
+        return f"Note {k}: " + " ".join(words)
+
+    lo, hi = 1, length
+    while lo < hi:  # the most words whose prompt fits, for the first context; the rest are alike
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if prompt_len(mid, 0) <= length else (lo, mid - 1)
+    return [context(lo, k) for k in range(pairs)]
+
+
+def answers(pairs: int) -> tuple[list[str], list[str]]:
+    a = [f"The boats numbered {k + 3}, counted at the bridge." for k in range(pairs)]
+    b = [f"There were {k + 5} boats, I think, near the mill." for k in range(pairs)]
+    return a, b
+
+
+def layer_bytes(cfg, rows: int, seq: int) -> int:
+    """One layer's activations for `rows` x `seq` tokens without attention scores: the norms, q/k/v,
+    the attention output, the MLP's gate, up and product (float32)."""
+    e, f, h, k, d = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    return rows * seq * 4 * (4 * e + (2 * h + 2 * k) * d + 3 * f)
+
+
+def kv_bytes(cfg, positions: int) -> int:
+    """A KV cache of `positions` (rows x slots), every layer, float32."""
+    return positions * cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * 4
+
+
+def run_case(case: str, pairs: int) -> dict:
+    import jax
+
+    import sj_jax
+    from sj_jax.core.buckets import bucket
+
+    jax.numpy.zeros(1).block_until_ready()
+    runtime = rss_now()
+    model = sj_jax.load_model("smollm2-135m-instruct")
+    cfg = model.config
+    weights = cfg.num_params * 4
+    loaded = rss_now()
+    t0 = time.perf_counter()
+    if case == "self_judge":
+        from benchmarks.self_judge_step import SJSide, task_prompts
+        from sj_jax.experiments.memory import Workload, estimate
+        from sj_jax.models.lora import LoraConfig
+        from sj_jax.models.sharding import MeshConfig
+
+        side = SJSide(task_prompts(16), 64)
+        side.step()
+        rec = side.run.last
+        shape = rec.batch["input_ids"].shape if rec.batch is not None else (0, 0)
+        rows = int(shape[0] * shape[1] if len(shape) == 3 else shape[0])
+        seq = int(shape[-1]) if rec.batch is not None else 0
+        w = Workload("self_judge", rows, seq, LoraConfig(enabled=False), sample_rows=32, sample_len=128,
+                     judge_rows=16, judge_len=512)
+        bound = estimate(cfg, w, MeshConfig(), 1)["total"]
+        parts = {"dpo_batch": list(shape)}
+    else:
+        kind, length = case.split("@")
+        length = int(length)
+        a, b = answers(pairs)
+        if kind == "generative":
+            from sj_jax.inference.generate import length_batches
+            from sj_jax.judge.generative import judge_generative
+            from sj_jax.judge.generative_template import GenerativeTemplate, render_prompt
+
+            tpl = GenerativeTemplate()
+            tok = model.tokenizer
+
+            def render(c):
+                return tok(render_prompt(tok, tpl, c, a[0], b[0]), add_special_tokens=False)["input_ids"]
+
+            ctx = contexts_of_length(model, length, pairs, render)
+            out = judge_generative(model, ctx, a, b)
+            lengths = [len(render(c)) for c in ctx for _ in range(2)]
+            new = tpl.max_new_tokens + 16
+            batches = length_batches(lengths, new, max_rows=64, max_tokens=32768)
+            rows = max(len(x) for x in batches)
+            slots = bucket(max(lengths), cfg.max_position_embeddings, fine=True) + new
+            cache = rows * slots
+            parts = {"verdicts": int((out.labels > 0).sum()), "rows": rows, "slots": slots}
+            bound = weights + kv_bytes(cfg, cache) + layer_bytes(cfg, rows, slots)
+        else:
+            from sj_jax.judge.scoring import _shared_prefix_len, judge_pairs, judge_prompts
+            from sj_jax.judge.template import DEFAULT_TEMPLATE, as_principles
+
+            plist = as_principles(None, DEFAULT_TEMPLATE)
+
+            def render(c):
+                return judge_prompts(model, [c], a[:1], b[:1], DEFAULT_TEMPLATE, plist)[0]
+
+            ctx = contexts_of_length(model, length, pairs, render)
+            p = judge_pairs(model, ctx, a, b)
+            prompts = judge_prompts(model, ctx, a, b, DEFAULT_TEMPLATE, plist)
+            shared = min(_shared_prefix_len(x, y) for x, y in zip(prompts[::2], prompts[1::2]))
+            groups = 8  # judge_pairs' default batch_size 16 prompts: 8 pairs of orders
+            pl = bucket(shared, cfg.max_position_embeddings, fine=True)
+            sl = bucket(max(len(x) for x in prompts) - shared, cfg.max_position_embeddings, fine=True)
+            # the prefix's cache, and its copy repeated for both orders' rests
+            cache = 3 * groups * (pl + sl)
+            parts = {"prob_first_mean": float(p.mean()), "groups": groups, "prefix": pl, "rest": sl}
+            bound = weights + kv_bytes(cfg, cache) + layer_bytes(cfg, groups, pl)
+    return {"case": case, "seconds": time.perf_counter() - t0, "peak_gb": peak_rss() / GB,
+            "runtime_gb": runtime / GB, "after_load_gb": loaded / GB, "weights_gb": weights / GB,
+            "bound_gb": bound / GB, "peak_over_bound": peak_rss() / bound, **parts}
+
+
+def main() -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=64)
+    ap.add_argument("--lengths", default="512,1024,2048")
+    ap.add_argument("--cases", default="generative,one_pass,self_judge")
+    ap.add_argument("--json", default="")
+    ap.add_argument("--case", default="", help=argparse.SUPPRESS)  # one case, in this process
+    args = ap.parse_args()
+    if args.case:
+        print("RESULT " + json.dumps(run_case(args.case, args.pairs)), flush=True)
+        return {}
+    from benchmarks.common import jax_matmul_peak
+
+    print(f"float32 matmul: {jax_matmul_peak():.1f} GFLOP/s; machine memory "
+          f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GB:.1f} GB", flush=True)
+    cases = []
+    for kind in args.cases.split(","):
+        cases += [kind] if kind == "self_judge" else [f"{kind}@{n}" for n in args.lengths.split(",")]
+    results = []
+    print("| case | peak GB | bound GB | peak / bound | runtime GB | weights GB | s |")
+    print("|---|---|---|---|---|---|---|", flush=True)
+    for case in cases:
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--case", case, "--pairs", str(args.pairs)],
+                              capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            r = {"case": case, "error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
+            print(f"| {case} | failed: {r['error']} |", flush=True)
+        else:
+            r = json.loads(lines[-1][len("RESULT "):])
+            print(f"| {case} | {r['peak_gb']:.2f} | {r['bound_gb']:.2f} | {r['peak_over_bound']:.2f} | "
+                  f"{r['runtime_gb']:.2f} | {r['weights_gb']:.2f} | {r['seconds']:.0f} |", flush=True)
+        results.append(r)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return {"cases": results}
+
+
+if __name__ == "__main__":
+    main()
