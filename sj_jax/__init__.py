@@ -5,6 +5,7 @@ from sj_jax.algorithms.self_judge_config import SelfJudgeConfig
 from sj_jax.algorithms.self_taught import SelfTaughtResult, self_taught
 from sj_jax.algorithms.self_taught_config import SelfTaughtConfig
 from sj_jax.algorithms.tournament import TournamentResult, tournament, tournaments_by_n
+from sj_jax.core.allocator import map_large_buffers
 from sj_jax.core.config import load_yaml
 from sj_jax.core.errors import ConfigError, DataError, ModelNotFoundError, SJError, TokenizerError, WeightsError
 from sj_jax.experiments.demo import demo
@@ -22,6 +23,8 @@ from sj_jax.objectives.sft import sft_loss
 from sj_jax.train.config import TrainConfig
 
 __version__ = "0.1.0"
+
+map_large_buffers()  # before the first large array: freed large host buffers return to the system
 
 __all__ = [
     "Model", "ModelConfig", "RopeConfig", "MeshConfig", "make_mesh", "load_model", "init_model", "logits",

@@ -310,11 +310,12 @@ def _compacted_row_steps(lengths: np.ndarray, max_new: int) -> int:
 
 
 @pytest.mark.parametrize("scanned, forced", [(False, False), (True, True)])
-def test_unfinished_rows_go_on_in_a_smaller_batch_with_the_same_samples(tiny, scanned, forced, monkeypatch):
+def test_unfinished_rows_go_on_in_a_smaller_batch_with_the_same_samples(scanned, forced, monkeypatch):
     """Once most rows have stopped, the rest decode in a smaller batch: the same tokens and log-probs
     as one batch to the end, in fewer row-steps (the scanned layout and the forced phase too)."""
     from sj_jax.inference import sampler
 
+    tiny = sj_jax.init_model(TINY, seed=21)  # one model: each case compiles a program per batch size
     cfg = tiny.config
     prompts = _prompts(np.random.default_rng(11), cfg.vocab_size, [int(n) for n in np.arange(16) % 7 + 3])
     kw = dict(max_new_tokens=64, sampling=SamplingConfig(temperature=1.0, top_p=0.95), row_ids=list(range(32)),
