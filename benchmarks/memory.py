@@ -123,7 +123,7 @@ def run_case(case: str, pairs: int) -> dict:
         from sj_jax.models.sharding import MeshConfig
 
         side = SJSide(task_prompts(16), 64)
-        first = twice(side.step)
+        first, _ = twice(side.step)
         rec = side.run.last
         shape = rec.batch["input_ids"].shape if rec.batch is not None else (0, 0)
         rows = int(shape[0] * shape[1] if len(shape) == 3 else shape[0])

@@ -34,3 +34,49 @@ def test_attention_in_query_chunks_equals_one_block(t, slots, budget, monkeypatc
     assert query_chunk(t, b * h * slots * 4) < t  # really chunked, with a remainder for t = 37
     chunked = jax.jit(attend_cached)(q, k, v, mask)
     np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), rtol=1e-6, atol=1e-6)
+
+
+def test_prefill_chunk_divides_the_prompt():
+    from sj_jax.inference.kv_cache import PREFILL_TOKENS, prefill_chunk
+
+    assert prefill_chunk(PREFILL_TOKENS) == PREFILL_TOKENS
+    for length in (768, 1024, 1536, 2048, 3072, 520):
+        c = prefill_chunk(length)
+        assert length % c == 0 and c <= PREFILL_TOKENS
+
+
+@pytest.mark.parametrize("scanned", [False, True])
+def test_a_prefill_in_chunks_of_tokens_equals_one_pass(scanned, monkeypatch):
+    """Tokens a chunk at a time, each over the cache the earlier chunks wrote: the same next-token
+    logits and the same cache as the whole prompt at once (left padding, windows)."""
+    import sj_jax
+    from sj_jax.inference import kv_cache
+    from sj_jax.models.config import ModelConfig
+
+    cfg = ModelConfig(model_type="mistral", vocab_size=59, hidden_size=32, intermediate_size=48, num_layers=2,
+                      num_heads=4, num_kv_heads=2, head_dim=8, sliding_windows=(0, 7), eos_token_id=0)
+    model = sj_jax.init_model(cfg, seed=4)
+    rng = np.random.default_rng(2)
+    prompts = [rng.integers(1, cfg.vocab_size, n).tolist() for n in (48, 17, 33)]
+    ids, mask = kv_cache.left_pad(prompts, 48, 3, 0)
+    if scanned:
+        monkeypatch.setattr(kv_cache, "UNROLL_LAYERS", 0)
+    layers = kv_cache.layer_stack(cfg, model.params["layers"])
+
+    def run():
+        return jax.jit(lambda p, i, m: kv_cache.prefill(cfg, p, layers, i, m, 60))(model.params, ids, mask)
+
+    whole_logits, whole_cache = run()
+    monkeypatch.setattr(kv_cache, "PREFILL_TOKENS", 16)
+    assert kv_cache.prefill_chunk(48) == 16
+    logits, cache = run()
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(whole_logits), rtol=1e-5, atol=1e-5)
+    valid = np.asarray(whole_cache["valid"])  # padding slots hold what padding computed: never read
+    np.testing.assert_array_equal(np.asarray(cache["valid"]), valid)
+    for name, slot_axis in (("k", -1), ("v", -2)):
+        for a, b in zip(jax.tree.leaves(cache[name]), jax.tree.leaves(whole_cache[name])):
+            a, b = np.moveaxis(np.asarray(a), slot_axis, -1), np.moveaxis(np.asarray(b), slot_axis, -1)
+            keep = np.broadcast_to(valid.reshape((1,) * (a.ndim - 4) + (valid.shape[0], 1, 1, -1)), a.shape)
+            np.testing.assert_allclose(a[keep], b[keep], rtol=1e-5, atol=1e-5)
+    for name in ("key_pos", "pos", "index"):
+        np.testing.assert_array_equal(np.asarray(cache[name]), np.asarray(whole_cache[name]))

@@ -111,9 +111,25 @@ def kv_shapes(cfg: ModelConfig, batch: int, cache_len: int):
     return (batch, cfg.num_kv_heads, cfg.head_dim, cache_len), (batch, cfg.num_kv_heads, cache_len, cfg.head_dim)
 
 
+# Prompts longer than this run through the layers PREFILL_TOKENS tokens at a time (into the cache they
+# build), so a prefill's activations grow with rows x PREFILL_TOKENS, not with the prompt's length.
+PREFILL_TOKENS = 512
+
+
+def prefill_chunk(length: int) -> int:
+    """Tokens a prefill step takes of a `length`-token (bucketed) prompt: all of them up to
+    `PREFILL_TOKENS`, else the largest power of two that divides `length`, at most `PREFILL_TOKENS`."""
+    if length <= PREFILL_TOKENS:
+        return length
+    return min(PREFILL_TOKENS, length & -length)
+
+
 def prefill(cfg: ModelConfig, params: dict, layer_params: list, ids: jax.Array, mask: jax.Array,
             cache_len: int, kv_sharding: Any = None):
     """Runs the left-padded prompts `ids, mask: [batch, prompt]` and builds the cache.
+
+    Prompts longer than `PREFILL_TOKENS` run in chunks of tokens (`prefill_chunk`), each attending to
+    the cache the earlier ones wrote: the same numbers in bounded memory.
 
     Returns (logits of the next token `[batch, vocab]` float32, cache). The cache holds k, v (one
     per layer, shapes from `kv_shapes`), `valid` bool `[batch, cache_len]`,
@@ -147,11 +163,26 @@ def prefill(cfg: ModelConfig, params: dict, layer_params: list, ids: jax.Array, 
         ks, vs = stacked(k_shape), stacked(v_shape)
     cache = {"k": ks, "v": vs,
              "valid": valid, "key_pos": key_pos, "pos": lengths, "index": jnp.int32(p)}
-    causal = jnp.arange(cache_len)[None, :] <= jnp.arange(p)[:, None]  # [prompt, cache_len]
-    attn_mask = (causal[None] & valid[:, None, :])[:, None]
-    x = model.apply({"params": params}, ids, method=Transformer.embed_ids)
-    x, cache = run_layers(cfg, layer_params, x, positions, key_pos, attn_mask, cache, 0)
-    logits = model.apply({"params": params}, x[:, -1], method=Transformer.head)
+
+    def chunk(cache, start, ids, positions):
+        """Tokens `start ..` of every row (`ids, positions: [batch, c]`) through the layers, into the cache."""
+        rows = start + jnp.arange(ids.shape[1])
+        causal = jnp.arange(cache_len)[None, :] <= rows[:, None]  # [c, cache_len]
+        attn_mask = (causal[None] & valid[:, None, :])[:, None]
+        x = model.apply({"params": params}, ids, method=Transformer.embed_ids)
+        x, cache = run_layers(cfg, layer_params, x, positions, key_pos, attn_mask, cache, start)
+        return cache, x[:, -1]
+
+    c = prefill_chunk(p)
+    if c >= p:
+        cache, last = chunk(cache, 0, ids, positions)
+    else:  # one chunk of tokens at a time: the activations of c tokens a row, not p
+        n = p // c
+        cache, lasts = jax.lax.scan(lambda cache, xs: chunk(cache, *xs), cache,
+                                    (jnp.arange(n, dtype=jnp.int32) * c, ids.reshape(b, n, c).swapaxes(0, 1),
+                                     positions.reshape(b, n, c).swapaxes(0, 1)))
+        last = lasts[-1]
+    logits = model.apply({"params": params}, last, method=Transformer.head)
     return logits, cache
 
 
