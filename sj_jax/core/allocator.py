@@ -12,7 +12,6 @@ buffer of 4 MiB or more and unmaps it when freed; smaller ones keep the heap's s
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
@@ -22,13 +21,8 @@ MMAP_THRESHOLD_BYTES = 4 << 20
 def map_large_buffers(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
     """Fixes glibc's mmap threshold at `threshold` bytes for this process; True if it took effect.
     Nothing happens off glibc, or where `MALLOC_MMAP_THRESHOLD_` is already set (the user's choice)."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or os.uname().sysname != "Linux":
         return False
-    name = ctypes.util.find_library("c")
-    if not name or not os.uname().sysname == "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(threshold)))
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
+    # The process's own symbols, libc's among them: no library search (find_library runs ldconfig).
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)  # None off glibc (musl has no mallopt)
+    return mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, int(threshold)))

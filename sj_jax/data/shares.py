@@ -114,8 +114,9 @@ class PackedExamples:
 
     def __init__(self, examples: Examples, length: int):
         self.base = examples
-        self.plan = pack_plan(examples.lengths(), length)
-        self.report = PackReport(len(examples), len(self.plan), int(examples.lengths().sum()), length)
+        lengths = examples.lengths()
+        self.plan = pack_plan(lengths, length)
+        self.report = PackReport(len(examples), len(self.plan), int(lengths.sum()), length)
 
     def __len__(self) -> int:
         return len(self.plan)

@@ -144,7 +144,7 @@ def _decode_loop(cfg, plan, params, state, stop_ids, until):
     return jax.lax.while_loop(cond, body, state)
 
 
-# A batch whose rows have mostly ended goes on with its unfinished rows only (`_compacted`): once at
+# A batch whose rows have mostly ended goes on with its unfinished rows only (`_compactor`): once at
 # most half of them still write, with at least COMPACT_MIN_STEPS steps left, they move into the next
 # smaller batch (a decode program of its own, compiled once per size). Not below COMPACT_MIN_ROWS rows.
 COMPACT_MIN_STEPS = 16
@@ -157,9 +157,9 @@ def _until(batch: int, multiple: int, compact: bool) -> int:
     return half if compact and half >= COMPACT_MIN_ROWS and half % multiple == 0 else 0
 
 
-def _row_axis(path: tuple, stacked: bool) -> int:
-    """The batch axis of a decode-state leaf: 1 for a scanned model's stacked cache, else 0."""
-    return 1 if stacked and path[:1] == ("cache",) and path[1:2] in (("k",), ("v",)) else 0
+def _is_kv(path: tuple) -> bool:
+    """Whether a decode-state leaf (by its path of keys) is part of the cache's keys or values."""
+    return path[:1] == ("cache",) and path[1:2] in (("k",), ("v",))
 
 
 @functools.lru_cache(maxsize=32)
@@ -173,11 +173,12 @@ def _compactor(mesh: Mesh):
             keys = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
             if x.ndim == 0:
                 return x
-            axis = _row_axis(keys, stacked)
+            kv = _is_kv(keys)
+            axis = 1 if kv and stacked else 0  # a scanned model's cache is stacked [layers, batch, ...]
             y = jnp.take(x, rows, axis=axis) if axis else x[rows]
             names = [None] * y.ndim
             names[axis] = "batch"
-            if keys[:1] == ("cache",) and keys[1:2] in (("k",), ("v",)):
+            if kv:
                 names[axis + 1] = "kv_heads"
             return jax.lax.with_sharding_constraint(y, logical_sharding(tuple(names), y.shape, mesh))
 
@@ -248,10 +249,10 @@ def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *,
     stops = to_global(np.asarray(sorted(set(stop_ids)) or [-1], np.int32), replicated)
     state = first(params, to_global(ids, x_shard), to_global(mask, x_shard), keys,
                   to_global(np.arange(b) < rows, row_shard), stops)
-    out = {"tokens": np.zeros((rows, max_new_tokens), np.int32), "logprobs": np.zeros((rows, max_new_tokens), np.float32),
+    out = {"tokens": np.zeros((rows, max_new_tokens), np.int32),
+           "logprobs": np.zeros((rows, max_new_tokens), np.float32),
            "stopped": np.zeros(rows, bool), "lengths": np.zeros(rows, np.int32)}
     where = np.arange(b)  # the original row of each row of the state; past `rows`, fillers
-    replicated_rows = NamedSharding(mesh, PartitionSpec())
     step0, cur = 1, b
     row_steps = 0
     while True:
@@ -272,7 +273,7 @@ def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *,
             continue
         # the unfinished rows, then finished ones as fillers (they stay done and write nothing)
         keep = np.concatenate([active, np.flatnonzero(done)[:nb - len(active)]]).astype(np.int32)
-        state = _compactor(mesh)(state, to_global(keep, replicated_rows))
+        state = _compactor(mesh)(state, to_global(keep, replicated))
         where, cur = where[keep], nb
         loop = compiled(cfg, mesh, dataclasses.replace(plan, batch=nb, group=1))[1]
     out["row_steps"], out["row_steps_full"] = row_steps, b * (step0 - 1)
