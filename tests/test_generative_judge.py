@@ -170,3 +170,72 @@ def test_a_verdict_the_model_wrote_itself_is_read_before_the_fed_prefix(tiny):
     both = own_verdict(tok, ids("[[A]] or [[B]]", "A]]"), fed, tpl)
     assert parse_verdict(both).reason == "conflicting"  # its own text conflicts: no verdict
     assert parse_verdict(own_verdict(tok, ids('it says "[[B]]"', "A]]"), fed, tpl)).label == "A"  # quoted only
+
+
+@needs_tok
+def test_a_prompt_over_max_prompt_tokens_is_named_or_its_context_loses_its_first_tokens_counted(tiny):
+    """Both judges: over the limit is an error naming the pair; with truncate the long pair's context
+    loses just enough of its start (counted), the short pair is untouched, and the judgments equal
+    those of the cut context given whole; responses are never cut."""
+    from sj_jax.core.errors import DataError
+    from sj_jax.judge.scoring import fitted_judge_prompts, judge_pairs_detailed
+    from sj_jax.judge.template import DEFAULT_TEMPLATE, as_principles, encode
+
+    tok = tiny.tokenizer
+    long_ctx = "Count the birds: " + " ".join(f"sparrow{i}" for i in range(60)) + ". How many?"
+    ctx, a, b = [long_ctx, "Add 2 and 3."], ["sixty", "5"], ["fifty", "6"]
+    plist = as_principles(None, DEFAULT_TEMPLATE)
+    whole, none_cut = fitted_judge_prompts(tiny, ctx, a, b, DEFAULT_TEMPLATE, plist)
+    assert none_cut.tolist() == [0, 0]
+    limit = max(map(len, whole[2:])) + 40  # the short pair fits; the long one is over by far more than 40
+    assert max(map(len, whole[:2])) > limit + 40
+    with pytest.raises(DataError, match=f"pair 0: its judge prompt has {max(map(len, whole[:2]))} tokens, more "
+                                        f"than max_prompt_tokens {limit}"):
+        judge_pairs_detailed(tiny, ctx, a, b, max_prompt_tokens=limit)
+    j = judge_pairs_detailed(tiny, ctx, a, b, max_prompt_tokens=limit, truncate=True)
+    cut = int(j.context_cut[0])
+    assert j.context_cut[1] == 0 and cut > 0
+    kept = tok.decode(encode(tok, long_ctx)[cut:], skip_special_tokens=False)
+    assert long_ctx.endswith(kept.strip()) and "How many?" in kept  # the end of the context is what stays
+    prompts, again = fitted_judge_prompts(tiny, ctx, a, b, DEFAULT_TEMPLATE, plist, limit, True)
+    assert max(map(len, prompts)) <= limit and again.tolist() == j.context_cut.tolist()
+    # one token less would not have fitted: the rule cuts no more than it must
+    assert max(map(len, fitted_judge_prompts(tiny, [tok.decode(encode(tok, long_ctx)[cut - 1:])], a[:1], b[:1],
+                                              DEFAULT_TEMPLATE, plist)[0])) > limit
+    direct = judge_pairs_detailed(tiny, [kept, ctx[1]], a, b)
+    np.testing.assert_allclose(j.probs, direct.probs, rtol=1e-6)
+
+    tpl = GenerativeTemplate(max_evaluation_tokens=4, max_verdict_tokens=2)
+    with pytest.raises(DataError, match="pair 0: its judge prompt has"):
+        judge_generative(tiny, ctx, a, b, template=tpl, max_prompt_tokens=limit)
+    g = judge_generative(tiny, ctx, a, b, template=tpl, max_prompt_tokens=limit, truncate=True)
+    assert g.context_cut[0] > 0 and g.context_cut[1] == 0
+    kept = tok.decode(encode(tok, long_ctx)[int(g.context_cut[0]):], skip_special_tokens=False)
+    assert g.texts == judge_generative(tiny, [kept, ctx[1]], a, b, template=tpl).texts
+    # the responses alone over the limit: no context cut can help
+    with pytest.raises(DataError, match="with its whole context cut"):
+        judge_pairs_detailed(tiny, ["Hi."], ["word " * 200], ["no"], max_prompt_tokens=limit, truncate=True)
+    with pytest.raises(ValueError, match="max_prompt_tokens: 99999 is more than"):
+        judge_pairs_detailed(tiny, ctx, a, b, max_prompt_tokens=99999)
+
+
+@needs_tok
+def test_eval_judge_reports_the_contexts_it_cut_and_refuses_bad_limits(tiny):
+    from sj_jax.evaluation.eval_judge import EvalJudgeConfig, judge_file, markdown
+    from sj_jax.judge.template import DEFAULT_TEMPLATE
+
+    rows = [{"prompt": "Count: " + "one two three " * 120, "chosen": "120", "rejected": "3", "subset": "s"},
+            {"prompt": "Add 2 and 3.", "chosen": "5", "rejected": "6", "subset": "s"}]
+    tpl = GenerativeTemplate(max_evaluation_tokens=4, max_verdict_tokens=2)
+    for mode in ("verdict", "generative"):
+        r = judge_file(tiny, rows, mode=mode, judge=DEFAULT_TEMPLATE, generative=tpl, max_prompt_tokens=320,
+                       too_long="truncate")
+        assert r["context_cut"]["pairs"] == 1 and r["context_cut"]["tokens"] == r["pairs"][0]["context_cut"] > 0
+        assert r["pairs"][1]["context_cut"] == 0
+        assert "contexts cut to fit max_prompt_tokens: 1 pairs" in markdown(r)
+        with pytest.raises(ConfigError, match="pair 0: its judge prompt has"):
+            judge_file(tiny, rows, mode=mode, judge=DEFAULT_TEMPLATE, generative=tpl, max_prompt_tokens=320)
+    with pytest.raises(ConfigError, match="max_prompt_tokens: must be 0"):
+        EvalJudgeConfig(max_prompt_tokens=-1)
+    with pytest.raises(ConfigError, match="too_long: one of error, truncate"):
+        EvalJudgeConfig(too_long="drop")

@@ -56,12 +56,18 @@ class EvalJudgeConfig(Runtime):
     out: str = ""  # the JSON results ("" = beside the data: <data stem>.<mode>.judge.json in the working folder)
     batch_size: int = 64  # generative: sampler rows a compiled batch
     judge_batch_size: int = 16  # verdict: judge prompts a forward pass
+    max_prompt_tokens: int = 0  # the longest judge prompt (0 = what the model's positions allow); bounds memory
+    too_long: Literal["error", "truncate"] = "error"  # a longer prompt: an error, or its context's start cut (counted)
     judge: JudgeTemplate | None = None
     generative: GenerativeTemplate = GenerativeTemplate()
 
     def __post_init__(self):
         if self.samples < 1:
             raise ConfigError(f"samples: must be at least 1, got {self.samples}")
+        if self.max_prompt_tokens < 0:
+            raise ConfigError(f"max_prompt_tokens: must be 0 (the model's limit) or more, got {self.max_prompt_tokens}")
+        if self.too_long not in ("error", "truncate"):
+            raise ConfigError(f"too_long: one of error, truncate; got {self.too_long!r}")
         if self.mode == "verdict" and self.samples != 1:
             raise ConfigError("samples: the verdict mode reads one forward pass an order; samples count only in "
                               "--mode generative")
@@ -93,13 +99,10 @@ def _score(names_chosen: np.ndarray, names_rejected: np.ndarray) -> np.ndarray:
     return np.where(names_chosen, 1.0, np.where(names_rejected, 0.0, 0.5))
 
 
-def verdict_outcomes(model, rows: Sequence[dict], template: JudgeTemplate, batch_size: int = 16,
-                     progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """Per-pair outcomes (`METRICS`) of the one-pass judge: the verdict of both orders averaged
-    (an exact tie is no verdict); each order alone by its more probable verdict token."""
-    j = judge_pairs_detailed(model, [context_text(r["prompt"]) for r in rows], [r["chosen"] for r in rows],
-                             [r["rejected"] for r in rows], template=template, batch_size=batch_size,
-                             progress=progress)
+def verdict_outcomes(j) -> dict[str, np.ndarray]:
+    """Per-pair outcomes (`METRICS`) of the one-pass judge's `Judgments` whose first response is the
+    chosen one: the verdict of both orders averaged (an exact tie is no verdict); each order alone by
+    its more probable verdict token."""
     p = j.prob_first
     o0, o1 = j.probs[:, 0, 0], j.probs[:, 0, 1]  # [pairs, 2]: p(A), p(B) with chosen first, then second
     return {"accuracy": _score(p > 0.5, p < 0.5), "no_verdict": (p == 0.5).astype(float),
@@ -118,23 +121,31 @@ def generative_outcomes(judgments) -> dict[str, np.ndarray]:
 
 def judge_file(model, rows: Sequence[dict], *, mode: str, judge: JudgeTemplate, generative: GenerativeTemplate,
                samples: int = 1, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64,
-               judge_batch_size: int = 16, progress: bool = False) -> dict[str, Any]:
+               judge_batch_size: int = 16, progress: bool = False, max_prompt_tokens: int = 0,
+               too_long: str = "error") -> dict[str, Any]:
     """Judges `rows` in `mode`; returns the table by subset, the sample-level no-verdict rate and
-    reasons (generative), per-pair results and the seconds it took."""
+    reasons (generative), the pairs whose contexts were cut to fit `max_prompt_tokens` (`too_long`:
+    truncate) and how many tokens, per-pair results and the seconds it took."""
     if mode not in MODES:
         raise ConfigError(f"mode: unknown {mode!r}; one of {', '.join(MODES)}")
+    if too_long not in ("error", "truncate"):
+        raise ConfigError(f"too_long: one of error, truncate; got {too_long!r}")
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
+    contexts = [context_text(r["prompt"]) for r in rows]
+    chosen, rejected = [r["chosen"] for r in rows], [r["rejected"] for r in rows]
+    fit = {"max_prompt_tokens": max_prompt_tokens, "truncate": too_long == "truncate"}
     if mode == "verdict":
         with tqdm(total=2 * len(rows), unit="prompt", file=sys.stderr, disable=not progress) as bar:
-            out = verdict_outcomes(model, rows, judge, judge_batch_size, bar.update)
+            j = judge_pairs_detailed(model, contexts, chosen, rejected, template=judge, batch_size=judge_batch_size,
+                                     progress=bar.update, **fit)
+        out = verdict_outcomes(j)
         per_pair = [{} for _ in rows]
     else:
         with tqdm(total=2 * samples * len(rows), unit="judgment", file=sys.stderr, disable=not progress) as bar:
-            j = judge_generative(model, [context_text(r["prompt"]) for r in rows], [r["chosen"] for r in rows],
-                                 [r["rejected"] for r in rows], template=generative, samples=samples,
+            j = judge_generative(model, contexts, chosen, rejected, template=generative, samples=samples,
                                  temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
-                                 progress=lambda n, _: bar.update(n))
+                                 progress=lambda n, _: bar.update(n), **fit)
         out = generative_outcomes(j)
         reasons = [r for pair in j.reasons for order in pair for r in order]
         extra = {"judgment_no_verdict_rate": j.no_verdict_rate,
@@ -143,9 +154,11 @@ def judge_file(model, rows: Sequence[dict], *, mode: str, judge: JudgeTemplate, 
         per_pair = [{"judgments": j.texts[i], "labels": j.labels[i].tolist()} for i in range(len(rows))]
     acc = Accuracy({k: list(map(float, v)) for k, v in out.items()}, {"subset": [r.get("subset", "all") for r in rows]})
     return {"mode": mode, "samples": samples if mode == "generative" else 1, "by_subset": acc.table("subset"),
-            **extra, "seconds": round(time.perf_counter() - t0, 1),
+            **extra, "context_cut": {"pairs": int((j.context_cut > 0).sum()), "tokens": int(j.context_cut.sum())},
+            "seconds": round(time.perf_counter() - t0, 1),
             "pairs": [{"id": r.get("id"), "subset": r.get("subset", "all"),
-                       **{k: float(out[k][i]) for k in METRICS}, **per_pair[i]} for i, r in enumerate(rows)]}
+                       **{k: float(out[k][i]) for k in METRICS}, "context_cut": int(j.context_cut[i]), **per_pair[i]}
+                      for i, r in enumerate(rows)]}
 
 
 def run_template(model_path: str) -> JudgeTemplate | None:
@@ -166,6 +179,7 @@ def evaluate(cfg: EvalJudgeConfig, log: Callable[[str], None] = print) -> dict[s
     model = load_model(cfg.model, dtype=cfg.dtype)
     log(f"eval-judge: {len(rows)} pairs of {cfg.data}, mode {cfg.mode}, model {cfg.model}")
     result = judge_file(model, rows, mode=cfg.mode, judge=template, generative=cfg.generative, samples=cfg.samples,
+                        max_prompt_tokens=cfg.max_prompt_tokens, too_long=cfg.too_long,
                         temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, batch_size=cfg.batch_size,
                         judge_batch_size=cfg.judge_batch_size, progress=True)
     result = {"model": cfg.model, "data": cfg.data, **result}
@@ -184,6 +198,10 @@ def markdown(result: dict[str, Any]) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for subset, t in result["by_subset"].items():
         lines.append(f"| {subset} | {t['n']} | " + " | ".join(f"{t[k]:.3f}" for k in METRICS) + " |")
+    cut = result.get("context_cut", {})
+    if cut.get("pairs"):
+        lines += ["", f"contexts cut to fit max_prompt_tokens: {cut['pairs']} pairs, {cut['tokens']} tokens in all "
+                      "(each lost its first tokens)"]
     if "judgment_no_verdict_rate" in result:
         lines += ["", f"judgments without a verdict: {result['judgment_no_verdict_rate']:.3f} "
                       f"({', '.join(f'{k} {v}' for k, v in result['judgment_reasons'].items())})"]

@@ -23,7 +23,7 @@ import numpy as np
 
 from sj_jax.inference.generate import generate, length_batches
 from sj_jax.judge.generative_template import GenerativeTemplate, render_prompt
-from sj_jax.judge.template import check_texts, encode
+from sj_jax.judge.template import check_texts, encode, fit_context
 from sj_jax.judge.verdict import parse_verdict
 from sj_jax.loading.model import Model
 from sj_jax.weights.tokenizer import end_of_turn_ids
@@ -42,6 +42,11 @@ class GenerativeJudgments:
     labels: np.ndarray
     reasons: list[list[list[str]]]
     finished: np.ndarray
+    context_cut: np.ndarray | None = None  # int `[pairs]`: context tokens cut to fit max_prompt_tokens
+
+    def __post_init__(self):
+        if self.context_cut is None:
+            self.context_cut = np.zeros(len(self.labels), np.int64)
 
     @property
     def names_first(self) -> np.ndarray:
@@ -105,12 +110,16 @@ def judge_generative(model: Model, contexts: Sequence[str], responses_a: Sequenc
                      responses_b: Sequence[str], *, template: GenerativeTemplate | None = None, samples: int = 1,
                      temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0,
                      batch_size: int = 64, key_ids: Sequence[int] | None = None, max_batch_tokens: int = 32768,
-                     progress: Callable[[int, int], None] | None = None) -> GenerativeJudgments:
+                     progress: Callable[[int, int], None] | None = None, max_prompt_tokens: int = 0,
+                     truncate: bool = False) -> GenerativeJudgments:
     """Judges each (context, a, b) in both orders, `samples` judgments an order (temperature 0 =
     greedy, when more than one sample repeats itself). batch_size: sampler rows a compiled batch
     (whole prompts); max_batch_tokens: cache positions a batch
     (`sj_jax.inference.generate.length_batches`). key_ids: one number per pair that its samples are
-    keyed by (default its position), so a pair keeps its judgments whatever else shares the call."""
+    keyed by (default its position), so a pair keeps its judgments whatever else shares the call.
+    max_prompt_tokens: the longest judge prompt (0 = the model's positions less the new tokens); a
+    longer one is an error, or with `truncate` its context loses its first tokens until it fits
+    (`context_cut` counts them)."""
     template = GenerativeTemplate() if template is None else template
     tok = model.tokenizer
     if tok is None:
@@ -122,16 +131,25 @@ def judge_generative(model: Model, contexts: Sequence[str], responses_a: Sequenc
     check_texts("responses_b", responses_b, n)
     if n == 0:
         return GenerativeJudgments([], np.zeros((0, 2, samples), np.int8), [], np.zeros((0, 2, samples), bool))
-    texts = [render_prompt(tok, template, c, *resp) for c, a, b in zip(contexts, responses_a, responses_b)
-             for resp in ((a, b), (b, a))]
-    prompts = [list(r) for r in tok(texts, add_special_tokens=False)["input_ids"]]
     forced = encode(tok, template.verdict_prefix) if template.verdict_prefix else []
     new = template.max_new_tokens + len(forced)
-    limit = model.config.max_position_embeddings
-    for j, row in enumerate(prompts):
-        if len(row) + new > limit:
-            raise ValueError(f"pair {j // 2}: its generative judge prompt has {len(row)} tokens; with {new} new "
-                             f"tokens that exceeds the model's max_position_embeddings {limit}")
+    limit = model.config.max_position_embeddings - new
+    if max_prompt_tokens > limit:
+        raise ValueError(f"max_prompt_tokens: {max_prompt_tokens} and the judgment's {new} new tokens exceed the "
+                         f"model's max_position_embeddings {model.config.max_position_embeddings}")
+    name = ("max_prompt_tokens" if max_prompt_tokens else
+            f"the model's max_position_embeddings less the judgment's {new} new tokens")
+    limit = max_prompt_tokens or limit
+
+    def prompts_of(c: str, a: str, b: str) -> list[list[int]]:
+        texts = [render_prompt(tok, template, c, *resp) for resp in ((a, b), (b, a))]
+        return [list(r) for r in tok(texts, add_special_tokens=False)["input_ids"]]
+
+    prompts: list[list[int]] = []
+    cut = np.zeros(n, np.int64)
+    for j, (c, a, b) in enumerate(zip(contexts, responses_a, responses_b)):
+        rows, cut[j] = fit_context(tok, lambda text: prompts_of(text, a, b), c, limit, truncate, f"pair {j}", name)
+        prompts += rows
     keys = list(range(n)) if key_ids is None else [int(k) for k in key_ids]
     if len(keys) != n:
         raise ValueError(f"key_ids: {len(keys)} numbers for {n} pairs")
@@ -160,4 +178,4 @@ def judge_generative(model: Model, contexts: Sequence[str], responses_a: Sequenc
             reasons[i][o][s] = v.reason
             out_texts[i][o][s] = text
             finished[i, o, s] = finished_out[r][s]
-    return GenerativeJudgments(out_texts, labels, reasons, finished)
+    return GenerativeJudgments(out_texts, labels, reasons, finished, cut)

@@ -36,6 +36,7 @@ from sj_jax.judge.template import (
     Principle,
     as_principles,
     check_texts,
+    fit_context,
     render_prompt,
     verdict_token_ids,
 )
@@ -57,6 +58,11 @@ class Judgments:
 
     probs: np.ndarray
     principles: tuple[str, ...]
+    context_cut: np.ndarray | None = None  # int `[pairs]`: context tokens cut to fit max_prompt_tokens
+
+    def __post_init__(self):
+        if self.context_cut is None:
+            self.context_cut = np.zeros(len(self.probs), np.int64)
 
     @property
     def score_first(self) -> np.ndarray:
@@ -247,27 +253,44 @@ def verdict_probs_shared(model: Model, prompts: Sequence[Sequence[int]], verdict
 
 
 def judge_prompts(model: Model, contexts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str],
-                  template: JudgeTemplate, principles: tuple[Principle, ...]) -> list[list[int]]:
+                  template: JudgeTemplate, principles: tuple[Principle, ...], max_prompt_tokens: int = 0,
+                  truncate: bool = False) -> list[list[int]]:
     """Token ids of every judge prompt, ordered [pair, principle, order] (order 0 shows (a, b))."""
+    return fitted_judge_prompts(model, contexts, responses_a, responses_b, template, principles, max_prompt_tokens,
+                                truncate)[0]
+
+
+def fitted_judge_prompts(model: Model, contexts: Sequence[str], responses_a: Sequence[str],
+                         responses_b: Sequence[str], template: JudgeTemplate, principles: tuple[Principle, ...],
+                         max_prompt_tokens: int = 0, truncate: bool = False) -> tuple[list[list[int]], np.ndarray]:
+    """(`judge_prompts`, int `[pairs]` context tokens cut): prompts at most `max_prompt_tokens` long
+    (0 = the model's positions), over-long ones an error or, with `truncate`, their contexts cut
+    (`fit_context`)."""
     tok = model.tokenizer
-    texts = [render_prompt(tok, template, c, *resp, principle=p)
-             for c, a, b in zip(contexts, responses_a, responses_b)
-             for p in principles
-             for resp in ((a, b), (b, a))]
-    ids = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
     limit = model.config.max_position_embeddings
-    per_pair = 2 * len(principles)
-    for j, row in enumerate(ids):
-        if len(row) > limit:
-            raise ValueError(f"pair {j // per_pair}: its judge prompt has {len(row)} tokens, more than the model's "
-                             f"max_position_embeddings {limit}; shorten the context or responses")
-    return [list(r) for r in ids]
+    if max_prompt_tokens > limit:
+        raise ValueError(f"max_prompt_tokens: {max_prompt_tokens} is more than the model's max_position_embeddings "
+                         f"{limit}")
+    name = "max_prompt_tokens" if max_prompt_tokens else "the model's max_position_embeddings"
+    limit = max_prompt_tokens or limit
+
+    def prompts_of(c: str, a: str, b: str) -> list[list[int]]:
+        texts = [render_prompt(tok, template, c, *resp, principle=p) for p in principles for resp in ((a, b), (b, a))]
+        return [list(r) for r in tok(texts, add_special_tokens=False)["input_ids"]]
+
+    out: list[list[int]] = []
+    cut = np.zeros(len(contexts), np.int64)
+    for j, (c, a, b) in enumerate(zip(contexts, responses_a, responses_b)):
+        rows, cut[j] = fit_context(tok, lambda text: prompts_of(text, a, b), c, limit, truncate, f"pair {j}", name)
+        out += rows
+    return out, cut
 
 
 def judge_pairs_detailed(model: Model, contexts: Sequence[str], responses_a: Sequence[str],
                          responses_b: Sequence[str], *, template: JudgeTemplate | None = None,
                          principles: Sequence[Any] | None = None, batch_size: int = 16,
-                         share_prefix: bool = True, progress: Callable[[int], None] | None = None) -> Judgments:
+                         share_prefix: bool = True, progress: Callable[[int], None] | None = None,
+                         max_prompt_tokens: int = 0, truncate: bool = False) -> Judgments:
     """Judges each (context, a, b) in both orders under each principle; returns every probability.
 
     principles: `Principle`s or (name, system message) pairs, each asked with its own system
@@ -275,6 +298,8 @@ def judge_pairs_detailed(model: Model, contexts: Sequence[str], responses_a: Seq
     pass (each pair makes 2 x principles prompts). share_prefix: run the tokens both orders share
     (system, context, up to the first response) once, through a KV cache; same numbers, less work.
     progress: called with the number of prompts scored as each batch comes back.
+    max_prompt_tokens: the longest judge prompt (0 = the model's positions); a longer one is an error,
+    or with `truncate` its context loses its first tokens until it fits (`context_cut` counts them).
     """
     template = DEFAULT_TEMPLATE if template is None else template
     if model.tokenizer is None:
@@ -285,12 +310,13 @@ def judge_pairs_detailed(model: Model, contexts: Sequence[str], responses_a: Seq
     plist = as_principles(principles, template)
     # Fails loudly, before any forward pass, if a verdict is not one token in place.
     verdict_ids = verdict_token_ids(model.tokenizer, template)
-    prompts = judge_prompts(model, contexts, responses_a, responses_b, template, plist)
+    prompts, cut = fitted_judge_prompts(model, contexts, responses_a, responses_b, template, plist, max_prompt_tokens,
+                                        truncate)
     if not prompts:
         return Judgments(np.zeros((0, len(plist), 2, 2)), tuple(p.name for p in plist))
     run = verdict_probs_shared if share_prefix else verdict_probs
     probs = run(model, prompts, verdict_ids, batch_size, progress)
-    return Judgments(probs.reshape(n, len(plist), 2, 2), tuple(p.name for p in plist))
+    return Judgments(probs.reshape(n, len(plist), 2, 2), tuple(p.name for p in plist), cut)
 
 
 def judge_pairs(model: Model, contexts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str], *,

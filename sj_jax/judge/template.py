@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import string
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from sj_jax.core.config import from_dict
-from sj_jax.core.errors import ConfigError
+from sj_jax.core.errors import ConfigError, DataError
 
 PLACEHOLDERS = ("context", "response_a", "response_b")
 
@@ -156,6 +156,34 @@ def render_prompt(tokenizer: Any, template: JudgeTemplate, context: str, respons
 def encode(tokenizer: Any, text: str) -> list[int]:
     """Token ids of rendered chat text. No special tokens are added: the chat template wrote any BOS."""
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def fit_context(tokenizer: Any, prompts_of: Callable[[str], list[list[int]]], context: str, max_tokens: int,
+                truncate: bool, where: str, limit_name: str = "max_prompt_tokens") -> tuple[list[list[int]], int]:
+    """A pair's judge prompts (`prompts_of(context)`: token ids, one list per order and principle), each
+    at most `max_tokens` long, and how many of the context's tokens were cut to get there.
+
+    The rule, when `truncate`: the context loses its first tokens (the end of a conversation is what the
+    responses answer) until the longest prompt fits. Otherwise a prompt over `max_tokens` is an error
+    naming `where`, its length and the limit (`limit_name`). The responses are never cut: a pair whose prompt does not
+    fit even with no context left is an error either way."""
+    prompts = prompts_of(context)
+    over = max(map(len, prompts)) - max_tokens
+    if over <= 0:
+        return prompts, 0
+    if not truncate:
+        raise DataError(f"{where}: its judge prompt has {over + max_tokens} tokens, more than {limit_name} "
+                         f"{max_tokens}; raise it, shorten the context, or cut contexts to fit (too_long: truncate)")
+    ids = encode(tokenizer, context)
+    cut = over
+    while cut <= len(ids):
+        prompts = prompts_of(tokenizer.decode(ids[cut:], skip_special_tokens=False))
+        over = max(map(len, prompts)) - max_tokens
+        if over <= 0:
+            return prompts, cut
+        cut += over  # a token boundary moved: cut as many more
+    raise DataError(f"{where}: with its whole context cut, the judge prompt still has {max(map(len, prompts))} "
+                     f"tokens, more than {limit_name} {max_tokens} (the responses alone are too long)")
 
 
 def verdict_token_ids(tokenizer: Any, template: JudgeTemplate) -> tuple[int, int]:
