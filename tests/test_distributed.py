@@ -175,21 +175,21 @@ def one_process(tiny_folder, data, tmp_path_factory) -> Path:
 
 @needs_tok
 @pytest.mark.slow
-@pytest.mark.parametrize("processes, devices", [(2, 2), (4, 1)])
-def test_processes_train_as_one_process_over_as_many_devices(processes, devices, one_process, tiny_folder, data,
-                                                             tmp_path):
+def test_processes_train_as_one_process_over_as_many_devices(one_process, tiny_folder, data, tmp_path):
+    """4 processes of one device run JSFT to a collective save at step 2; 2 processes of two devices
+    (through launch/local.sh) restore it, finish JSFT, then run DPO and two SELF-JUDGE steps. Every
+    loss equals one process's over 4 devices. (One run covers both process counts and a resume on
+    another count: each case compiles every program once per process, which on 2 cores is the cost.)"""
     many = tmp_path / "many"
-    start = launch_local_sh if processes == 2 else launch  # launch/local.sh is how a user does it
-    outs = finish(start("first", tiny_folder, data, many, processes, devices))
-    # JSFT's 16 examples: each process tokenised its share (16 / processes) up front, then only the rows
-    # its devices hold of the 2 steps' 8 (8 / processes); one process tokenised all 16
+    outs = finish(launch("first", tiny_folder, data, many, 4, 1))
+    # JSFT's 16 examples: each process tokenised its share (16 / 4) up front, then only the rows its
+    # device holds of the 2 steps' 8 (8 / 4); one process tokenised all 16
     tokenised = [int(n) for o in outs for n in re.findall(r"TOKENISED (\d+)", o)]
-    assert len(tokenised) == processes and all(n <= 24 // processes for n in tokenised), tokenised
+    assert len(tokenised) == 4 and all(n <= 24 // 4 for n in tokenised), tokenised
     assert re.findall(r"TOKENISED (\d+)", (one_process / "out.txt").read_text()) == ["16"]
-    # the rest resumes JSFT on the other process count (4 devices either way): the data order is global
-    other, other_devices = (4, 1) if processes == 2 else (2, 2)
-    outs = finish(launch("rest", tiny_folder, data, many, other, other_devices))
-    assert sum(o.count("DONE") for o in outs) == other
+    # the rest resumes JSFT on 2 processes of 2 devices (4 devices either way): the data order is global
+    outs = finish(launch_local_sh("rest", tiny_folder, data, many, 2, 2))  # launch/local.sh is how a user does it
+    assert sum(o.count("DONE") for o in outs) == 2
     for kind in ("jsft", "dpo", "self_judge"):
         ref = losses(one_process / kind / "metrics.jsonl")
         assert len(ref) >= 2, kind
