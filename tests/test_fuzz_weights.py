@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import functools
 import json
+import contextlib
+import signal
 import struct
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -69,6 +70,22 @@ def read_safetensors(folder: Path, decoded: list[int]):
     return cfg, src, None, tensors
 
 
+@contextlib.contextmanager
+def hang_guard(seconds: int = 60):
+    """Fails a read that never ends (a loop a corrupt count drives), without timing a normal one:
+    a read takes milliseconds, and a loaded machine must not fail it (tests never assert timings)."""
+    def stuck(*_):
+        raise AssertionError(f"the read did not end within {seconds} s: a loop on a corrupt field?")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def attempt(read, target: Path, file: Path):
     """Reads `target` as the loader does: (infos, tensors) or None, and the SJError or None.
 
@@ -80,9 +97,9 @@ def attempt(read, target: Path, file: Path):
     """
     decoded = [0]
     tracemalloc.start()
-    t0 = time.perf_counter()
     try:
-        parsed, error = read(target, decoded), None
+        with hang_guard():
+            parsed, error = read(target, decoded), None
     except SJError as e:
         parsed, error = None, e
     peak = tracemalloc.get_traced_memory()[1]
@@ -93,11 +110,11 @@ def attempt(read, target: Path, file: Path):
     if error is None:
         cfg, src, infos, tensors = parsed
         try:
-            _check_source(cfg, src, _flat_params(cfg))
+            with hang_guard():
+                _check_source(cfg, src, _flat_params(cfg))
             result = infos, tensors
         except SJError as e:
             error = e
-    assert time.perf_counter() - t0 < 1.0
     if error is not None:
         assert str(file) in str(error), f"the error does not name the file: {error}"
     return result, error

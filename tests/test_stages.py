@@ -29,20 +29,29 @@ def test_a_finished_stage_is_not_run_again(tmp_path):
     assert first.machine is None and again.machine is None
 
 
-def test_the_machine_is_asked_only_when_the_stage_runs_and_saved_with_its_time(tmp_path):
-    asked = []
+def test_the_machine_is_asked_only_when_the_stage_runs_and_saved_with_its_time(tmp_path, monkeypatch):
+    import types
+
+    from sj_jax.core import stages
+
+    asked, clock = [], [100.0]  # a clock that moves only when the work or the measurement does
+    monkeypatch.setattr(stages, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
 
     def machine():
         asked.append(1)
-        time.sleep(0.6)  # a measurement takes time: not the stage's
+        clock[0] += 5.0  # a measurement takes time: not the stage's
         return {"matmul_gflops_float32": 139.2}
+
+    def work():
+        clock[0] += 0.2
+        return 1
 
     def boom():
         raise RuntimeError("stopped")
 
-    first = run_stage("one", tmp_path / "s", lambda: time.sleep(0.2) or 1, machine=machine)
+    first = run_stage("one", tmp_path / "s", work, machine=machine)
     assert first.ran and first.machine == {"matmul_gflops_float32": 139.2} and asked == [1]
-    assert 0.1 <= first.seconds < 0.6  # asked before the clock started
+    assert first.seconds == 0.2  # asked before the clock started
     again = run_stage("one", tmp_path / "s", lambda: 2, machine=machine)
     assert not again.ran and again.result == 1 and again.machine == {"matmul_gflops_float32": 139.2}
     assert asked == [1]  # a stage done already measures nothing
