@@ -6,9 +6,9 @@ of the original (a flip inside tensor data, which neither format checksums, chan
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-import contextlib
 import signal
 import struct
 import tracemalloc
