@@ -23,7 +23,7 @@ import numpy as np
 
 from sj_jax.inference.generate import generate, length_batches
 from sj_jax.judge.generative_template import GenerativeTemplate, render_prompt
-from sj_jax.judge.template import check_texts, encode, fit_context
+from sj_jax.judge.template import check_texts, encode, fit_pairs
 from sj_jax.judge.verdict import parse_verdict
 from sj_jax.loading.model import Model
 from sj_jax.weights.tokenizer import end_of_turn_ids
@@ -139,17 +139,12 @@ def judge_generative(model: Model, contexts: Sequence[str], responses_a: Sequenc
                          f"model's max_position_embeddings {model.config.max_position_embeddings}")
     name = ("max_prompt_tokens" if max_prompt_tokens else
             f"the model's max_position_embeddings less the judgment's {new} new tokens")
-    limit = max_prompt_tokens or limit
 
-    def prompts_of(c: str, a: str, b: str) -> list[list[int]]:
-        texts = [render_prompt(tok, template, c, *resp) for resp in ((a, b), (b, a))]
-        return [list(r) for r in tok(texts, add_special_tokens=False)["input_ids"]]
+    def render(c: str, a: str, b: str) -> list[str]:
+        return [render_prompt(tok, template, c, *resp) for resp in ((a, b), (b, a))]
 
-    prompts: list[list[int]] = []
-    cut = np.zeros(n, np.int64)
-    for j, (c, a, b) in enumerate(zip(contexts, responses_a, responses_b)):
-        rows, cut[j] = fit_context(tok, lambda text: prompts_of(text, a, b), c, limit, truncate, f"pair {j}", name)
-        prompts += rows
+    prompts, cut = fit_pairs(tok, render, contexts, responses_a, responses_b, max_prompt_tokens or limit, truncate,
+                             name)
     keys = list(range(n)) if key_ids is None else [int(k) for k in key_ids]
     if len(keys) != n:
         raise ValueError(f"key_ids: {len(keys)} numbers for {n} pairs")
@@ -178,4 +173,4 @@ def judge_generative(model: Model, contexts: Sequence[str], responses_a: Sequenc
             reasons[i][o][s] = v.reason
             out_texts[i][o][s] = text
             finished[i, o, s] = finished_out[r][s]
-    return GenerativeJudgments(out_texts, labels, reasons, finished, cut)
+    return GenerativeJudgments(out_texts, labels, reasons, finished, np.asarray(cut, np.int64))

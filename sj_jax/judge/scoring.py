@@ -36,7 +36,7 @@ from sj_jax.judge.template import (
     Principle,
     as_principles,
     check_texts,
-    fit_context,
+    fit_pairs,
     render_prompt,
     verdict_token_ids,
 )
@@ -272,18 +272,12 @@ def fitted_judge_prompts(model: Model, contexts: Sequence[str], responses_a: Seq
         raise ValueError(f"max_prompt_tokens: {max_prompt_tokens} is more than the model's max_position_embeddings "
                          f"{limit}")
     name = "max_prompt_tokens" if max_prompt_tokens else "the model's max_position_embeddings"
-    limit = max_prompt_tokens or limit
 
-    def prompts_of(c: str, a: str, b: str) -> list[list[int]]:
-        texts = [render_prompt(tok, template, c, *resp, principle=p) for p in principles for resp in ((a, b), (b, a))]
-        return [list(r) for r in tok(texts, add_special_tokens=False)["input_ids"]]
+    def render(c: str, a: str, b: str) -> list[str]:
+        return [render_prompt(tok, template, c, *resp, principle=p) for p in principles for resp in ((a, b), (b, a))]
 
-    out: list[list[int]] = []
-    cut = np.zeros(len(contexts), np.int64)
-    for j, (c, a, b) in enumerate(zip(contexts, responses_a, responses_b)):
-        rows, cut[j] = fit_context(tok, lambda text: prompts_of(text, a, b), c, limit, truncate, f"pair {j}", name)
-        out += rows
-    return out, cut
+    out, cut = fit_pairs(tok, render, contexts, responses_a, responses_b, max_prompt_tokens or limit, truncate, name)
+    return out, np.asarray(cut, np.int64)
 
 
 def judge_pairs_detailed(model: Model, contexts: Sequence[str], responses_a: Sequence[str],

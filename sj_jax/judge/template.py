@@ -186,6 +186,28 @@ def fit_context(tokenizer: Any, prompts_of: Callable[[str], list[list[int]]], co
                      f"tokens, more than {limit_name} {max_tokens} (the responses alone are too long)")
 
 
+def fit_pairs(tokenizer: Any, render: Callable[[str, str, str], list[str]], contexts: Sequence[str],
+              responses_a: Sequence[str], responses_b: Sequence[str], max_tokens: int, truncate: bool,
+              limit_name: str) -> tuple[list[list[int]], list[int]]:
+    """(every pair's judge prompts, in pair order, as token ids; context tokens cut a pair), each prompt
+    at most `max_tokens` long. `render(context, a, b)`: a pair's prompt texts. The prompts are tokenised
+    in one call; only a pair over the limit goes through `fit_context` (an error, or its context cut)."""
+    texts = [t for c, a, b in zip(contexts, responses_a, responses_b) for t in render(c, a, b)]
+    ids = [list(r) for r in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    per = len(ids) // len(contexts) if len(contexts) else 0
+    out: list[list[int]] = []
+    cut = [0] * len(contexts)
+    for j, (c, a, b) in enumerate(zip(contexts, responses_a, responses_b)):
+        rows = ids[j * per:(j + 1) * per]
+        if max(map(len, rows)) > max_tokens:
+            def prompts_of(text: str, a: str = a, b: str = b) -> list[list[int]]:
+                return [encode(tokenizer, t) for t in render(text, a, b)]
+
+            rows, cut[j] = fit_context(tokenizer, prompts_of, c, max_tokens, truncate, f"pair {j}", limit_name)
+        out += rows
+    return out, cut
+
+
 def verdict_token_ids(tokenizer: Any, template: JudgeTemplate) -> tuple[int, int]:
     """The token ids of (verdict_a, verdict_b), each checked to be exactly one token in context.
 
