@@ -6,6 +6,9 @@ import statistics
 import time
 from typing import Callable
 
+# Words for a long made-up context (a note before the task), where a benchmark needs long prompts.
+FILLER_WORDS = ("the river carried small boats past the old mill while children counted them from the bridge "
+                "and a baker set out bread for the market that would open at noon near the station").split()
 
 
 def time_call(fn: Callable[[], object], repeats: int) -> list[float]:

@@ -1,13 +1,16 @@
 """Generative judging speed on SmolLM2-135M-Instruct, float32, CPU: sj_jax vs PyTorch `generate`.
 
-    python -m benchmarks.generative_judge [--pairs 8] [--samples 4] [--rounds 3]
+    python -m benchmarks.generative_judge [--pairs 8] [--samples 4] [--rounds 3] [--context-words 0]
 
 Work: `pairs` task-suite pairs, both orders, `samples` judgments an order (T 0.8, top-p 0.95), each
-exactly `NEW` new tokens (no stop token, so all three do the same work). Timed in alternation in one
-run: sj_jax as `judge_generative` runs it (each judge prompt prefilled once for its samples), sj_jax
-with one prefill per row in the same single batch, and PyTorch `generate` with
-`num_return_sequences=samples` over the same left-padded prompts. Printed: the machine's float32
-matmul rate first, judgments/s of each, and the ratios.
+exactly `NEW` new tokens (no stop token, so every variant does the same work); `--context-words`
+puts that many words of a note before each pair's task (a long conversation to judge). Timed in
+alternation in one run: sj_jax as `judge_generative` runs it (each pair's common start, up to the
+first response, prefilled once for both orders, and each prompt's rest once for its samples:
+`judge`), the same without the common start (`unshared`), one prefill per row in the same single
+batch (`per_row`), and PyTorch `generate` with `num_return_sequences=samples` over the same
+left-padded prompts. Printed: the machine's float32 matmul rate first, judgments/s of each, and the
+ratios.
 """
 
 from __future__ import annotations
@@ -20,20 +23,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import jax  # noqa: E402
 
 import sj_jax  # noqa: E402
-from benchmarks.common import alternate, jax_matmul_peak, load_default_pair, write_json  # noqa: E402
+from benchmarks.common import FILLER_WORDS, alternate, jax_matmul_peak, load_default_pair, write_json  # noqa: E402
 
 NEW = 32
 
 
-def judge_prompts(model, pairs: int) -> list[list[int]]:
-    """Token ids of the generative judge's prompts for `pairs` task-suite pairs, both orders."""
+def judge_prompts(model, pairs: int, context_words: int = 0) -> list[list[int]]:
+    """Token ids of the generative judge's prompts for `pairs` task-suite pairs, both orders (prompt
+    2i shows pair i's chosen response first), each task after `context_words` words of a note."""
     from sj_jax.judge.generative import GenerativeTemplate, render_prompt
     from sj_jax.tasks.suite import TaskSuiteConfig, build_split, split_pairs
 
     split = build_split(TaskSuiteConfig(test=4), "test")
     rows = split_pairs(split, ("format_broken", "truncated"), 1, 0, "test")[:pairs]
     tpl = GenerativeTemplate()
-    texts = [render_prompt(model.tokenizer, tpl, r["prompt"], *resp) for r in rows
+    note = " ".join(FILLER_WORDS[(i * 7) % len(FILLER_WORDS)] for i in range(context_words))
+    texts = [render_prompt(model.tokenizer, tpl, (f"Note: {note}\n\n" if note else "") + r["prompt"], *resp) for r in rows
              for resp in ((r["chosen"], r["rejected"]), (r["rejected"], r["chosen"]))]
     return [list(x) for x in model.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
@@ -43,6 +48,7 @@ def main() -> list[dict]:
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--context-words", type=int, default=0)
     ap.add_argument("--json")
     args = ap.parse_args()
 
@@ -51,11 +57,15 @@ def main() -> list[dict]:
     gflops = jax_matmul_peak()
     print(f"float32 matmul: {gflops:.0f} GFLOP/s ({jax.devices()[0]})")
     model, tm = load_default_pair(tokenizer=True)
-    prompts = judge_prompts(model, args.pairs)
+    prompts = judge_prompts(model, args.pairs, args.context_words)
     k, rows = args.samples, len(prompts) * args.samples
     kw = dict(max_new_tokens=NEW, temperature=0.8, top_p=0.95, num_samples=k, stop=[], seed=0)
 
-    def grouped():  # batch_size a multiple of k: one prefill per prompt
+    def judge():  # as judge_generative: each pair's common start once, each prompt's rest once
+        out = sj_jax.generate(model, prompts, batch_size=rows, fan=2, **kw)
+        assert all(len(t) == NEW for row in out.token_ids for t in row)
+
+    def unshared():  # batch_size a multiple of k: one prefill per prompt
         out = sj_jax.generate(model, prompts, batch_size=rows, **kw)
         assert all(len(t) == NEW for row in out.token_ids for t in row)
 
@@ -78,17 +88,23 @@ def main() -> list[dict]:
                               max_new_tokens=NEW, min_new_tokens=NEW, num_return_sequences=k, pad_token_id=2)
         assert out.shape == (rows, width + NEW)
 
-    grouped(), per_row(), theirs()  # compile and warm up
-    secs = alternate({"grouped": grouped, "per_row": per_row, "torch": theirs}, args.rounds)
+    judge(), unshared(), per_row(), theirs()  # compile and warm up
+    from sj_jax.inference.sampler import shared_prefix_len, padded_prompt_length
+
+    plen = padded_prompt_length(width, NEW, model.config.max_position_embeddings)
+    secs = alternate({"judge": judge, "unshared": unshared, "per_row": per_row, "torch": theirs}, args.rounds)
     r = {"pairs": args.pairs, "samples": k, "judgments": rows, "new_tokens": NEW, "prompt_tokens_max": width,
-         "matmul_gflops": gflops, **{f"{name}_s": v for name, v in secs.items()},
+         "shared_prefix_tokens": shared_prefix_len(prompts, 2, plen), "matmul_gflops": gflops,
+         **{f"{name}_s": v for name, v in secs.items()},
          **{f"{name}_judgments_per_s": rows / v for name, v in secs.items()},
-         "ratio_vs_torch": secs["torch"] / secs["grouped"], "ratio_grouped_vs_per_row": secs["per_row"] / secs["grouped"]}
-    print(f"{args.pairs} pairs x 2 orders x {k} samples = {rows} judgments of {NEW} tokens, prompts up to {width} tokens:")
-    for name in ("grouped", "per_row", "torch"):
+         "ratio_vs_torch": secs["torch"] / secs["judge"], "ratio_shared_vs_unshared": secs["unshared"] / secs["judge"],
+         "ratio_grouped_vs_per_row": secs["per_row"] / secs["unshared"]}
+    print(f"{args.pairs} pairs x 2 orders x {k} samples = {rows} judgments of {NEW} tokens, prompts up to {width} "
+          f"tokens, {r['shared_prefix_tokens']} prefilled once for both orders:")
+    for name in ("judge", "unshared", "per_row", "torch"):
         print(f"   {name:8s} {r[f'{name}_judgments_per_s']:6.2f} judgments/s ({secs[name]:.1f} s)")
-    print(f"   sj_jax / torch {r['ratio_vs_torch']:.2f}x; one prefill a prompt / one a row "
-          f"{r['ratio_grouped_vs_per_row']:.2f}x")
+    print(f"   sj_jax / torch {r['ratio_vs_torch']:.2f}x; common start once / not {r['ratio_shared_vs_unshared']:.2f}x; "
+          f"one prefill a prompt / one a row {r['ratio_grouped_vs_per_row']:.2f}x")
     write_json(args.json, [r])
     return [r]
 

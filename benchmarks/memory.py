@@ -29,9 +29,9 @@ import subprocess
 import sys
 import time
 
+from benchmarks.common import FILLER_WORDS, jax_matmul_peak
+
 GB = 1e9
-WORDS = ("the river carried small boats past the old mill while children counted them from the bridge "
-         "and a baker set out bread for the market that would open at noon near the station").split()
 
 
 def rss_now() -> float:
@@ -62,7 +62,7 @@ def contexts_of_length(model, length: int, pairs: int, render) -> list[str]:
         return len(render(context(n_words, k)))
 
     def context(n_words: int, k: int) -> str:
-        words = [WORDS[(i * 7 + k) % len(WORDS)] for i in range(n_words)]
+        words = [FILLER_WORDS[(i * 7 + k) % len(FILLER_WORDS)] for i in range(n_words)]
         return f"Note {k}: " + " ".join(words)
 
     lo, hi = 1, length
@@ -151,8 +151,9 @@ def run_case(case: str, pairs: int) -> dict:
             first, out = twice(lambda: judge_generative(model, ctx, a, b))
             lengths = [len(render(c)) for c in ctx for _ in range(2)]
             new = tpl.max_new_tokens + 16
-            batches = length_batches(lengths, new, max_rows=64, max_tokens=32768)
-            rows = max(len(x) for x in batches)
+            # judge_generative's batches: whole pairs (both orders) within its default budgets
+            batches = length_batches(lengths[::2], new, rows_per_prompt=2, max_rows=64, max_tokens=32768)
+            rows = 2 * max(len(x) for x in batches)
             slots = bucket(max(lengths), cfg.max_position_embeddings, fine=True) + new
             cache = rows * slots
             parts = {"verdicts": int((out.labels > 0).sum()), "rows": rows, "slots": slots}
@@ -194,8 +195,6 @@ def main() -> dict:
     if args.case:
         print("RESULT " + json.dumps(run_case(args.case, args.pairs)), flush=True)
         return {}
-    from benchmarks.common import jax_matmul_peak
-
     print(f"float32 matmul: {jax_matmul_peak():.1f} GFLOP/s; machine memory "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / GB:.1f} GB", flush=True)
     cases = []

@@ -289,6 +289,41 @@ def test_scanned_layers_give_the_unrolled_samples(tiny, monkeypatch):
     np.testing.assert_allclose(flat(scanned), flat(unrolled), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("scanned", [False, True])
+def test_prompts_that_begin_alike_prefill_their_common_start_once_with_the_same_samples(tiny, scanned, monkeypatch):
+    """Runs of two prompts with a common start (a judge pair's two orders): that start is prefilled
+    once a run, its cache repeated, each prompt's rest run over it; the samples (several a prompt,
+    the forced phase, windows, the scanned layout) are those of every prompt prefilled whole."""
+    from sj_jax.inference import sampler
+
+    cfg = tiny.config
+    rng = np.random.default_rng(12)
+    prompts = []
+    for n_common, tails in ((40, (5, 9)), (52, (3, 12)), (45, (7, 7))):
+        head = rng.integers(1, cfg.vocab_size, n_common).tolist()
+        prompts += [head + rng.integers(1, cfg.vocab_size, t).tolist() for t in tails]
+    monkeypatch.setattr(sampler, "SHARED_PREFIX_MIN", 16)
+    monkeypatch.setattr(kv_cache, "PREFILL_TOKENS", 16)  # the common start and the rests in chunks too
+    if scanned:
+        monkeypatch.setattr(kv_cache, "UNROLL_LAYERS", 0)
+    kw = dict(max_new_tokens=12, sampling=SamplingConfig(temperature=1.0, top_p=0.9), row_ids=list(range(12)),
+              seed=4, stop_ids=[1, 2], pad_id=0, group=2, forced=(7, 8), budget=5)
+    sampler.compiled.cache_clear()
+    try:
+        whole = sampler.run(cfg, tiny.mesh, tiny.params, prompts, **kw)
+        shared = sampler.run(cfg, tiny.mesh, tiny.params, prompts, fan=2, **kw)
+        odd = sampler.run(cfg, tiny.mesh, tiny.params, prompts[:5], fan=2, **{**kw, "row_ids": list(range(10))})
+    finally:
+        sampler.compiled.cache_clear()
+    assert whole["prefix_len"] == 0 and odd["prefix_len"] == 0  # not in runs of two: prefilled whole
+    assert shared["prefix_len"] == 32  # the largest bucket under the shortest common start (40 tokens)
+    for k in ("tokens", "stopped", "lengths"):
+        np.testing.assert_array_equal(shared[k], whole[k])
+    np.testing.assert_allclose(shared["logprobs"], whole["logprobs"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(odd["tokens"], whole["tokens"][:10])
+    assert sampler.shared_prefix_len(prompts, 2, 48) == 0  # no split fits the whole prompts' bucket
+
+
 def _compacted_row_steps(lengths: np.ndarray, max_new: int) -> int:
     """The decode row-steps the compaction rule gives for rows of these lengths (tokens, stop included)."""
     from sj_jax.core.buckets import bucket

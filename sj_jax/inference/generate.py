@@ -101,6 +101,7 @@ def generate(
     forced: Sequence[int] = (),
     budget: int = 0,
     after: int = 0,
+    fan: int = 1,
 ) -> Generations:
     """Samples `num_samples` continuations of each prompt with the KV-cached sampler.
 
@@ -115,7 +116,9 @@ def generate(
     prefix is reached this way.
 
     When a batch holds whole prompts (batch_size a multiple of num_samples), each prompt is
-    prefilled once for all of its samples.
+    prefilled once for all of its samples. fan: the prompts come in runs of `fan` that begin alike
+    (a judge pair's two orders); where a batch holds whole runs, their common first tokens are
+    prefilled once a run (`sj_jax.inference.sampler.shared_prefix_len`).
     """
     sampling = SamplingConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
     if max_new_tokens < 1:
@@ -136,6 +139,9 @@ def generate(
     rows = [(i, j) for i in range(len(ids)) for j in range(num_samples)]
     step = batch_size or len(rows)
     group = num_samples if num_samples > 1 and step % num_samples == 0 else 1
+    if fan < 1:
+        raise ValueError(f"fan: must be at least 1, got {fan}")
+    fan = fan if step % (fan * num_samples) == 0 and len(ids) % fan == 0 else 1
     result = Generations([[None] * num_samples for _ in ids], [[None] * num_samples for _ in ids],
                          [[None] * num_samples for _ in ids], [[None] * num_samples for _ in ids])
     for start in range(0, len(rows), step):
@@ -145,7 +151,7 @@ def generate(
                   max_new_tokens=max_new_tokens, sampling=sampling,
                   row_ids=[keys[i] * num_samples + j for i, j in chunk], seed=seed, stop_ids=stop, pad_id=pad,
                   min_rows=step if len(rows) > step else 0, group=group, forced=tuple(forced), budget=budget,
-                  after=after)
+                  after=after, fan=fan)
         for r, (i, j) in enumerate(chunk):
             n = int(out["lengths"][r])
             toks = out["tokens"][r, :n].tolist()

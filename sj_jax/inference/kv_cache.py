@@ -124,66 +124,123 @@ def prefill_chunk(length: int) -> int:
     return min(PREFILL_TOKENS, length & -length)
 
 
+def _empty_kv(cfg: ModelConfig, layer_params: Any, batch: int, cache_len: int, kv_sharding: Any):
+    """Zero k, v caches for `batch` rows of `cache_len` slots: per-layer tuples (unrolled), or one
+    stacked array each with the layer axis in front (scanned)."""
+    dtype = DTYPES[cfg.dtype]
+    k_shape, v_shape = kv_shapes(cfg, batch, cache_len)
+    if isinstance(layer_params, (list, tuple)):
+        def empty(shape):
+            z = jnp.zeros(shape, dtype)
+            return z if kv_sharding is None else jax.lax.with_sharding_constraint(z, kv_sharding)
+
+        return tuple(empty(k_shape) for _ in layer_params), tuple(empty(v_shape) for _ in layer_params)
+
+    def stacked(shape):
+        z = jnp.zeros((cfg.num_layers,) + shape, dtype)
+        if kv_sharding is None:
+            return z
+        return jax.lax.with_sharding_constraint(z, NamedSharding(kv_sharding.mesh, PartitionSpec(None, *kv_sharding.spec)))
+
+    return stacked(k_shape), stacked(v_shape)
+
+
+def extend(cfg: ModelConfig, params: dict, layer_params: Any, cache: dict, ids: jax.Array, positions: jax.Array,
+           start: int):
+    """Runs tokens `ids, positions: int32 [batch, n]` through the layers into the cache's slots
+    `start .. start + n`, which `cache["valid"]` and `cache["key_pos"]` already describe; each token
+    attends to the valid slots up to its own. More than `PREFILL_TOKENS` tokens run in chunks
+    (`prefill_chunk`), each over the cache the earlier ones wrote: the same numbers in bounded memory.
+    Returns (cache, the last token's hidden state `[batch, embed]`)."""
+    model = Transformer(cfg)
+    b, n = ids.shape
+    valid, key_pos = cache["valid"], cache["key_pos"]
+    cache_len = valid.shape[1]
+
+    def chunk(cache, at, ids, positions):
+        rows = at + jnp.arange(ids.shape[1])
+        causal = jnp.arange(cache_len)[None, :] <= rows[:, None]  # [c, cache_len]
+        attn_mask = (causal[None] & valid[:, None, :])[:, None]
+        x = model.apply({"params": params}, ids, method=Transformer.embed_ids)
+        x, cache = run_layers(cfg, layer_params, x, positions, key_pos, attn_mask, cache, at)
+        return cache, x[:, -1]
+
+    c = prefill_chunk(n)
+    if c >= n:
+        return chunk(cache, start, ids, positions)
+    # one chunk of tokens at a time: the activations of c tokens a row, not n
+    k = n // c
+    cache, lasts = jax.lax.scan(lambda cache, xs: chunk(cache, *xs), cache,
+                                (start + jnp.arange(k, dtype=jnp.int32) * c, ids.reshape(b, k, c).swapaxes(0, 1),
+                                 positions.reshape(b, k, c).swapaxes(0, 1)))
+    return cache, lasts[-1]
+
+
 def prefill(cfg: ModelConfig, params: dict, layer_params: list, ids: jax.Array, mask: jax.Array,
             cache_len: int, kv_sharding: Any = None):
-    """Runs the left-padded prompts `ids, mask: [batch, prompt]` and builds the cache.
-
-    Prompts longer than `PREFILL_TOKENS` run in chunks of tokens (`prefill_chunk`), each attending to
-    the cache the earlier ones wrote: the same numbers in bounded memory.
+    """Runs the left-padded prompts `ids, mask: [batch, prompt]` and builds the cache (`extend`:
+    long prompts in chunks of tokens).
 
     Returns (logits of the next token `[batch, vocab]` float32, cache). The cache holds k, v (one
     per layer, shapes from `kv_shapes`), `valid` bool `[batch, cache_len]`,
     `key_pos` int32 `[batch, cache_len]`, `pos` (next position per row) and `index` (next slot).
     """
     b, p = ids.shape
-    model = Transformer(cfg)
-    dtype = DTYPES[cfg.dtype]
     mask = mask.astype(bool)
     positions = positions_from_mask(mask)
     lengths = mask.sum(axis=1).astype(jnp.int32)
     new = cache_len - p
     key_pos = jnp.concatenate([positions, lengths[:, None] + jnp.arange(new, dtype=jnp.int32)[None]], axis=1)
     valid = jnp.concatenate([mask, jnp.zeros((b, new), bool)], axis=1)
-    k_shape, v_shape = kv_shapes(cfg, b, cache_len)
+    ks, vs = _empty_kv(cfg, layer_params, b, cache_len, kv_sharding)
+    cache = {"k": ks, "v": vs, "valid": valid, "key_pos": key_pos, "pos": lengths, "index": jnp.int32(p)}
+    cache, last = extend(cfg, params, layer_params, cache, ids, positions, 0)
+    return Transformer(cfg).apply({"params": params}, last, method=Transformer.head), cache
 
-    def empty(shape):
-        z = jnp.zeros(shape, dtype)
-        return z if kv_sharding is None else jax.lax.with_sharding_constraint(z, kv_sharding)
 
-    if isinstance(layer_params, (list, tuple)):
-        ks, vs = tuple(empty(k_shape) for _ in layer_params), tuple(empty(v_shape) for _ in layer_params)
-    else:  # scanned: one stacked array each, the layer axis in front
-        def stacked(shape):
-            z = jnp.zeros((cfg.num_layers,) + shape, dtype)
-            if kv_sharding is None:
-                return z
-            return jax.lax.with_sharding_constraint(
-                z, NamedSharding(kv_sharding.mesh, PartitionSpec(None, *kv_sharding.spec)))
+def prefill_shared(cfg: ModelConfig, params: dict, layer_params: Any, prefix_ids: jax.Array, suffix_ids: jax.Array,
+                   suffix_mask: jax.Array, cache_len: int, fan: int, kv_sharding: Any = None):
+    """`prefill` of rows that share their first tokens: each prefix `prefix_ids: [groups, L]` (L real
+    tokens, no padding) runs once, its cache is repeated for its `fan` rows, and each row's own rest
+    `suffix_ids, suffix_mask: [groups * fan, S]` (left-padded) runs over it (rows f * g .. continue
+    prefix g). Row r is prompt prefix[r // fan] + suffix[r]; the padding between the two is masked, so
+    the logits and the cache's valid slots are those of `prefill` on the whole prompts.
 
-        ks, vs = stacked(k_shape), stacked(v_shape)
-    cache = {"k": ks, "v": vs,
-             "valid": valid, "key_pos": key_pos, "pos": lengths, "index": jnp.int32(p)}
+    Returns (logits `[groups * fan, vocab]`, cache of `cache_len` slots, `index` L + S)."""
+    g, L = prefix_ids.shape
+    rows, s = suffix_ids.shape
+    positions = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (g, L))
+    head = {"valid": jnp.ones((g, L), bool), "key_pos": positions, "pos": jnp.full((g,), L, jnp.int32),
+            "index": jnp.int32(L)}
+    ks, vs = _empty_kv(cfg, layer_params, g, L, None)
+    head, _ = extend(cfg, params, layer_params, {"k": ks, "v": vs, **head}, prefix_ids, positions, 0)
+    stacked = not isinstance(layer_params, (list, tuple))
 
-    def chunk(cache, start, ids, positions):
-        """Tokens `start ..` of every row (`ids, positions: [batch, c]`) through the layers, into the cache."""
-        rows = start + jnp.arange(ids.shape[1])
-        causal = jnp.arange(cache_len)[None, :] <= rows[:, None]  # [c, cache_len]
-        attn_mask = (causal[None] & valid[:, None, :])[:, None]
-        x = model.apply({"params": params}, ids, method=Transformer.embed_ids)
-        x, cache = run_layers(cfg, layer_params, x, positions, key_pos, attn_mask, cache, start)
-        return cache, x[:, -1]
+    def widen(x, slot_axis):
+        """A prefix cache `[groups, ...]` as the rows' cache: repeated `fan` times, slots padded to cache_len."""
+        x = jnp.repeat(x, fan, axis=1 if stacked else 0)
+        pad = [(0, 0)] * x.ndim
+        pad[slot_axis + (1 if stacked else 0)] = (0, cache_len - L)
+        x = jnp.pad(x, pad)
+        if kv_sharding is None:
+            return x
+        spec = PartitionSpec(None, *kv_sharding.spec) if stacked else kv_sharding.spec
+        return jax.lax.with_sharding_constraint(x, NamedSharding(kv_sharding.mesh, spec))
 
-    c = prefill_chunk(p)
-    if c >= p:
-        cache, last = chunk(cache, 0, ids, positions)
-    else:  # one chunk of tokens at a time: the activations of c tokens a row, not p
-        n = p // c
-        cache, lasts = jax.lax.scan(lambda cache, xs: chunk(cache, *xs), cache,
-                                    (jnp.arange(n, dtype=jnp.int32) * c, ids.reshape(b, n, c).swapaxes(0, 1),
-                                     positions.reshape(b, n, c).swapaxes(0, 1)))
-        last = lasts[-1]
-    logits = model.apply({"params": params}, last, method=Transformer.head)
-    return logits, cache
+    if stacked:
+        ks, vs = widen(head["k"], 3), widen(head["v"], 2)
+    else:
+        ks, vs = tuple(widen(k, 3) for k in head["k"]), tuple(widen(v, 2) for v in head["v"])
+    suffix_mask = suffix_mask.astype(bool)
+    positions = L + positions_from_mask(suffix_mask)
+    lengths = L + suffix_mask.sum(axis=1).astype(jnp.int32)
+    new = cache_len - L - s
+    key_pos = jnp.concatenate([jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (rows, L)), positions,
+                               lengths[:, None] + jnp.arange(new, dtype=jnp.int32)[None]], axis=1)
+    valid = jnp.concatenate([jnp.ones((rows, L), bool), suffix_mask, jnp.zeros((rows, new), bool)], axis=1)
+    cache = {"k": ks, "v": vs, "valid": valid, "key_pos": key_pos, "pos": lengths, "index": jnp.int32(L + s)}
+    cache, last = extend(cfg, params, layer_params, cache, suffix_ids, positions, L)
+    return Transformer(cfg).apply({"params": params}, last, method=Transformer.head), cache
 
 
 def decode_step(cfg: ModelConfig, params: dict, layer_params: list, cache: dict, tokens: jax.Array):

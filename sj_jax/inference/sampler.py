@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sj_jax.core.buckets import bucket
-from sj_jax.inference.kv_cache import decode_step, kv_shapes, layer_stack, left_pad, prefill
+from sj_jax.core.buckets import bucket, bucket_below
+from sj_jax.inference.kv_cache import decode_step, kv_shapes, layer_stack, left_pad, prefill, prefill_shared
 from sj_jax.inference.sampling import SamplingConfig, sample
 from sj_jax.models.config import ModelConfig
 from sj_jax.models.sharding import batch_sharding, logical_sharding, param_shardings, to_global, to_host, traced_on
@@ -55,6 +55,8 @@ class DecodePlan:
     forced: tuple[int, ...] = ()  # tokens fed after the free phase (see the module docstring)
     budget: int = 0  # free tokens before `forced` is fed; used only with `forced`
     after: int = 0  # with `forced`: tokens a row may write after the fed ones (0 = up to max_new_tokens)
+    prefix_len: int = 0  # > 0: prompts come in runs of `fan` sharing this many first tokens, prefilled once
+    fan: int = 1
 
 
 def _row_keys(keys: jax.Array, step) -> jax.Array:
@@ -86,6 +88,22 @@ def _prefill_and_first(cfg, plan, kv_sharding, params, ids, mask, keys, active, 
     layer_params = layer_stack(cfg, params["layers"])
     logits, cache = prefill(cfg, params, layer_params, ids, mask, plan.prompt_len + plan.max_new_tokens,
                             kv_sharding)
+    return _first(plan, layer_params, logits, cache, keys, active, stop_ids)
+
+
+def _shared_prefill_and_first(cfg, plan, kv_sharding, params, prefix_ids, suffix_ids, suffix_mask, keys, active,
+                              stop_ids):
+    """`_prefill_and_first` of prompts that come in runs of `plan.fan` sharing their first
+    `plan.prefix_len` tokens: each prefix runs once (`sj_jax.inference.kv_cache.prefill_shared`)."""
+    layer_params = layer_stack(cfg, params["layers"])
+    logits, cache = prefill_shared(cfg, params, layer_params, prefix_ids, suffix_ids, suffix_mask,
+                                   plan.prompt_len + plan.max_new_tokens, plan.fan, kv_sharding)
+    return _first(plan, layer_params, logits, cache, keys, active, stop_ids)
+
+
+def _first(plan, layer_params, logits, cache, keys, active, stop_ids):
+    """The decode state after the prefill: each prompt's cache repeated for its `group` rows, and
+    every row's first token drawn."""
     if plan.group > 1:  # one prefill per prompt, its cache repeated for the prompt's samples
         logits = jnp.repeat(logits, plan.group, axis=0)
         stacked = not isinstance(layer_params, list)  # k, v [layers, batch, ...]: rows on axis 1
@@ -207,25 +225,62 @@ def compiled(cfg: ModelConfig, mesh: Mesh, plan: DecodePlan):
     k_shape, _ = kv_shapes(cfg, prompts, plan.prompt_len + plan.max_new_tokens)
     kv_shard = logical_sharding(("batch", "kv_heads", None, None), k_shape, mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
-    first = jax.jit(
-        traced_on(mesh, functools.partial(_prefill_and_first, cfg, plan, kv_shard)),
-        in_shardings=(p_shard, x_shard, x_shard, row_shard, row_shard, replicated),
-    )
+    if plan.prefix_len:
+        head_shard = batch_sharding(mesh, (prompts // plan.fan, plan.prefix_len))
+        rest_shard = batch_sharding(mesh, (prompts, plan.prompt_len - plan.prefix_len))
+        first = jax.jit(
+            traced_on(mesh, functools.partial(_shared_prefill_and_first, cfg, plan, kv_shard)),
+            in_shardings=(p_shard, head_shard, rest_shard, rest_shard, row_shard, row_shard, replicated),
+        )
+    else:
+        first = jax.jit(
+            traced_on(mesh, functools.partial(_prefill_and_first, cfg, plan, kv_shard)),
+            in_shardings=(p_shard, x_shard, x_shard, row_shard, row_shard, replicated),
+        )
     loop = jax.jit(traced_on(mesh, functools.partial(_decode_loop, cfg, plan)), donate_argnums=(1,))
     return first, loop
+
+
+# A run of prompts shares its prefix only where that prefix is at least this long: a shorter one
+# saves less than the extra program costs to compile.
+SHARED_PREFIX_MIN = 64
+
+
+def shared_prefix_len(prompts: list[list[int]], fan: int, plen: int) -> int:
+    """The first tokens that each run of `fan` prompts (prompts `fan * g ..`) prefills once: the
+    largest fine bucket L that every run shares (each prompt keeping a token of its own) for which L
+    plus the longest rest's bucket is no more than `plen`, the whole prompts' bucket; 0 if there is
+    none of `SHARED_PREFIX_MIN` tokens or more."""
+    if fan < 2 or len(prompts) % fan:
+        return 0
+    common = len(prompts[0])
+    for g in range(0, len(prompts), fan):
+        run = prompts[g:g + fan]
+        first, n = run[0], min(len(p) for p in run) - 1
+        for other in run[1:]:
+            n = next((i for i in range(n) if other[i] != first[i]), n)
+        common = min(common, n)
+    longest = max(len(p) for p in prompts)
+    for size in bucket_below(common, minimum=SHARED_PREFIX_MIN, fine=True):
+        if size + bucket(longest - size, fine=True) <= plen:
+            return size
+    return 0
 
 
 def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *, max_new_tokens: int,
         sampling: SamplingConfig, row_ids: list[int], seed: int, stop_ids: list[int], pad_id: int,
         min_rows: int = 0, group: int = 1, forced: tuple[int, ...] = (), budget: int = 0, after: int = 0,
-        compact: bool = True) -> dict:
+        compact: bool = True, fan: int = 1) -> dict:
     """Generates for token-id prompts, `group` rows each (row r continues prompt r // group).
     Returns host arrays: `tokens` and `logprobs` `[rows, max_new_tokens]`, `stopped` and the
     number of tokens per row `lengths` (stop included); and `row_steps`, the decode steps run times
-    the rows they ran over, with `row_steps_full`, the same without compaction. min_rows: compile for
+    the rows they ran over, with `row_steps_full`, the same without compaction; `prefix_len`, the
+    tokens each run of `fan` prompts prefilled once (0: none). min_rows: compile for
     at least this many rows (the last, smaller batch of a run then reuses the full batches' program
     instead of compiling its own). forced, budget, after: see the module docstring. compact: let the
-    unfinished rows go on in a smaller batch (`COMPACT_MIN_STEPS`); the samples are the same."""
+    unfinished rows go on in a smaller batch (`COMPACT_MIN_STEPS`); the samples are the same. fan:
+    prompts come in runs of `fan` that begin alike (a judge pair's two orders); their common first
+    tokens are prefilled once a run where `shared_prefix_len` finds enough of them."""
     rows = len(prompts) * group
     if len(row_ids) != rows:
         raise ValueError(f"row_ids: {len(row_ids)} keys for {len(prompts)} prompts x {group} rows")
@@ -235,11 +290,19 @@ def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *,
     longest = max(len(p) for p in prompts)
     plen = padded_prompt_length(longest, max_new_tokens, cfg.max_position_embeddings)
     data_size = mesh.shape["data"] * mesh.shape["fsdp"]
-    b_prompts = bucket(max(len(prompts), -(-min_rows // group)), minimum=1, multiple=data_size)
+    prefix = shared_prefix_len(prompts, fan, plen)
+    runs = fan if prefix else 1
+    b_prompts = bucket(max(len(prompts) // runs, -(-min_rows // (group * runs))), minimum=1, multiple=data_size) * runs
     b = b_prompts * group
-    ids, mask = left_pad(prompts, plen, b_prompts, pad_id)
+    if prefix:
+        plen = prefix + bucket(longest - prefix, fine=True)
+        heads = np.zeros((b_prompts // fan, prefix), np.int32)
+        heads[:len(prompts) // fan] = [prompts[g][:prefix] for g in range(0, len(prompts), fan)]
+        ids, mask = left_pad([p[prefix:] for p in prompts], plen - prefix, b_prompts, pad_id)
+    else:
+        ids, mask = left_pad(prompts, plen, b_prompts, pad_id)
     plan = DecodePlan(b, plen, max_new_tokens, sampling, pad_id, group, tuple(int(t) for t in forced),
-                      int(budget) if forced else 0, int(after) if forced else 0)
+                      int(budget) if forced else 0, int(after) if forced else 0, prefix, runs)
     first, loop = compiled(cfg, mesh, plan)
     # Every input a global array (the same host values on every process; each copies in its own rows).
     x_shard, row_shard = batch_sharding(mesh, ids.shape), batch_sharding(mesh, (b,))
@@ -247,8 +310,10 @@ def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *,
     base = to_global(np.asarray(jax.random.key_data(jax.random.key(seed))), replicated)
     keys = _row_keys_of(row_shard)(base, to_global(np.asarray(list(row_ids) + [-1] * (b - rows), np.int32), row_shard))
     stops = to_global(np.asarray(sorted(set(stop_ids)) or [-1], np.int32), replicated)
-    state = first(params, to_global(ids, x_shard), to_global(mask, x_shard), keys,
-                  to_global(np.arange(b) < rows, row_shard), stops)
+    inputs = (to_global(ids, x_shard), to_global(mask, x_shard), keys, to_global(np.arange(b) < rows, row_shard), stops)
+    if prefix:
+        inputs = (to_global(heads, batch_sharding(mesh, heads.shape)),) + inputs
+    state = first(params, *inputs)
     out = {"tokens": np.zeros((rows, max_new_tokens), np.int32),
            "logprobs": np.zeros((rows, max_new_tokens), np.float32),
            "stopped": np.zeros(rows, bool), "lengths": np.zeros(rows, np.int32)}
@@ -275,6 +340,6 @@ def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *,
         keep = np.concatenate([active, np.flatnonzero(done)[:nb - len(active)]]).astype(np.int32)
         state = _compactor(mesh)(state, to_global(keep, replicated))
         where, cur = where[keep], nb
-        loop = compiled(cfg, mesh, dataclasses.replace(plan, batch=nb, group=1))[1]
-    out["row_steps"], out["row_steps_full"] = row_steps, b * (step0 - 1)
+        loop = compiled(cfg, mesh, dataclasses.replace(plan, batch=nb, group=1, prefix_len=0, fan=1))[1]
+    out["row_steps"], out["row_steps_full"], out["prefix_len"] = row_steps, b * (step0 - 1), prefix
     return out

@@ -1,7 +1,8 @@
 """The generative judge: it writes an evaluation, then a final verdict in the template's fixed form.
 
 For a pair (a, b) the judge prompt is built in both orders, and `samples` judgments are drawn for
-each order through the KV-cached sampler (each prompt prefilled once for all of its samples). The
+each order through the KV-cached sampler: each prompt is prefilled once for all of its samples, and
+the two orders' common start (the context, up to the first response) once for both. The
 verdict of a judgment is read by `sj_jax.judge.verdict.parse_verdict`, which never guesses. The
 pair's verdict is the majority over its 2 x samples judgments, counted as votes for the first or
 the second response (a judgment with no verdict votes for neither).
@@ -114,7 +115,7 @@ def judge_generative(model: Model, contexts: Sequence[str], responses_a: Sequenc
                      truncate: bool = False) -> GenerativeJudgments:
     """Judges each (context, a, b) in both orders, `samples` judgments an order (temperature 0 =
     greedy, when more than one sample repeats itself). batch_size: sampler rows a compiled batch
-    (whole prompts); max_batch_tokens: cache positions a batch
+    (whole pairs: both orders, all samples); max_batch_tokens: cache positions a batch
     (`sj_jax.inference.generate.length_batches`). key_ids: one number per pair that its samples are
     keyed by (default its position), so a pair keeps its judgments whatever else shares the call.
     max_prompt_tokens: the longest judge prompt (0 = the model's positions less the new tokens); a
@@ -148,16 +149,21 @@ def judge_generative(model: Model, contexts: Sequence[str], responses_a: Sequenc
     keys = list(range(n)) if key_ids is None else [int(k) for k in key_ids]
     if len(keys) != n:
         raise ValueError(f"key_ids: {len(keys)} numbers for {n} pairs")
-    # Prompts of similar length share a batch (judge prompts differ by hundreds of tokens), within a
-    # cache budget; the samples are keyed by pair and order, so the batching does not change them.
+    # Pairs of similar length share a batch (judge prompts differ by hundreds of tokens), within a
+    # cache budget, both orders of a pair together: they begin alike (the context, up to the first
+    # response), and that prefix is prefilled once for both. The samples are keyed by pair and
+    # order, so the batching does not change them.
     texts_out: list[list[str]] = [[] for _ in prompts]
     finished_out: list[list[bool]] = [[] for _ in prompts]
-    for chunk in length_batches([len(p) for p in prompts], new, rows_per_prompt=samples,
-                                max_rows=max(samples, batch_size), max_tokens=max_batch_tokens):
+    for pairs in length_batches([max(len(prompts[2 * i]), len(prompts[2 * i + 1])) for i in range(n)], new,
+                                rows_per_prompt=2 * samples, max_rows=max(2 * samples, batch_size),
+                                max_tokens=max_batch_tokens):
+        chunk = [2 * i + o for i in pairs for o in (0, 1)]
         g = generate(model, [prompts[r] for r in chunk], max_new_tokens=new, temperature=temperature, top_p=top_p,
                      top_k=top_k, num_samples=samples, seed=seed, stop=end_of_turn_ids(tok),
                      key_ids=[2 * keys[r // 2] + r % 2 for r in chunk], forced=forced,
-                     budget=template.max_evaluation_tokens, after=template.max_verdict_tokens, progress=progress)
+                     budget=template.max_evaluation_tokens, after=template.max_verdict_tokens, progress=progress,
+                     fan=2)
         for k, r in enumerate(chunk):
             texts_out[r] = [own_verdict(tok, ids, forced, template) for ids in g.token_ids[k]]
             finished_out[r] = g.finished[k]
