@@ -38,7 +38,8 @@ def judge_prompts(model, pairs: int, context_words: int = 0) -> list[list[int]]:
     rows = split_pairs(split, ("format_broken", "truncated"), 1, 0, "test")[:pairs]
     tpl = GenerativeTemplate()
     note = " ".join(FILLER_WORDS[(i * 7) % len(FILLER_WORDS)] for i in range(context_words))
-    texts = [render_prompt(model.tokenizer, tpl, (f"Note: {note}\n\n" if note else "") + r["prompt"], *resp) for r in rows
+    lead = f"Note: {note}\n\n" if note else ""
+    texts = [render_prompt(model.tokenizer, tpl, lead + r["prompt"], *resp) for r in rows
              for resp in ((r["chosen"], r["rejected"]), (r["rejected"], r["chosen"]))]
     return [list(x) for x in model.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
@@ -89,21 +90,22 @@ def main() -> list[dict]:
         assert out.shape == (rows, width + NEW)
 
     judge(), unshared(), per_row(), theirs()  # compile and warm up
-    from sj_jax.inference.sampler import shared_prefix_len, padded_prompt_length
+    from sj_jax.inference.sampler import padded_prompt_length, shared_prefixes
 
     plen = padded_prompt_length(width, NEW, model.config.max_position_embeddings)
     secs = alternate({"judge": judge, "unshared": unshared, "per_row": per_row, "torch": theirs}, args.rounds)
     r = {"pairs": args.pairs, "samples": k, "judgments": rows, "new_tokens": NEW, "prompt_tokens_max": width,
-         "shared_prefix_tokens": shared_prefix_len(prompts, 2, plen), "matmul_gflops": gflops,
+         "shared_prefix_slots": (shared_prefixes(prompts, 2, plen) or (0,))[0], "matmul_gflops": gflops,
          **{f"{name}_s": v for name, v in secs.items()},
          **{f"{name}_judgments_per_s": rows / v for name, v in secs.items()},
          "ratio_vs_torch": secs["torch"] / secs["judge"], "ratio_shared_vs_unshared": secs["unshared"] / secs["judge"],
          "ratio_grouped_vs_per_row": secs["per_row"] / secs["unshared"]}
     print(f"{args.pairs} pairs x 2 orders x {k} samples = {rows} judgments of {NEW} tokens, prompts up to {width} "
-          f"tokens, {r['shared_prefix_tokens']} prefilled once for both orders:")
+          f"tokens, a common start of {r['shared_prefix_slots']} slots prefilled once for both orders:")
     for name in ("judge", "unshared", "per_row", "torch"):
         print(f"   {name:8s} {r[f'{name}_judgments_per_s']:6.2f} judgments/s ({secs[name]:.1f} s)")
-    print(f"   sj_jax / torch {r['ratio_vs_torch']:.2f}x; common start once / not {r['ratio_shared_vs_unshared']:.2f}x; "
+    print(f"   sj_jax / torch {r['ratio_vs_torch']:.2f}x; "
+          f"common start once / not {r['ratio_shared_vs_unshared']:.2f}x; "
           f"one prefill a prompt / one a row {r['ratio_grouped_vs_per_row']:.2f}x")
     write_json(args.json, [r])
     return [r]

@@ -159,7 +159,8 @@ def run_case(case: str, pairs: int) -> dict:
             parts = {"verdicts": int((out.labels > 0).sum()), "rows": rows, "slots": slots}
             bound = weights + kv_bytes(cfg, cache) + layer_bytes(cfg, rows, slots)
         else:
-            from sj_jax.judge.scoring import _shared_prefix_len, judge_pairs, judge_prompts
+            from sj_jax.inference.kv_cache import common_prefix_len
+            from sj_jax.judge.scoring import judge_pairs, judge_prompts
             from sj_jax.judge.template import DEFAULT_TEMPLATE, as_principles
 
             plist = as_principles(None, DEFAULT_TEMPLATE)
@@ -170,7 +171,7 @@ def run_case(case: str, pairs: int) -> dict:
             ctx = contexts_of_length(model, length, pairs, render)
             first, p = twice(lambda: judge_pairs(model, ctx, a, b))
             prompts = judge_prompts(model, ctx, a, b, DEFAULT_TEMPLATE, plist)
-            shared = min(_shared_prefix_len(x, y) for x, y in zip(prompts[::2], prompts[1::2]))
+            shared = min(common_prefix_len([x, y]) for x, y in zip(prompts[::2], prompts[1::2]))
             groups = 8  # judge_pairs' default batch_size 16 prompts: 8 pairs of orders
             pl = bucket(shared, cfg.max_position_embeddings, fine=True)
             sl = bucket(max(len(x) for x in prompts) - shared, cfg.max_position_embeddings, fine=True)

@@ -85,7 +85,8 @@ class SJSide:
     def work(self) -> dict:
         """The step's token counts: prompts, sampled tokens, the judge's (shared prefix once, both
         orders' rests), the DPO batch's real tokens and its padded shape."""
-        from sj_jax.judge.scoring import _shared_prefix_len, judge_prompts
+        from sj_jax.inference.kv_cache import common_prefix_len
+        from sj_jax.judge.scoring import judge_prompts
         from sj_jax.judge.template import as_principles
 
         run, rec = self.run, self.run.last
@@ -94,7 +95,7 @@ class SJSide:
         jp = judge_prompts(run.model, [run.contexts[rec.prompt_index[k]] for k in judged],
                            [texts[k][0] for k in judged], [texts[k][1] for k in judged], run.cfg.judge,
                            as_principles(None, run.cfg.judge))
-        judge_tokens = sum(len(a) + len(b) - _shared_prefix_len(a, b) for a, b in zip(jp[::2], jp[1::2]))
+        judge_tokens = sum(len(a) + len(b) - common_prefix_len([a, b]) for a, b in zip(jp[::2], jp[1::2]))
         return {"prompt_tokens": sum(len(run.prompt_ids[i]) for i in rec.prompt_index),
                 "new_tokens": sum(len(c.token_ids) for cs in rec.candidates for c in cs),
                 "judge_tokens": judge_tokens,

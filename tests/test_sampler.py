@@ -299,9 +299,10 @@ def test_prompts_that_begin_alike_prefill_their_common_start_once_with_the_same_
     cfg = tiny.config
     rng = np.random.default_rng(12)
     prompts = []
-    for n_common, tails in ((40, (5, 9)), (52, (3, 12)), (45, (7, 7))):
+    for n_common, tails in ((40, (5, 9)), (52, (3, 12)), (45, (7, 7))):  # prompts of 45 to 64 tokens
         head = rng.integers(1, cfg.vocab_size, n_common).tolist()
         prompts += [head + rng.integers(1, cfg.vocab_size, t).tolist() for t in tails]
+        assert kv_cache.common_prefix_len(prompts[-2:]) == n_common
     monkeypatch.setattr(sampler, "SHARED_PREFIX_MIN", 16)
     monkeypatch.setattr(kv_cache, "PREFILL_TOKENS", 16)  # the common start and the rests in chunks too
     if scanned:
@@ -316,12 +317,13 @@ def test_prompts_that_begin_alike_prefill_their_common_start_once_with_the_same_
     finally:
         sampler.compiled.cache_clear()
     assert whole["prefix_len"] == 0 and odd["prefix_len"] == 0  # not in runs of two: prefilled whole
-    assert shared["prefix_len"] == 32  # the largest bucket under the shortest common start (40 tokens)
+    # each run's whole common start, left-padded to the bucket of the longest (52); each rest to that of 12
+    assert sampler.shared_prefixes(prompts, 2, 64) == (64, 16, [40, 52, 45]) and shared["prefix_len"] == 64
     for k in ("tokens", "stopped", "lengths"):
         np.testing.assert_array_equal(shared[k], whole[k])
     np.testing.assert_allclose(shared["logprobs"], whole["logprobs"], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(odd["tokens"], whole["tokens"][:10])
-    assert sampler.shared_prefix_len(prompts, 2, 48) == 0  # no split fits the whole prompts' bucket
+    assert sampler.shared_prefixes(prompts, 2, 56) is None  # it would save under a quarter of the tokens
 
 
 def _compacted_row_steps(lengths: np.ndarray, max_new: int) -> int:

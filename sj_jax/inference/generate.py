@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Sequence
 
+from sj_jax.core.allocator import release_free_memory
 from sj_jax.inference.sampler import run
 from sj_jax.inference.sampling import SamplingConfig
 from sj_jax.loading.model import Model
@@ -118,7 +119,7 @@ def generate(
     When a batch holds whole prompts (batch_size a multiple of num_samples), each prompt is
     prefilled once for all of its samples. fan: the prompts come in runs of `fan` that begin alike
     (a judge pair's two orders); where a batch holds whole runs, their common first tokens are
-    prefilled once a run (`sj_jax.inference.sampler.shared_prefix_len`).
+    prefilled once a run where that pays (`sj_jax.inference.sampler.shared_prefixes`).
     """
     sampling = SamplingConfig(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
     if max_new_tokens < 1:
@@ -160,6 +161,7 @@ def generate(
             result.finished[i][j] = bool(out["stopped"][r])
             result.texts[i][j] = (model.tokenizer.decode(toks, skip_special_tokens=True)
                                   if model.tokenizer is not None else "")
+        release_free_memory()  # the batch's small freed buffers, before the next batch's peak
         if progress is not None:
             progress(len(chunk), int(out["lengths"].sum()))
     return result

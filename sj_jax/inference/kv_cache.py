@@ -37,6 +37,14 @@ def left_pad(prompts: list, length: int, rows: int, pad_id: int) -> tuple[np.nda
     return ids, mask
 
 
+def common_prefix_len(prompts: Any) -> int:
+    """Tokens that the token-id prompts all begin with, leaving each at least one of its own."""
+    first, n = prompts[0], min(len(p) for p in prompts) - 1
+    for other in prompts[1:]:
+        n = next((i for i in range(n) if other[i] != first[i]), n)
+    return n
+
+
 def unstack_layers(layers: Any, num_layers: int) -> list[Any]:
     """Per-layer parameter trees from the scanned `[layers, ...]` tree."""
     return [jax.tree.map(lambda a, i=i: a[i], layers) for i in range(num_layers)]
@@ -140,7 +148,8 @@ def _empty_kv(cfg: ModelConfig, layer_params: Any, batch: int, cache_len: int, k
         z = jnp.zeros((cfg.num_layers,) + shape, dtype)
         if kv_sharding is None:
             return z
-        return jax.lax.with_sharding_constraint(z, NamedSharding(kv_sharding.mesh, PartitionSpec(None, *kv_sharding.spec)))
+        spec = PartitionSpec(None, *kv_sharding.spec)
+        return jax.lax.with_sharding_constraint(z, NamedSharding(kv_sharding.mesh, spec))
 
     return stacked(k_shape), stacked(v_shape)
 
@@ -198,22 +207,19 @@ def prefill(cfg: ModelConfig, params: dict, layer_params: list, ids: jax.Array, 
     return Transformer(cfg).apply({"params": params}, last, method=Transformer.head), cache
 
 
-def prefill_shared(cfg: ModelConfig, params: dict, layer_params: Any, prefix_ids: jax.Array, suffix_ids: jax.Array,
-                   suffix_mask: jax.Array, cache_len: int, fan: int, kv_sharding: Any = None):
-    """`prefill` of rows that share their first tokens: each prefix `prefix_ids: [groups, L]` (L real
-    tokens, no padding) runs once, its cache is repeated for its `fan` rows, and each row's own rest
-    `suffix_ids, suffix_mask: [groups * fan, S]` (left-padded) runs over it (rows f * g .. continue
-    prefix g). Row r is prompt prefix[r // fan] + suffix[r]; the padding between the two is masked, so
-    the logits and the cache's valid slots are those of `prefill` on the whole prompts.
+def extend_shared(cfg: ModelConfig, params: dict, layer_params: Any, head: dict, suffix_ids: jax.Array,
+                  suffix_mask: jax.Array, cache_len: int, fan: int, kv_sharding: Any = None):
+    """The rest of a `prefill` of rows that share their first tokens: `head` is `prefill`'s cache of
+    the prefixes alone (`[groups, L]`, left-padded, `cache_len` L); it is repeated for each prefix's
+    `fan` rows, and each row's own rest `suffix_ids, suffix_mask: [groups * fan, S]` (left-padded)
+    runs over it (rows fan * g .. continue prefix g). Row r is prompt prefix[r // fan] + suffix[r],
+    and the padding between the two is masked, so the logits and the cache's valid slots are those
+    of `prefill` on the whole prompts. The prefixes run in a program of their own (the caller's), so
+    that their activations and the rows' cache are never alive at once.
 
     Returns (logits `[groups * fan, vocab]`, cache of `cache_len` slots, `index` L + S)."""
-    g, L = prefix_ids.shape
+    L = head["valid"].shape[1]
     rows, s = suffix_ids.shape
-    positions = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (g, L))
-    head = {"valid": jnp.ones((g, L), bool), "key_pos": positions, "pos": jnp.full((g,), L, jnp.int32),
-            "index": jnp.int32(L)}
-    ks, vs = _empty_kv(cfg, layer_params, g, L, None)
-    head, _ = extend(cfg, params, layer_params, {"k": ks, "v": vs, **head}, prefix_ids, positions, 0)
     stacked = not isinstance(layer_params, (list, tuple))
 
     def widen(x, slot_axis):
@@ -232,12 +238,14 @@ def prefill_shared(cfg: ModelConfig, params: dict, layer_params: Any, prefix_ids
     else:
         ks, vs = tuple(widen(k, 3) for k in head["k"]), tuple(widen(v, 2) for v in head["v"])
     suffix_mask = suffix_mask.astype(bool)
-    positions = L + positions_from_mask(suffix_mask)
-    lengths = L + suffix_mask.sum(axis=1).astype(jnp.int32)
+    start = jnp.repeat(head["pos"], fan)  # each row's prefix length: its rest's first position
+    positions = start[:, None] + positions_from_mask(suffix_mask)
+    lengths = start + suffix_mask.sum(axis=1).astype(jnp.int32)
     new = cache_len - L - s
-    key_pos = jnp.concatenate([jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (rows, L)), positions,
+    key_pos = jnp.concatenate([jnp.repeat(head["key_pos"], fan, axis=0), positions,
                                lengths[:, None] + jnp.arange(new, dtype=jnp.int32)[None]], axis=1)
-    valid = jnp.concatenate([jnp.ones((rows, L), bool), suffix_mask, jnp.zeros((rows, new), bool)], axis=1)
+    valid = jnp.concatenate([jnp.repeat(head["valid"], fan, axis=0), suffix_mask, jnp.zeros((rows, new), bool)],
+                            axis=1)
     cache = {"k": ks, "v": vs, "valid": valid, "key_pos": key_pos, "pos": lengths, "index": jnp.int32(L + s)}
     cache, last = extend(cfg, params, layer_params, cache, suffix_ids, positions, L)
     return Transformer(cfg).apply({"params": params}, last, method=Transformer.head), cache

@@ -24,8 +24,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sj_jax.core.buckets import bucket, bucket_below
-from sj_jax.inference.kv_cache import decode_step, kv_shapes, layer_stack, left_pad, prefill, prefill_shared
+from sj_jax.core.buckets import bucket
+from sj_jax.inference.kv_cache import (
+    common_prefix_len,
+    decode_step,
+    extend_shared,
+    kv_shapes,
+    layer_stack,
+    left_pad,
+    prefill,
+)
 from sj_jax.inference.sampling import SamplingConfig, sample
 from sj_jax.models.config import ModelConfig
 from sj_jax.models.sharding import batch_sharding, logical_sharding, param_shardings, to_global, to_host, traced_on
@@ -91,13 +99,18 @@ def _prefill_and_first(cfg, plan, kv_sharding, params, ids, mask, keys, active, 
     return _first(plan, layer_params, logits, cache, keys, active, stop_ids)
 
 
-def _shared_prefill_and_first(cfg, plan, kv_sharding, params, prefix_ids, suffix_ids, suffix_mask, keys, active,
-                              stop_ids):
+def _prefill_head(cfg, plan, params, prefix_ids, prefix_mask):
+    """The cache of each run's common start alone (`[groups, prefix_len]`)."""
+    return prefill(cfg, params, layer_stack(cfg, params["layers"]), prefix_ids, prefix_mask, plan.prefix_len)[1]
+
+
+def _shared_prefill_and_first(cfg, plan, kv_sharding, params, head, suffix_ids, suffix_mask, keys, active, stop_ids):
     """`_prefill_and_first` of prompts that come in runs of `plan.fan` sharing their first
-    `plan.prefix_len` tokens: each prefix runs once (`sj_jax.inference.kv_cache.prefill_shared`)."""
+    `plan.prefix_len` slots, whose cache `head` `_prefill_head` made
+    (`sj_jax.inference.kv_cache.extend_shared`)."""
     layer_params = layer_stack(cfg, params["layers"])
-    logits, cache = prefill_shared(cfg, params, layer_params, prefix_ids, suffix_ids, suffix_mask,
-                                   plan.prompt_len + plan.max_new_tokens, plan.fan, kv_sharding)
+    logits, cache = extend_shared(cfg, params, layer_params, head, suffix_ids, suffix_mask,
+                                  plan.prompt_len + plan.max_new_tokens, plan.fan, kv_sharding)
     return _first(plan, layer_params, logits, cache, keys, active, stop_ids)
 
 
@@ -228,10 +241,15 @@ def compiled(cfg: ModelConfig, mesh: Mesh, plan: DecodePlan):
     if plan.prefix_len:
         head_shard = batch_sharding(mesh, (prompts // plan.fan, plan.prefix_len))
         rest_shard = batch_sharding(mesh, (prompts, plan.prompt_len - plan.prefix_len))
-        first = jax.jit(
-            traced_on(mesh, functools.partial(_shared_prefill_and_first, cfg, plan, kv_shard)),
-            in_shardings=(p_shard, head_shard, rest_shard, rest_shard, row_shard, row_shard, replicated),
-        )
+        # Two programs: the common starts' cache first, then the rows', so that the starts'
+        # activations and the rows' whole cache are never held at once.
+        head = jax.jit(traced_on(mesh, functools.partial(_prefill_head, cfg, plan)),
+                       in_shardings=(p_shard, head_shard, head_shard))
+        rest = jax.jit(traced_on(mesh, functools.partial(_shared_prefill_and_first, cfg, plan, kv_shard)),
+                       in_shardings=(p_shard, None, rest_shard, rest_shard, row_shard, row_shard, replicated))
+
+        def first(params, prefix_ids, prefix_mask, *rows):
+            return rest(params, head(params, prefix_ids, prefix_mask), *rows)
     else:
         first = jax.jit(
             traced_on(mesh, functools.partial(_prefill_and_first, cfg, plan, kv_shard)),
@@ -241,30 +259,26 @@ def compiled(cfg: ModelConfig, mesh: Mesh, plan: DecodePlan):
     return first, loop
 
 
-# A run of prompts shares its prefix only where that prefix is at least this long: a shorter one
-# saves less than the extra program costs to compile.
+# A run of prompts shares its prefix only where that saves at least a quarter of the prefill's
+# tokens, and the common starts are this long or more: less saves less than the extra program
+# costs to compile.
 SHARED_PREFIX_MIN = 64
 
 
-def shared_prefix_len(prompts: list[list[int]], fan: int, plen: int) -> int:
-    """The first tokens that each run of `fan` prompts (prompts `fan * g ..`) prefills once: the
-    largest fine bucket L that every run shares (each prompt keeping a token of its own) for which L
-    plus the longest rest's bucket is no more than `plen`, the whole prompts' bucket; 0 if there is
-    none of `SHARED_PREFIX_MIN` tokens or more."""
+def shared_prefixes(prompts: list[list[int]], fan: int, plen: int) -> tuple[int, int, list[int]] | None:
+    """How runs of `fan` prompts (prompts `fan * g ..`) share their prefill, or None where it does
+    not pay: (L, S, common), where run g's first `common[g]` tokens (all that its prompts share,
+    each keeping one of its own) run once, left-padded to L; and each prompt's rest, left-padded to
+    S. L and S are fine buckets; `plen` is the whole prompts' bucket, whose prefill runs
+    `fan * plen` tokens a run where this runs L + fan * S."""
     if fan < 2 or len(prompts) % fan:
-        return 0
-    common = len(prompts[0])
-    for g in range(0, len(prompts), fan):
-        run = prompts[g:g + fan]
-        first, n = run[0], min(len(p) for p in run) - 1
-        for other in run[1:]:
-            n = next((i for i in range(n) if other[i] != first[i]), n)
-        common = min(common, n)
-    longest = max(len(p) for p in prompts)
-    for size in bucket_below(common, minimum=SHARED_PREFIX_MIN, fine=True):
-        if size + bucket(longest - size, fine=True) <= plen:
-            return size
-    return 0
+        return None
+    common = [common_prefix_len(prompts[g:g + fan]) for g in range(0, len(prompts), fan)]
+    if sum(common) < SHARED_PREFIX_MIN * len(common):
+        return None
+    size = bucket(max(common), fine=True)
+    rest = bucket(max(len(p) - common[i // fan] for i, p in enumerate(prompts)), fine=True)
+    return (size, rest, common) if size + fan * rest <= 0.75 * fan * plen else None
 
 
 def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *, max_new_tokens: int,
@@ -275,12 +289,12 @@ def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *,
     Returns host arrays: `tokens` and `logprobs` `[rows, max_new_tokens]`, `stopped` and the
     number of tokens per row `lengths` (stop included); and `row_steps`, the decode steps run times
     the rows they ran over, with `row_steps_full`, the same without compaction; `prefix_len`, the
-    tokens each run of `fan` prompts prefilled once (0: none). min_rows: compile for
+    slots each run of `fan` prompts prefilled once (0: none). min_rows: compile for
     at least this many rows (the last, smaller batch of a run then reuses the full batches' program
     instead of compiling its own). forced, budget, after: see the module docstring. compact: let the
     unfinished rows go on in a smaller batch (`COMPACT_MIN_STEPS`); the samples are the same. fan:
     prompts come in runs of `fan` that begin alike (a judge pair's two orders); their common first
-    tokens are prefilled once a run where `shared_prefix_len` finds enough of them."""
+    tokens are prefilled once a run where that pays (`shared_prefixes`)."""
     rows = len(prompts) * group
     if len(row_ids) != rows:
         raise ValueError(f"row_ids: {len(row_ids)} keys for {len(prompts)} prompts x {group} rows")
@@ -290,15 +304,16 @@ def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *,
     longest = max(len(p) for p in prompts)
     plen = padded_prompt_length(longest, max_new_tokens, cfg.max_position_embeddings)
     data_size = mesh.shape["data"] * mesh.shape["fsdp"]
-    prefix = shared_prefix_len(prompts, fan, plen)
-    runs = fan if prefix else 1
+    split = shared_prefixes(prompts, fan, plen)
+    runs = fan if split else 1
     b_prompts = bucket(max(len(prompts) // runs, -(-min_rows // (group * runs))), minimum=1, multiple=data_size) * runs
     b = b_prompts * group
-    if prefix:
-        plen = prefix + bucket(longest - prefix, fine=True)
-        heads = np.zeros((b_prompts // fan, prefix), np.int32)
-        heads[:len(prompts) // fan] = [prompts[g][:prefix] for g in range(0, len(prompts), fan)]
-        ids, mask = left_pad([p[prefix:] for p in prompts], plen - prefix, b_prompts, pad_id)
+    prefix = 0
+    if split:
+        prefix, rest, common = split
+        heads = left_pad([prompts[g * fan][:c] for g, c in enumerate(common)], prefix, b_prompts // fan, pad_id)
+        ids, mask = left_pad([p[common[i // fan]:] for i, p in enumerate(prompts)], rest, b_prompts, pad_id)
+        plen = prefix + rest
     else:
         ids, mask = left_pad(prompts, plen, b_prompts, pad_id)
     plan = DecodePlan(b, plen, max_new_tokens, sampling, pad_id, group, tuple(int(t) for t in forced),
@@ -312,7 +327,8 @@ def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *,
     stops = to_global(np.asarray(sorted(set(stop_ids)) or [-1], np.int32), replicated)
     inputs = (to_global(ids, x_shard), to_global(mask, x_shard), keys, to_global(np.arange(b) < rows, row_shard), stops)
     if prefix:
-        inputs = (to_global(heads, batch_sharding(mesh, heads.shape)),) + inputs
+        head_shard = batch_sharding(mesh, heads[0].shape)
+        inputs = tuple(to_global(x, head_shard) for x in heads) + inputs
     state = first(params, *inputs)
     out = {"tokens": np.zeros((rows, max_new_tokens), np.int32),
            "logprobs": np.zeros((rows, max_new_tokens), np.float32),

@@ -24,7 +24,6 @@ import functools
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -43,7 +42,7 @@ from sj_jax.judge.template import (
 from sj_jax.loading.model import Model
 from sj_jax.models.config import ModelConfig
 from sj_jax.models.sharding import batch_sharding, logical_sharding, param_shardings, to_global, to_host, traced_on
-from sj_jax.models.transformer import Transformer, positions_from_mask
+from sj_jax.models.transformer import Transformer
 from sj_jax.weights.loader import abstract_params
 
 
@@ -167,31 +166,13 @@ def verdict_probs(model: Model, prompts: Sequence[Sequence[int]], verdict_ids: t
     return out
 
 
-def _shared_prefix_len(x: Sequence[int], y: Sequence[int]) -> int:
-    """Tokens the two orders of a pair share from the start, leaving each at least one of its own."""
-    n, limit = 0, min(len(x), len(y)) - 1
-    while n < limit and x[n] == y[n]:
-        n += 1
-    return n
-
-
 def _forward_shared(cfg, kv_sharding, params, prefix_ids, prefix_mask, suffix_ids, suffix_mask, verdict_ids):
     """Prefix `[groups, P]` once into a KV cache, then both suffixes `[2 * groups, S]` over it (rows 2g
     and 2g + 1 continue prefix g). Both parts are left-padded; returns float32 `[2 * groups, 2]`."""
     layers = kv_cache.unstack_layers(params["layers"], cfg.num_layers)
     p, s = prefix_ids.shape[1], suffix_ids.shape[1]
-    _, cache = kv_cache.prefill(cfg, params, layers, prefix_ids, prefix_mask, p + s, kv_sharding)
-    k, v = (tuple(jnp.repeat(c, 2, axis=0) for c in cache[name]) for name in ("k", "v"))
-    suffix_mask = suffix_mask.astype(bool)
-    pos = jnp.repeat(cache["pos"], 2)[:, None] + positions_from_mask(suffix_mask)  # prefix tokens come first
-    valid = jnp.concatenate([jnp.repeat(cache["valid"][:, :p], 2, axis=0), suffix_mask], axis=1)
-    key_pos = jnp.concatenate([jnp.repeat(cache["key_pos"][:, :p], 2, axis=0), pos], axis=1)
-    causal = jnp.arange(p + s)[None, :] <= p + jnp.arange(s)[:, None]  # [suffix, prefix + suffix]
-    mask = (causal[None] & valid[:, None, :])[:, None]
-    module = Transformer(cfg)
-    x = module.apply({"params": params}, suffix_ids, method=Transformer.embed_ids)
-    x, _ = kv_cache.run_layers(cfg, layers, x, pos, key_pos, mask, {"k": k, "v": v}, p)
-    logits = module.apply({"params": params}, x[:, -1], method=Transformer.head)
+    _, head = kv_cache.prefill(cfg, params, layers, prefix_ids, prefix_mask, p)
+    logits, _ = kv_cache.extend_shared(cfg, params, layers, head, suffix_ids, suffix_mask, p + s, 2, kv_sharding)
     return jax.nn.log_softmax(logits, axis=-1)[:, verdict_ids]
 
 
@@ -200,7 +181,7 @@ def compiled_shared_verdict_logprobs(cfg: ModelConfig, mesh: Mesh, shape: tuple[
     """(jitted `f(params, prefix_ids, prefix_mask, suffix_ids, suffix_mask, verdict_ids)`, prefix
     sharding, suffix sharding) for `shape = (groups, prefix_len, suffix_len)`, cached."""
     g, p, s = shape
-    k_shape, _ = kv_cache.kv_shapes(cfg, g, p + s)
+    k_shape, _ = kv_cache.kv_shapes(cfg, 2 * g, p + s)
     kv_shard = logical_sharding(("batch", "kv_heads", None, None), k_shape, mesh)
     pre_shard, suf_shard = batch_sharding(mesh, (g, p)), batch_sharding(mesh, (2 * g, s))
     fn = jax.jit(
@@ -227,7 +208,7 @@ def verdict_probs_shared(model: Model, prompts: Sequence[Sequence[int]], verdict
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
     multiple = mesh.shape["data"] * mesh.shape["fsdp"]
     groups = len(prompts) // 2
-    shared = [_shared_prefix_len(prompts[2 * g], prompts[2 * g + 1]) for g in range(groups)]
+    shared = [kv_cache.common_prefix_len(prompts[2 * g:2 * g + 2]) for g in range(groups)]
     rest = [max(len(prompts[2 * g]), len(prompts[2 * g + 1])) - shared[g] for g in range(groups)]
     order = sorted(range(groups), key=lambda g: (shared[g] + rest[g], shared[g]))
     step = max(1, batch_size // 2)
