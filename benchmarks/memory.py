@@ -12,7 +12,8 @@ beside it). The cases:
 - `self_judge`: one SELF-JUDGE step as `benchmarks.self_judge_step` runs it: 16 task prompts, 2 samples
   of up to 64 tokens, the frozen model judging, a full-weight DPO update.
 
-Beside each peak it prints its bound: the weights, plus the largest batch's KV caches, plus one layer's
+Beside each peak it prints its bound: the weights, plus the largest batch's KV caches (for the
+generative judge, the batch the sampler compiled: rows and cache slots as padded), plus one layer's
 activations for that batch (with one query chunk's attention scores). For `self_judge`, the bound is
 `sj-jax memory`'s estimate of the step instead (weights, reference, Adam, the update's activations).
 The peak also holds what the runtime costs before any model loads (Python, JAX, the tokenizer),
@@ -137,7 +138,7 @@ def run_case(case: str, pairs: int) -> dict:
         length = int(length)
         a, b = answers(pairs)
         if kind == "generative":
-            from sj_jax.inference.generate import length_batches
+            from sj_jax.inference import generate
             from sj_jax.judge.generative import judge_generative
             from sj_jax.judge.generative_template import GenerativeTemplate, render_prompt
 
@@ -148,16 +149,19 @@ def run_case(case: str, pairs: int) -> dict:
                 return tok(render_prompt(tok, tpl, c, a[0], b[0]), add_special_tokens=False)["input_ids"]
 
             ctx = contexts_of_length(model, length, pairs, render)
+            batches = []  # the sampler's compiled batches: (rows, cache slots, slots prefilled once a pair)
+            sample = generate.run
+
+            def recorded(*args, **kw):
+                out = sample(*args, **kw)
+                batches.append((out["batch"], out["slots"], out["prefix_len"]))
+                return out
+
+            generate.run = recorded
             first, out = twice(lambda: judge_generative(model, ctx, a, b))
-            lengths = [len(render(c)) for c in ctx for _ in range(2)]
-            new = tpl.max_new_tokens + 16
-            # judge_generative's batches: whole pairs (both orders) within its default budgets
-            batches = length_batches(lengths[::2], new, rows_per_prompt=2, max_rows=64, max_tokens=32768)
-            rows = 2 * max(len(x) for x in batches)
-            slots = bucket(max(lengths), cfg.max_position_embeddings, fine=True) + new
-            cache = rows * slots
-            parts = {"verdicts": int((out.labels > 0).sum()), "rows": rows, "slots": slots}
-            bound = weights + kv_bytes(cfg, cache) + layer_bytes(cfg, rows, slots)
+            rows, slots, shared = max(batches, key=lambda x: x[0] * x[1])
+            parts = {"verdicts": int((out.labels > 0).sum()), "rows": rows, "slots": slots, "shared_prefix": shared}
+            bound = weights + kv_bytes(cfg, rows * slots) + layer_bytes(cfg, rows, slots)
         else:
             from sj_jax.inference.kv_cache import common_prefix_len
             from sj_jax.judge.scoring import judge_pairs, judge_prompts

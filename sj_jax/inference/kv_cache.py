@@ -70,10 +70,30 @@ def _traced_layer(cfg: ModelConfig):
 UNROLL_LAYERS = 40
 
 
-def layer_stack(cfg: ModelConfig, layers: Any) -> Any:
-    """What `run_layers` takes: per-layer trees (unrolled), or the stacked `[layers, ...]` tree
-    itself for models deeper than `UNROLL_LAYERS` (scanned)."""
-    return unstack_layers(layers, cfg.num_layers) if cfg.num_layers <= UNROLL_LAYERS else layers
+class SliceWhenRun:
+    """An unrolled stack's stacked `[layers, ...]` weights, each layer's slice taken only when the
+    layer runs. XLA computes slices that depend on nothing first and holds them: every layer's copy
+    at once (0.43 GB for SmolLM2-135M, float32), beside the activations. A program that runs the
+    stack once (a prefill) takes this; a decode loop keeps the per-layer trees (`layer_stack`), whose
+    slices XLA hoists out of the loop, as it should: sliced inside, every step would copy every
+    layer's weights."""
+
+    def __init__(self, stacked: Any):
+        self.stacked = stacked
+
+
+def layer_stack(cfg: ModelConfig, layers: Any, once: bool = False) -> Any:
+    """What `run_layers` takes: per-layer trees (unrolled; `SliceWhenRun` for a program that runs the
+    stack `once`), or the stacked `[layers, ...]` tree itself for models deeper than
+    `UNROLL_LAYERS` (scanned)."""
+    if cfg.num_layers > UNROLL_LAYERS:
+        return layers
+    return SliceWhenRun(layers) if once else unstack_layers(layers, cfg.num_layers)
+
+
+def is_scanned(layer_params: Any) -> bool:
+    """Whether `layer_params` (from `layer_stack`) runs scanned, over a stacked cache (k, v `[layers, ...]`)."""
+    return not isinstance(layer_params, (list, tuple, SliceWhenRun))
 
 
 def _run_layers_scanned(cfg, layers, x, cos, sin, mask, pos_diff, cache, index):
@@ -95,17 +115,24 @@ def _run_layers_scanned(cfg, layers, x, cos, sin, mask, pos_diff, cache, index):
 
 def run_layers(cfg, layer_params, x, positions, key_positions, mask, cache, index):
     """All layers over x `[batch, seq, embed]`, reading and writing the cache at slot `index`.
-    layer_params: per-layer trees (unrolled; cache k, v tuples of per-layer arrays), or the stacked
-    tree (scanned; cache k, v stacked `[layers, ...]`), as `layer_stack` chooses."""
+    layer_params: per-layer trees or `SliceWhenRun` (unrolled; cache k, v tuples of per-layer
+    arrays), or the stacked tree (scanned; cache k, v stacked `[layers, ...]`), as `layer_stack`
+    chooses."""
     cos, sin = rotary_tables(positions, cfg.rope, cfg.head_dim)
     pos_diff = None
     if any(cfg.sliding_windows):
         pos_diff = positions[:, :, None] - key_positions[:, None, :]
-    if not isinstance(layer_params, (list, tuple)):
+    if is_scanned(layer_params):
         return _run_layers_scanned(cfg, layer_params, x, cos, sin, mask, pos_diff, cache, index)
     ks, vs = [], []
     layer = _traced_layer(cfg)
-    for i, p in enumerate(layer_params):
+    late = isinstance(layer_params, SliceWhenRun)
+    for i in range(cfg.num_layers):
+        if late:  # the index reads x (it is always i), so the slice waits for the previous layer
+            at = i + (x[0, 0, 0] != x[0, 0, 0]).astype(jnp.int32)
+            p = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, at, keepdims=False), layer_params.stacked)
+        else:
+            p = layer_params[i]
         x, (k, v) = layer(p, x, jnp.int32(cfg.sliding_windows[i]), cos, sin, mask, pos_diff,
                           (cache["k"][i], cache["v"][i], jnp.asarray(index, jnp.int32)))
         ks.append(k)
@@ -137,12 +164,13 @@ def _empty_kv(cfg: ModelConfig, layer_params: Any, batch: int, cache_len: int, k
     stacked array each with the layer axis in front (scanned)."""
     dtype = DTYPES[cfg.dtype]
     k_shape, v_shape = kv_shapes(cfg, batch, cache_len)
-    if isinstance(layer_params, (list, tuple)):
+    if not is_scanned(layer_params):
         def empty(shape):
             z = jnp.zeros(shape, dtype)
             return z if kv_sharding is None else jax.lax.with_sharding_constraint(z, kv_sharding)
 
-        return tuple(empty(k_shape) for _ in layer_params), tuple(empty(v_shape) for _ in layer_params)
+        layers = range(cfg.num_layers)
+        return tuple(empty(k_shape) for _ in layers), tuple(empty(v_shape) for _ in layers)
 
     def stacked(shape):
         z = jnp.zeros((cfg.num_layers,) + shape, dtype)
@@ -220,7 +248,7 @@ def extend_shared(cfg: ModelConfig, params: dict, layer_params: Any, head: dict,
     Returns (logits `[groups * fan, vocab]`, cache of `cache_len` slots, `index` L + S)."""
     L = head["valid"].shape[1]
     rows, s = suffix_ids.shape
-    stacked = not isinstance(layer_params, (list, tuple))
+    stacked = is_scanned(layer_params)
 
     def widen(x, slot_axis):
         """A prefix cache `[groups, ...]` as the rows' cache: repeated `fan` times, slots padded to cache_len."""

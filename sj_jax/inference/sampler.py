@@ -29,6 +29,7 @@ from sj_jax.inference.kv_cache import (
     common_prefix_len,
     decode_step,
     extend_shared,
+    is_scanned,
     kv_shapes,
     layer_stack,
     left_pad,
@@ -93,7 +94,7 @@ def _advance(plan: DecodePlan, s: dict, token: jax.Array, logprob: jax.Array, st
 
 
 def _prefill_and_first(cfg, plan, kv_sharding, params, ids, mask, keys, active, stop_ids):
-    layer_params = layer_stack(cfg, params["layers"])
+    layer_params = layer_stack(cfg, params["layers"], once=True)
     logits, cache = prefill(cfg, params, layer_params, ids, mask, plan.prompt_len + plan.max_new_tokens,
                             kv_sharding)
     return _first(plan, layer_params, logits, cache, keys, active, stop_ids)
@@ -101,14 +102,15 @@ def _prefill_and_first(cfg, plan, kv_sharding, params, ids, mask, keys, active, 
 
 def _prefill_head(cfg, plan, params, prefix_ids, prefix_mask):
     """The cache of each run's common start alone (`[groups, prefix_len]`)."""
-    return prefill(cfg, params, layer_stack(cfg, params["layers"]), prefix_ids, prefix_mask, plan.prefix_len)[1]
+    return prefill(cfg, params, layer_stack(cfg, params["layers"], once=True), prefix_ids, prefix_mask,
+                   plan.prefix_len)[1]
 
 
 def _shared_prefill_and_first(cfg, plan, kv_sharding, params, head, suffix_ids, suffix_mask, keys, active, stop_ids):
     """`_prefill_and_first` of prompts that come in runs of `plan.fan` sharing their first
     `plan.prefix_len` slots, whose cache `head` `_prefill_head` made
     (`sj_jax.inference.kv_cache.extend_shared`)."""
-    layer_params = layer_stack(cfg, params["layers"])
+    layer_params = layer_stack(cfg, params["layers"], once=True)
     logits, cache = extend_shared(cfg, params, layer_params, head, suffix_ids, suffix_mask,
                                   plan.prompt_len + plan.max_new_tokens, plan.fan, kv_sharding)
     return _first(plan, layer_params, logits, cache, keys, active, stop_ids)
@@ -119,7 +121,7 @@ def _first(plan, layer_params, logits, cache, keys, active, stop_ids):
     every row's first token drawn."""
     if plan.group > 1:  # one prefill per prompt, its cache repeated for the prompt's samples
         logits = jnp.repeat(logits, plan.group, axis=0)
-        stacked = not isinstance(layer_params, list)  # k, v [layers, batch, ...]: rows on axis 1
+        stacked = is_scanned(layer_params)  # k, v [layers, batch, ...]: rows on axis 1
 
         def repeat(name, x):
             return jnp.repeat(x, plan.group, axis=1 if stacked and name in ("k", "v") else 0)
@@ -289,7 +291,8 @@ def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *,
     Returns host arrays: `tokens` and `logprobs` `[rows, max_new_tokens]`, `stopped` and the
     number of tokens per row `lengths` (stop included); and `row_steps`, the decode steps run times
     the rows they ran over, with `row_steps_full`, the same without compaction; `prefix_len`, the
-    slots each run of `fan` prompts prefilled once (0: none). min_rows: compile for
+    slots each run of `fan` prompts prefilled once (0: none); `batch` and `slots`, the compiled rows
+    and cache slots (the KV cache is batch x slots positions). min_rows: compile for
     at least this many rows (the last, smaller batch of a run then reuses the full batches' program
     instead of compiling its own). forced, budget, after: see the module docstring. compact: let the
     unfinished rows go on in a smaller batch (`COMPACT_MIN_STEPS`); the samples are the same. fan:
@@ -358,4 +361,5 @@ def run(cfg: ModelConfig, mesh: Mesh, params: dict, prompts: list[list[int]], *,
         where, cur = where[keep], nb
         loop = compiled(cfg, mesh, dataclasses.replace(plan, batch=nb, group=1, prefix_len=0, fan=1))[1]
     out["row_steps"], out["row_steps_full"], out["prefix_len"] = row_steps, b * (step0 - 1), prefix
+    out["batch"], out["slots"] = b, plen + max_new_tokens
     return out
