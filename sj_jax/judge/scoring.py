@@ -169,7 +169,7 @@ def verdict_probs(model: Model, prompts: Sequence[Sequence[int]], verdict_ids: t
 def _forward_shared(cfg, kv_sharding, params, prefix_ids, prefix_mask, suffix_ids, suffix_mask, verdict_ids):
     """Prefix `[groups, P]` once into a KV cache, then both suffixes `[2 * groups, S]` over it (rows 2g
     and 2g + 1 continue prefix g). Both parts are left-padded; returns float32 `[2 * groups, 2]`."""
-    layers = kv_cache.unstack_layers(params["layers"], cfg.num_layers)
+    layers = kv_cache.layer_stack(cfg, params["layers"], once=True)
     p, s = prefix_ids.shape[1], suffix_ids.shape[1]
     _, head = kv_cache.prefill(cfg, params, layers, prefix_ids, prefix_mask, p)
     logits, _ = kv_cache.extend_shared(cfg, params, layers, head, suffix_ids, suffix_mask, p + s, 2, kv_sharding)
