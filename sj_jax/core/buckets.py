@@ -10,20 +10,7 @@ def bucket(n: int, cap: int | None = None, *, minimum: int = 16, fine: bool = Fa
     rounded up to a multiple of `multiple` (the data-parallel size, for rows)."""
     b = minimum
     while b < n:
-        b = _next(b, fine)
+        b = b * 3 // 2 if fine and b & (b - 1) == 0 else (b * 4 // 3 if fine else b * 2)
     if cap is not None:
         b = min(b, max(cap, n))
     return -(-b // multiple) * multiple
-
-
-def _next(b: int, fine: bool) -> int:
-    return b * 3 // 2 if fine and b & (b - 1) == 0 else (b * 4 // 3 if fine else b * 2)
-
-
-def bucket_below(n: int, *, minimum: int = 16, fine: bool = False) -> list[int]:
-    """Every bucket <= n, largest first (none when n < minimum)."""
-    out, b = [], minimum
-    while b <= n:
-        out.append(b)
-        b = _next(b, fine)
-    return out[::-1]
