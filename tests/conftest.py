@@ -202,11 +202,12 @@ REAL_TEXTS = [
 
 # How the tests are spread over the xdist workers (`--dist loadgroup`): the tests that load the
 # real SmolLM2 (ours or PyTorch's) share one worker, so that a session loads each once; each
-# 8-device subprocess check is a unit of its own; the other tests go by file, so that the tests of a
+# 8-device train-step check is a unit of its own (the model checks of test_sharding.py share one
+# subprocess, so one worker); the other tests go by file, so that the tests of a
 # file, which build the same small models, compile each program once, on one worker, instead of
 # once on each.
 _SMOLLM2_FIXTURES = {"smollm2", "smollm2_torch", "smollm2_torch_greedy"}
-_SUBPROCESS_FILES = ("test_sharding.py", "test_train_sharding.py")
+_SUBPROCESS_FILES = ("test_train_sharding.py",)
 
 
 def _group(item) -> str | None:
@@ -236,7 +237,7 @@ _HEAVY_FILES = ("test_demo.py", "test_sampler.py", "test_trainer.py", "test_self
 def _unit_rank(item) -> tuple[int, int]:
     if _group(item) == "smollm2":
         return (0, 0)
-    if item.path.name in _SUBPROCESS_FILES:
+    if item.path.name in _SUBPROCESS_FILES + ("test_sharding.py",):
         return (1, 0)
     if item.path.name in _HEAVY_FILES:
         return (2, _HEAVY_FILES.index(item.path.name))

@@ -1,7 +1,8 @@
 """Run as a subprocess by test_sharding.py: the forward on a fake 8-device CPU mesh vs one device.
 
-Usage: python tests/mesh_check.py tiny|smollm2. Prints one JSON line: per mesh, the relative
-error against the single-device logits and the partition specs the parameters actually got.
+Usage: python tests/mesh_check.py tiny [smollm2]. One process checks every model named (one start of
+8 devices). Prints one JSON line: per model, per mesh, the relative error against the single-device
+logits and the partition specs the parameters actually got.
 """
 
 from __future__ import annotations
@@ -115,4 +116,4 @@ def main(which: str) -> dict:
 
 
 if __name__ == "__main__":
-    print("RESULT " + json.dumps(main(sys.argv[1])))
+    print("RESULT " + json.dumps({which: main(which) for which in sys.argv[1:]}))

@@ -9,22 +9,30 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import smollm2_gguf_path
 
 from sj_jax.models.sharding import MeshConfig, logical_to_spec, make_mesh
 
 
-def _run_mesh_check(which: str) -> dict:
+@pytest.fixture(scope="module")
+def mesh_checks(request) -> dict:
+    """`mesh_check.py`'s results, per model: one subprocess of 8 devices for the tiny model and, where
+    this session runs its test, SmolLM2 (both tests share this file's worker: `conftest._group`)."""
+    wanted = ["tiny"]
+    if smollm2_gguf_path() is not None and any(
+            item.name == "test_smollm2_on_8_device_meshes_equals_single_device" for item in request.session.items):
+        wanted.append("smollm2")
     script = Path(__file__).with_name("mesh_check.py")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
-    proc = subprocess.run([sys.executable, str(script), which], capture_output=True, text=True, env=env,
-                          timeout=600)
+    proc = subprocess.run([sys.executable, str(script), *wanted], capture_output=True, text=True, env=env,
+                          timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
     return json.loads(line[len("RESULT "):])
 
 
-def test_tiny_model_on_8_device_meshes_equals_single_device():
-    r = _run_mesh_check("tiny")
+def test_tiny_model_on_8_device_meshes_equals_single_device(mesh_checks):
+    r = mesh_checks["tiny"]
     assert r["devices"] == 8
     tp, fsdp = r["data2_tensor4"], r["fsdp8"]
     for res in (tp, fsdp):
@@ -47,8 +55,8 @@ def test_tiny_model_on_8_device_meshes_equals_single_device():
 
 
 @pytest.mark.slow
-def test_smollm2_on_8_device_meshes_equals_single_device(smollm2_path):
-    r = _run_mesh_check("smollm2")
+def test_smollm2_on_8_device_meshes_equals_single_device(smollm2_path, mesh_checks):
+    r = mesh_checks["smollm2"]
     for name in ("data2_tensor4", "fsdp8"):
         assert r[name]["rel_err"] < 1e-5, r[name]
         assert r[name]["greedy_equal"], name
