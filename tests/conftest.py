@@ -10,6 +10,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The tolerances against PyTorch and float64 assume full float32 matmuls; a GPU's default is TF32.
 # Subprocesses inherit it; a config's matmul_precision "default" keeps it.
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+# XLA's generated kernels compiled at LLVM -O0: most of this suite's time is compiling the programs of
+# tiny models, whose run time is next to nothing (the sampler and generative-judge tests: 181 s
+# against 241 s at XLA's default level). The numbers are the same (no fast-math at any level), and
+# the main job runs at XLA's default. Subprocesses inherit it. SJ_TEST_XLA_OPT_LEVEL=default keeps
+# XLA's own level; a level in $XLA_FLAGS wins.
+_OPT = os.environ.get("SJ_TEST_XLA_OPT_LEVEL", "0")
+if _OPT != "default" and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level={_OPT}".strip()
 
 import shutil  # noqa: E402
 import tempfile  # noqa: E402

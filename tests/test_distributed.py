@@ -116,7 +116,7 @@ def launch(mode: str, model: Path, data: Path, out: Path, processes: int, device
     """`processes` workers with `devices` CPU devices each (one worker: no jax.distributed)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(
         [str(WORKER.parent), os.environ.get("PYTHONPATH", "")]),
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"}
     for k in ("SJ_COORDINATOR", "SJ_NUM_PROCESSES", "SJ_PROCESS_ID", "SJ_LOCAL_DEVICE_IDS"):
         env.pop(k, None)
     port = free_port()
