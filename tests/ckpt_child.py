@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 if __name__ == "__main__" and sys.argv[2] == "mesh":
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
 
 import numpy as np  # noqa: E402
 

@@ -215,13 +215,14 @@ REAL_TEXTS = [
 # file, which build the same small models, compile each program once, on one worker, instead of
 # once on each.
 _SMOLLM2_FIXTURES = {"smollm2", "smollm2_torch", "smollm2_torch_greedy"}
-_SUBPROCESS_FILES = ("test_train_sharding.py",)
+_EIGHT_DEVICE_FILES = ("test_sharding.py", "test_train_sharding.py")  # subprocesses of 8 devices
+_UNIT_PER_TEST_FILES = ("test_train_sharding.py",)
 
 
 def _group(item) -> str | None:
     if _SMOLLM2_FIXTURES & set(getattr(item, "fixturenames", ())):
         return "smollm2"
-    if item.path.name in _SUBPROCESS_FILES:
+    if item.path.name in _UNIT_PER_TEST_FILES:
         return None
     return item.path.stem
 
@@ -245,7 +246,7 @@ _HEAVY_FILES = ("test_demo.py", "test_sampler.py", "test_trainer.py", "test_self
 def _unit_rank(item) -> tuple[int, int]:
     if _group(item) == "smollm2":
         return (0, 0)
-    if item.path.name in _SUBPROCESS_FILES + ("test_sharding.py",):
+    if item.path.name in _EIGHT_DEVICE_FILES:
         return (1, 0)
     if item.path.name in _HEAVY_FILES:
         return (2, _HEAVY_FILES.index(item.path.name))
