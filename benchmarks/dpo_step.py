@@ -31,32 +31,37 @@ import sj_jax  # noqa: E402
 from benchmarks.common import forward_flops, jax_matmul_peak, write_json  # noqa: E402
 from benchmarks.trl_dpo import TRLDPOStep, load_torch_model_and_tokenizer, make_pairs  # noqa: E402
 from sj_jax.core.config import from_dict  # noqa: E402
-from sj_jax.weights.registry import DEFAULT_MODEL  # noqa: E402
-from sj_jax.train.config import TrainConfig  # noqa: E402
+from sj_jax.data.batches import collate_pairs, collate_pairs_joint  # noqa: E402
+from sj_jax.data.examples import PairExample  # noqa: E402
+from sj_jax.train.config import DataConfig, TrainConfig  # noqa: E402
 from sj_jax.train.optim import make_optimizer  # noqa: E402
 from sj_jax.train.steps import StepSpec, compile_step  # noqa: E402
 from sj_jax.train.trainer import init_state  # noqa: E402
+from sj_jax.weights.registry import DEFAULT_MODEL  # noqa: E402
 
 
-def sj_batch(pairs: list[dict]) -> dict[str, np.ndarray]:
-    """`[1 micro-batch, pairs, 2, P + R]` int32, responses in the last R positions (no padding here)."""
-    ids = np.asarray([[p["prompt_ids"] + p["chosen_ids"], p["prompt_ids"] + p["rejected_ids"]] for p in pairs],
-                     np.int32)[None]
-    loss = np.zeros_like(ids)
-    loss[..., len(pairs[0]["prompt_ids"]):] = 1
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": loss}
+def sj_batch(pairs: list[dict], layout: str) -> dict[str, np.ndarray]:
+    """One micro-batch as `sj-jax dpo` collates it: `[1, pairs, 2, P + R]` (separate: a row a response)
+    or `[1, pairs, P + 2R]` (joint: a row a pair, the prompt once), int32."""
+    examples = [PairExample(*(np.asarray(p[k], np.int32) for k in ("prompt_ids", "chosen_ids", "rejected_ids")))
+                for p in pairs]
+    prompt, response = len(pairs[0]["prompt_ids"]), len(pairs[0]["chosen_ids"])
+    collate = collate_pairs_joint if layout == "joint" else collate_pairs
+    batch, _ = collate(examples, prompt, response, 0)
+    return {k: v[None] for k, v in batch.items()}
 
 
 class SJDPOStep:
     """sj_jax's DPO step on the same work: full-weight policy, frozen reference, the trainer's own step."""
 
-    def __init__(self, pairs: list[dict], *, beta: float = 0.1, lr: float = 1e-6, remat: str = "none"):
+    def __init__(self, pairs: list[dict], *, beta: float = 0.1, lr: float = 1e-6, remat: str = "none",
+                 layout: str = DataConfig.pair_layout):
         self.model = sj_jax.load_model(DEFAULT_MODEL, tokenizer=None, remat=remat)
         cfg = from_dict(TrainConfig, {"dpo": {"beta": beta}, "remat": remat, "optim": {
             "learning_rate": lr, "schedule": "constant", "warmup_steps": 0, "clip_norm": 1.0}})
         self.tx, schedule = make_optimizer(cfg.optim, 1 << 20)
         self.state, self.frozen = init_state("dpo", cfg, self.model, self.tx)
-        self.batch = sj_batch(pairs)
+        self.batch = sj_batch(pairs, layout)
         spec = StepSpec("dpo", self.model.config, dpo=cfg.dpo, response_len=len(pairs[0]["chosen_ids"]))
         self.fn = compile_step(spec, self.tx, schedule, self.model.mesh,
                                self.state, self.frozen, self.batch)
@@ -66,7 +71,7 @@ class SJDPOStep:
         return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def _worker(side: str, n_pairs: int, remat: str, conn) -> None:
+def _worker(side: str, n_pairs: int, remat: str, layout: str, conn) -> None:
     """A child process: builds one side, answers "ref_logps" and "step" (returning seconds and metrics)."""
     import time
 
@@ -77,7 +82,7 @@ def _worker(side: str, n_pairs: int, remat: str, conn) -> None:
         conn.send({"ref_logps": [x.tolist() for x in runner.logps("reference")], "tokens": runner.tokens_per_step})
     else:
         del torch_model
-        runner = SJDPOStep(pairs, remat=remat)
+        runner = SJDPOStep(pairs, remat=remat, layout=layout)
         seq = len(pairs[0]["prompt_ids"]) + len(pairs[0]["chosen_ids"])
         # Model FLOPs, as MFU counts them: policy forward + backward (3x) and the reference forward
         # (1x), over every token and the full vocabulary head, whatever shortcut an implementation takes.
@@ -93,6 +98,8 @@ def main() -> dict:
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--remat", default="none", choices=["none", "full", "dots"])
+    ap.add_argument("--layout", default=DataConfig.pair_layout, choices=["joint", "separate"],
+                    help="sj_jax's DPO batch (default: sj-jax dpo's `data.pair_layout`)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
@@ -100,7 +107,7 @@ def main() -> dict:
     conns, procs = {}, []
     for side in ("sj_jax", "trl"):
         parent, child = ctx.Pipe()
-        p = ctx.Process(target=_worker, args=(side, args.pairs, args.remat, child), daemon=True)
+        p = ctx.Process(target=_worker, args=(side, args.pairs, args.remat, args.layout, child), daemon=True)
         p.start()
         conns[side], info = parent, parent.recv()
         procs.append(p)
@@ -132,8 +139,9 @@ def main() -> dict:
     peak = jax_matmul_peak()
     res = {
         "work": f"DPO step, SmolLM2-135M float32, {args.pairs} pairs x (64 prompt + 64 response) tokens, beta 0.1, "
+                f"sj_jax layout {args.layout}, "
                 "reference on the fly",
-        "device": str(jax.devices()[0]), "remat": args.remat, "samples_s": samples,
+        "device": str(jax.devices()[0]), "remat": args.remat, "layout": args.layout, "samples_s": samples,
         "sj_jax_s_per_step": secs["sj_jax"], "trl_s_per_step": secs["trl"],
         "sj_jax_tokens_per_s": tokens / secs["sj_jax"], "trl_tokens_per_s": tokens / secs["trl"],
         "ratio_sj_jax_over_trl": secs["trl"] / secs["sj_jax"],

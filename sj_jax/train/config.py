@@ -52,7 +52,7 @@ class DataConfig:
     shuffle: bool = True
     group_by_length: bool = False  # batch examples of similar length together (less padding; seeded, resumable)
     packing: bool = False  # sft/jsft: several examples per max_length row, each attending to itself only
-    pair_layout: Literal["separate", "joint"] = "separate"  # dpo: joint = one row a pair, the prompt run once
+    pair_layout: Literal["joint", "separate"] = "joint"  # dpo: one row a pair, prompt once (same numbers)
 
 
 @dataclasses.dataclass(frozen=True)
