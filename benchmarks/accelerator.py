@@ -65,7 +65,7 @@ def chip(device) -> tuple[str, float, float, str]:
     for name, (flops, bw) in CHIPS.items():
         if name.lower() in kind.lower():
             return kind, flops, bw, "data sheet (dense bfloat16)"
-    from benchmarks.sample import read_bandwidth
+    from benchmarks.common import read_bandwidth
 
     return kind, jax_matmul_peak() * 1e9, read_bandwidth(), "measured here (float32 matmul, read bandwidth)"
 

@@ -7,19 +7,16 @@ DPO with beta 0.1, the reference's log-probs computed on the fly, AdamW at lr 1e
 to norm 1. TRL gets exactly the same token ids (`benchmarks.trl_dpo`). Before timing, both sides'
 log-probs are checked against each other, and both first losses against log 2.
 
-Each side lives in its own worker process and the two are stepped in alternation, one at a time:
-in one process, a JAX step right after a PyTorch step measured 6.2-7.3 s against 5.2 s alone (the
-two runtimes' thread pools and allocators get in each other's way), which says nothing about either.
-Printed: step time, tokens/s, the ratio, and MFU against a measured JAX matmul peak.
+Each side lives in its own process and the two are stepped in alternation (`benchmarks.common`).
+sj_jax runs the batch layout `sj-jax dpo` uses (`--layout`, default `data.pair_layout`). Printed:
+step time, tokens/s, the ratio, and MFU against a measured JAX matmul peak.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
 import os
-import statistics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -28,7 +25,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import sj_jax  # noqa: E402
-from benchmarks.common import forward_flops, jax_matmul_peak, write_json  # noqa: E402
+from benchmarks.common import Sides, forward_flops, machine, print_machine, quiet_check, stats, write_json  # noqa: E402
 from benchmarks.trl_dpo import TRLDPOStep, load_torch_model_and_tokenizer, make_pairs  # noqa: E402
 from sj_jax.core.config import from_dict  # noqa: E402
 from sj_jax.data.batches import collate_pairs, collate_pairs_joint  # noqa: E402
@@ -71,29 +68,23 @@ class SJDPOStep:
         return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
-def _worker(side: str, n_pairs: int, remat: str, layout: str, conn) -> None:
-    """A child process: builds one side, answers "ref_logps" and "step" (returning seconds and metrics)."""
-    import time
-
+def build_side(side: str, n_pairs: int, remat: str, layout: str):
+    """A side in its own process: (info, {"step": one optimizer step, returning its metrics})."""
     torch_model, tok = load_torch_model_and_tokenizer()
     pairs = make_pairs(tok, n_pairs)
     if side == "trl":
         runner = TRLDPOStep(torch_model, tok, pairs)
-        conn.send({"ref_logps": [x.tolist() for x in runner.logps("reference")], "tokens": runner.tokens_per_step})
-    else:
-        del torch_model
-        runner = SJDPOStep(pairs, remat=remat, layout=layout)
-        seq = len(pairs[0]["prompt_ids"]) + len(pairs[0]["chosen_ids"])
-        # Model FLOPs, as MFU counts them: policy forward + backward (3x) and the reference forward
-        # (1x), over every token and the full vocabulary head, whatever shortcut an implementation takes.
-        conn.send({"flops": 4 * forward_flops(runner.model.config, 2 * n_pairs, seq)})
-    while conn.recv() != "stop":
-        t0 = time.perf_counter()
-        metrics = runner.step()
-        conn.send((time.perf_counter() - t0, metrics))
+        return {"ref_logps": [x.tolist() for x in runner.logps("reference")], "tokens": runner.tokens_per_step}, {
+            "step": runner.step}
+    del torch_model
+    runner = SJDPOStep(pairs, remat=remat, layout=layout)
+    seq = len(pairs[0]["prompt_ids"]) + len(pairs[0]["chosen_ids"])
+    # Model FLOPs, as MFU counts them: policy forward + backward (3x) and the reference forward
+    # (1x), over every token and the full vocabulary head, whatever shortcut an implementation takes.
+    return {"flops": 4 * forward_flops(runner.model.config, 2 * n_pairs, seq)}, {"step": runner.step}
 
 
-def main() -> dict:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=4)
@@ -101,47 +92,30 @@ def main() -> dict:
     ap.add_argument("--layout", default=DataConfig.pair_layout, choices=["joint", "separate"],
                     help="sj_jax's DPO batch (default: sj-jax dpo's `data.pair_layout`)")
     ap.add_argument("--json", help="also write the results here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
-    ctx = multiprocessing.get_context("spawn")
-    conns, procs = {}, []
-    for side in ("sj_jax", "trl"):
-        parent, child = ctx.Pipe()
-        p = ctx.Process(target=_worker, args=(side, args.pairs, args.remat, args.layout, child), daemon=True)
-        p.start()
-        conns[side], info = parent, parent.recv()
-        procs.append(p)
-        if side == "trl":
-            trl_chosen, tokens = np.asarray(info["ref_logps"][0]), info["tokens"]
-        else:
-            flops = info["flops"]
-
-    def step(side: str):
-        conns[side].send("step")
-        return conns[side].recv()
-
-    # Same numbers first: the first losses (policy == reference) and the reference log-probs.
-    (_, first_sj), (_, first_trl) = step("sj_jax"), step("trl")
-    for name, m in (("sj_jax", first_sj), ("TRL", first_trl)):
-        assert abs(m["loss"] - math.log(2)) < 1e-5, (name, m["loss"])
-    logp_err = abs(first_sj["logps/chosen"] - float(np.mean(trl_chosen))) / abs(float(np.mean(trl_chosen)))
-    assert logp_err < 1e-4, (first_sj["logps/chosen"], float(np.mean(trl_chosen)))
-
-    samples: dict[str, list[float]] = {"sj_jax": [], "trl": []}
-    for _ in range(args.rounds):
-        for side in samples:
-            samples[side].append(step(side)[0])
-    for c in conns.values():
-        c.send("stop")
-    for p in procs:
-        p.join(timeout=60)
-    secs = {k: statistics.median(v) for k, v in samples.items()}
-    peak = jax_matmul_peak()
+    m = machine()
+    print_machine(m)
+    build = {side: (build_side, (side, args.pairs, args.remat, args.layout)) for side in ("sj_jax", "trl")}
+    with Sides(build) as sides:
+        trl_chosen, tokens = np.asarray(sides.info["trl"]["ref_logps"][0]), sides.info["trl"]["tokens"]
+        flops = sides.info["sj_jax"]["flops"]
+        # Same numbers first: the first losses (policy == reference) and the reference log-probs.
+        (_, first_sj), (_, first_trl) = sides.call("sj_jax", "step"), sides.call("trl", "step")
+        for name, met in (("sj_jax", first_sj), ("TRL", first_trl)):
+            assert abs(met["loss"] - math.log(2)) < 1e-5, (name, met["loss"])
+        logp_err = abs(first_sj["logps/chosen"] - float(np.mean(trl_chosen))) / abs(float(np.mean(trl_chosen)))
+        assert logp_err < 1e-4, (first_sj["logps/chosen"], float(np.mean(trl_chosen)))
+        samples, _ = sides.alternate({"sj_jax": ("sj_jax", "step"), "trl": ("trl", "step")}, args.rounds)
+    quiet_check(m)
+    peak = m["matmul_gflops"]
+    secs = {k: stats(v)["median"] for k, v in samples.items()}
     res = {
         "work": f"DPO step, SmolLM2-135M float32, {args.pairs} pairs x (64 prompt + 64 response) tokens, beta 0.1, "
                 f"sj_jax layout {args.layout}, "
                 "reference on the fly",
-        "device": str(jax.devices()[0]), "remat": args.remat, "layout": args.layout, "samples_s": samples,
+        "machine": m, "seconds": {k: stats(v) for k, v in samples.items()}, "remat": args.remat,
+        "layout": args.layout, "samples_s": samples,
         "sj_jax_s_per_step": secs["sj_jax"], "trl_s_per_step": secs["trl"],
         "sj_jax_tokens_per_s": tokens / secs["sj_jax"], "trl_tokens_per_s": tokens / secs["trl"],
         "ratio_sj_jax_over_trl": secs["trl"] / secs["sj_jax"],
@@ -149,10 +123,10 @@ def main() -> dict:
         "sj_jax_mfu": flops / secs["sj_jax"] / 1e9 / peak, "trl_mfu": flops / secs["trl"] / 1e9 / peak,
         "logps_chosen_rel_err_vs_trl": logp_err,
     }
-    print(res["work"] + f"  ({res['device']}; each side in its own process, stepped in alternation)")
+    print(res["work"] + "  (each side in its own process, stepped in alternation)")
     for name in ("sj_jax", "trl"):
-        print(f"  {name:7s}: {res[f'{name}_s_per_step']:6.2f} s/step (median of {args.rounds}; min "
-              f"{min(samples[name]):.2f})  {res[f'{name}_tokens_per_s']:6.0f} tokens/s  "
+        print(f"  {name:7s}: {res[f'{name}_s_per_step']:6.2f} s/step (median of {args.rounds}; spread "
+              f"{100 * res['seconds'][name]['spread']:.0f}%)  {res[f'{name}_tokens_per_s']:6.0f} tokens/s  "
               f"MFU {100 * res[f'{name}_mfu']:.0f}% of the JAX matmul peak {peak:.0f} GFLOP/s")
     print(f"  ratio sj_jax / TRL: {res['ratio_sj_jax_over_trl']:.2f}x  "
           f"(model FLOPs {res['model_gflop_per_step']:.0f} GFLOP a step)")

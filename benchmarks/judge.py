@@ -7,7 +7,7 @@ judged in both orders: a forward pass, the softmax over the full vocabulary at t
 p(" A") and p(" B"), the two orders averaged. sj_jax runs `judge_pairs` (texts in, probabilities
 out) with and without the shared-prefix KV cache; PyTorch renders the same prompts, left-pads them
 (positions counted from the mask) and runs `batch` prompts a forward. All three are timed in
-alternation in one run; the ratio is sj_jax pairs/s over PyTorch pairs/s.
+alternation, each side in its own process (`benchmarks.common`); the ratio is sj_jax pairs/s over PyTorch pairs/s.
 Pairs come from `--data` (RewardBench rows: prompt, chosen, rejected; the rows nearest the length)
 or, by default, from windows of the English prose in `benchmarks.sample`.
 """
@@ -20,10 +20,18 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import alternate, load_default_pair, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    Sides,
+    load_default_tokenizer,
+    load_torch_default,
+    machine,
+    print_machine,
+    quiet_check,
+    stats,
+    write_json,
+)
 from benchmarks.sample import TEXT  # noqa: E402
 from sj_jax.judge import DEFAULT_TEMPLATE, judge_pairs_detailed, render_prompt, verdict_token_ids  # noqa: E402
 
@@ -80,54 +88,72 @@ def torch_judge(torch_model, tok, contexts, responses_a, responses_b, batch: int
     return np.concatenate(out).reshape(len(contexts), 2, 2)
 
 
-def main() -> dict:
+def build_sj_jax(contexts, responses_a, responses_b, batch: int):
+    """sj_jax's side (in its own process): `judge_pairs` with and without the shared-prefix cache."""
+    import sj_jax
+    from sj_jax.weights.registry import DEFAULT_MODEL
+
+    model = sj_jax.load_model(DEFAULT_MODEL, tokenizer="auto")
+
+    def run(share: bool):
+        return judge_pairs_detailed(model, contexts, responses_a, responses_b, batch_size=batch,
+                                    share_prefix=share).probs[:, 0]
+
+    return {}, {"shared": lambda: run(True), "plain": lambda: run(False)}
+
+
+def build_torch(contexts, responses_a, responses_b, batch: int, threads: int):
+    """PyTorch's side (in its own process): a forward of `batch` prompts, the softmax at the last position."""
+    import torch
+
+    torch_model = load_torch_default(threads)
+    tok = load_default_tokenizer()
+    return {"threads": torch.get_num_threads()}, {
+        "judge": lambda: torch_judge(torch_model, tok, contexts, responses_a, responses_b, batch)}
+
+
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=192, help="judge prompt length to aim for")
     ap.add_argument("--batch", type=int, default=16, help="prompts a forward pass (both)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch's intra-op threads")
     ap.add_argument("--data", help="RewardBench-format JSONL to take the pairs from")
     ap.add_argument("--json", help="also write the results here")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
-    import torch
-
-    model, torch_model = load_default_pair(tokenizer=True)
-    tok = model.tokenizer
+    m = machine()
+    print_machine(m)
+    tok = load_default_tokenizer()
     c, a, b = (data_pairs(tok, args.data, args.pairs, args.tokens) if args.data
                else text_pairs(tok, args.pairs, args.tokens))
     lengths = [prompt_len(tok, *t) for t in zip(c, a, b)] + [prompt_len(tok, x, z, y) for x, y, z in zip(c, a, b)]
-
-    def run_shared():
-        return judge_pairs_detailed(model, c, a, b, batch_size=args.batch)
-
-    def run_plain():
-        return judge_pairs_detailed(model, c, a, b, batch_size=args.batch, share_prefix=False)
-
-    def run_torch():
-        return torch_judge(torch_model, tok, c, a, b, args.batch)
-
-    # Same numbers first (this also compiles): a benchmark of a wrong judge is worth nothing.
-    ref = run_torch()
-    err = {name: float(np.abs(fn().probs[:, 0] - ref).max()) for name, fn in (("shared", run_shared),
-                                                                              ("plain", run_plain))}
-    assert max(err.values()) < 1e-4, err
-
-    secs = alternate({"sj_jax": run_shared, "sj_jax_no_prefix_cache": run_plain, "torch": run_torch}, args.rounds)
+    with Sides({"sj_jax": (build_sj_jax, (c, a, b, args.batch)),
+                "torch": (build_torch, (c, a, b, args.batch, args.threads))}) as sides:
+        # Same numbers first (this also compiles): a benchmark of a wrong judge is worth nothing.
+        ref = sides.call("torch", "judge")[1]
+        err = {name: float(np.abs(sides.call("sj_jax", name)[1] - ref).max()) for name in ("shared", "plain")}
+        assert max(err.values()) < 1e-4, err
+        samples, _ = sides.alternate({"sj_jax": ("sj_jax", "shared"), "sj_jax_no_prefix_cache": ("sj_jax", "plain"),
+                                      "torch": ("torch", "judge")}, args.rounds)
+        threads = sides.info["torch"]["threads"]
+    quiet_check(m)
+    secs = {k: stats(v)["median"] for k, v in samples.items()}
     res = {
         "work": f"SmolLM2-135M judge, float32, {args.pairs} pairs x both orders, prompts {min(lengths)}-"
                 f"{max(lengths)} tokens (mean {np.mean(lengths):.0f}), {args.batch} prompts a forward",
-        "device": str(jax.devices()[0]), "torch_threads": torch.get_num_threads(),
-        "load_average": os.getloadavg()[0], "max_abs_diff_vs_torch": err,
+        "machine": m, "torch_threads": threads, "max_abs_diff_vs_torch": err,
+        "seconds": {k: stats(v) for k, v in samples.items()},
         **{f"{k}_s": v for k, v in secs.items()},
         **{f"{k}_pairs_per_s": args.pairs / v for k, v in secs.items()},
         "ratio_sj_jax_over_torch": secs["torch"] / secs["sj_jax"],
         "ratio_prefix_cache_over_none": secs["sj_jax_no_prefix_cache"] / secs["sj_jax"],
     }
-    print(f"{res['work']}  ({res['device']}, torch threads {res['torch_threads']}, "
-          f"load average {res['load_average']:.1f})")
-    for k in secs:
-        print(f"  {k:24s}: {secs[k]:7.2f} s  {args.pairs / secs[k]:6.2f} pairs/s")
+    print(f"{res['work']}  (torch threads {threads}; each side in its own process, called in alternation)")
+    for k, st in res["seconds"].items():
+        print(f"  {k:24s}: {st['median']:7.2f} s (spread {100 * st['spread']:.0f}%)  {args.pairs / st['median']:6.2f} "
+              "pairs/s")
     print(f"  ratio sj_jax / torch: {res['ratio_sj_jax_over_torch']:.2f}x   "
           f"prefix cache / none: {res['ratio_prefix_cache_over_none']:.2f}x   "
           f"max |p - p_torch|: {max(err.values()):.1e}")

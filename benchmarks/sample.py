@@ -2,17 +2,17 @@
 
     python -m benchmarks.sample [--batches 64 16] [--rounds 3]
 
-Work: prompts of 32 tokens (windows of English text, or random tokens), exactly 64 new tokens each (no stop token), temperature 1.0,
-top-p 0.9. Both are timed in alternation in one run; the ratio is new tokens/s of sj_jax over
-PyTorch's. The bandwidth bound is the bytes one decode step must read (all parameters, and the
-average live KV cache) over a measured memory read bandwidth.
+Work: prompts of 32 tokens (windows of English text, or random tokens), exactly 64 new tokens each
+(no stop token), temperature 1.0, top-p 0.9. Each side runs in its own process, the two called in
+alternation (`benchmarks.common`); the ratio is new tokens/s of sj_jax over PyTorch's. The
+bandwidth bound is the bytes one decode step must read (all parameters, and the average live KV
+cache) over a measured memory read bandwidth.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -20,7 +20,16 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import sj_jax  # noqa: E402
-from benchmarks.common import alternate, load_default_pair, write_json  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    Sides,
+    load_default_tokenizer,
+    load_torch_default,
+    machine,
+    print_machine,
+    quiet_check,
+    stats,
+    write_json,
+)
 
 PROMPT, NEW = 32, 64
 
@@ -50,71 +59,91 @@ def make_prompts(kind: str, batch: int, vocab: int, tokenizer) -> list[list[int]
     return [ids[i * stride: i * stride + PROMPT] for i in range(batch)]
 
 
-def read_bandwidth(nbytes: int = 512 << 20) -> float:
-    """Bytes/s of a float32 sum over `nbytes` (read-only streaming), best of 5."""
-    a = np.random.default_rng(0).standard_normal(nbytes // 4).astype(np.float32)
-    best = float("inf")
-    for _ in range(5):
-        t = time.perf_counter()
-        a.sum()
-        best = min(best, time.perf_counter() - t)
-    return nbytes / best
+def build_sj_jax(prompts_by_batch: dict[int, list[list[int]]]):
+    """sj_jax's side (own process): `generate` of NEW tokens (or 1: the prefill) for each batch's prompts."""
+    from sj_jax.weights.registry import DEFAULT_MODEL
+
+    model = sj_jax.load_model(DEFAULT_MODEL, tokenizer=None)
+    kw = dict(temperature=1.0, top_p=0.9, stop=[], chat=False)
+
+    def run(batch: int, n: int = NEW) -> None:
+        out = sj_jax.generate(model, prompts_by_batch[batch], max_new_tokens=n, **kw)
+        assert all(len(t[0]) == n for t in out.token_ids)
+
+    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(model.params))
+    calls = {f"sample{b}": (lambda b=b: run(b)) for b in prompts_by_batch}
+    calls.update({f"prefill{b}": (lambda b=b: run(b, 1)) for b in prompts_by_batch})
+    c = model.config
+    kv_position = c.num_layers * 2 * c.num_kv_heads * c.head_dim * 4
+    return {"param_bytes": param_bytes, "kv_bytes_a_position": kv_position}, calls
 
 
-def main() -> list[dict]:
+def build_torch(prompts_by_batch: dict[int, list[list[int]]], threads: int):
+    """PyTorch's side (own process): transformers `generate`, exactly NEW tokens, same sampling."""
+    import torch
+
+    tm = load_torch_default(threads)
+
+    def run(batch: int) -> None:
+        t_ids = torch.tensor(prompts_by_batch[batch])
+        with torch.inference_mode():
+            out = tm.generate(t_ids, attention_mask=torch.ones_like(t_ids), do_sample=True, temperature=1.0,
+                              top_p=0.9, top_k=0, max_new_tokens=NEW, min_new_tokens=NEW, pad_token_id=2)
+        assert out.shape[1] == PROMPT + NEW
+
+    return {"threads": torch.get_num_threads()}, {f"sample{b}": (lambda b=b: run(b)) for b in prompts_by_batch}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, nargs="+", default=[64, 16])
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch's intra-op threads")
     ap.add_argument("--prompts", choices=["text", "random"], default="text",
                     help="32-token windows of English text (default) or random tokens")
     ap.add_argument("--json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
-    import torch
-
-    model, tm = load_default_pair(tokenizer=True)
-    cfg = model.config
-    bw = read_bandwidth()
-    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(model.params))
+    m = machine()
+    print_machine(m)
+    tok = load_default_tokenizer()
+    prompts = {b: make_prompts(args.prompts, b, tok.vocab_size, tok) for b in args.batches}
+    assert all(len(p) == PROMPT for ps in prompts.values() for p in ps)
     results = []
-    for batch in args.batches:
-        prompts = make_prompts(args.prompts, batch, cfg.vocab_size, model.tokenizer)
-        assert all(len(p) == PROMPT for p in prompts)
-        kw = dict(temperature=1.0, top_p=0.9, stop=[], chat=False)
-
-        def ours(n=NEW):
-            out = sj_jax.generate(model, prompts, max_new_tokens=n, **kw)
-            assert all(len(t[0]) == n for t in out.token_ids)
-
-        t_ids = torch.tensor(prompts)
-
-        def theirs():
-            with torch.inference_mode():
-                out = tm.generate(t_ids, attention_mask=torch.ones_like(t_ids), do_sample=True, temperature=1.0,
-                                  top_p=0.9, top_k=0, max_new_tokens=NEW, min_new_tokens=NEW, pad_token_id=2)
-            assert out.shape[1] == PROMPT + NEW
-
-        ours(), ours(1), theirs()  # compile and warm up
-        secs = alternate({"sj_jax": ours, "torch": theirs}, args.rounds)
-        prefill = alternate({"prefill": lambda: ours(1)}, args.rounds)["prefill"]
-        step = (secs["sj_jax"] - prefill) / (NEW - 1)
-        kv_bytes = batch * (PROMPT + NEW / 2) * cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * 4
-        bound = (param_bytes + kv_bytes) / bw
-        r = {
-            "batch": batch, "prompts": args.prompts, "sj_jax_s": secs["sj_jax"], "torch_s": secs["torch"],
-            "sj_jax_tokens_per_s": batch * NEW / secs["sj_jax"], "torch_tokens_per_s": batch * NEW / secs["torch"],
-            "ratio": secs["torch"] / secs["sj_jax"], "decode_step_ms": step * 1e3,
-            "bound_step_ms": bound * 1e3, "fraction_of_bound": bound / step,
-            "read_bandwidth_GBps": bw / 1e9, "bytes_per_step_MB": (param_bytes + kv_bytes) / 1e6,
-        }
-        results.append(r)
-        print(f"{batch:3d} {args.prompts} prompts x {PROMPT} tokens, {NEW} new, T=1.0 top-p 0.9 ({jax.devices()[0]}):")
-        print(f"   sj_jax {r['sj_jax_tokens_per_s']:7.0f} new tok/s   torch {r['torch_tokens_per_s']:7.0f} new tok/s"
-              f"   ratio {r['ratio']:.2f}x")
-        print(f"   decode step {r['decode_step_ms']:.1f} ms; bound {r['bound_step_ms']:.1f} ms "
-              f"({r['bytes_per_step_MB']:.0f} MB at {r['read_bandwidth_GBps']:.1f} GB/s): "
-              f"{100 * r['fraction_of_bound']:.0f}% of the bandwidth bound")
-    write_json(args.json, results)
+    with Sides({"sj_jax": (build_sj_jax, (prompts,)), "torch": (build_torch, (prompts, args.threads))}) as sides:
+        param_bytes, threads = sides.info["sj_jax"]["param_bytes"], sides.info["torch"]["threads"]
+        kv_position = sides.info["sj_jax"]["kv_bytes_a_position"]
+        for batch in args.batches:
+            for side, name in (("sj_jax", f"sample{batch}"), ("sj_jax", f"prefill{batch}"),
+                               ("torch", f"sample{batch}")):
+                sides.call(side, name)  # compile and warm up
+            samples, _ = sides.alternate({"sj_jax": ("sj_jax", f"sample{batch}"),
+                                          "prefill": ("sj_jax", f"prefill{batch}"),
+                                          "torch": ("torch", f"sample{batch}")}, args.rounds)
+            st = {k: stats(v) for k, v in samples.items()}
+            secs = {k: v["median"] for k, v in st.items()}
+            step = (secs["sj_jax"] - secs["prefill"]) / (NEW - 1)
+            kv_bytes = batch * (PROMPT + NEW / 2) * kv_position
+            bound = (param_bytes + kv_bytes) / (m["read_GBps"] * 1e9)
+            r = {
+                "batch": batch, "prompts": args.prompts, "seconds": st, "torch_threads": threads,
+                "sj_jax_s": secs["sj_jax"], "torch_s": secs["torch"],
+                "sj_jax_tokens_per_s": batch * NEW / secs["sj_jax"], "torch_tokens_per_s": batch * NEW / secs["torch"],
+                "ratio": secs["torch"] / secs["sj_jax"], "decode_step_ms": step * 1e3,
+                "bound_step_ms": bound * 1e3, "fraction_of_bound": bound / step,
+                "read_bandwidth_GBps": m["read_GBps"], "bytes_per_step_MB": (param_bytes + kv_bytes) / 1e6,
+            }
+            results.append(r)
+            print(f"{batch:3d} {args.prompts} prompts x {PROMPT} tokens, {NEW} new, T=1.0 top-p 0.9 (torch threads "
+                  f"{threads}; each side in its own process, called in alternation):")
+            print(f"   sj_jax {r['sj_jax_tokens_per_s']:7.0f} new tok/s (spread {100 * st['sj_jax']['spread']:.0f}%)"
+                  f"   torch {r['torch_tokens_per_s']:7.0f} new tok/s (spread {100 * st['torch']['spread']:.0f}%)"
+                  f"   ratio {r['ratio']:.2f}x", flush=True)
+            print(f"   decode step {r['decode_step_ms']:.1f} ms; bound {r['bound_step_ms']:.1f} ms "
+                  f"({r['bytes_per_step_MB']:.0f} MB at {r['read_bandwidth_GBps']:.1f} GB/s): "
+                  f"{100 * r['fraction_of_bound']:.0f}% of the bandwidth bound", flush=True)
+    quiet_check(m)
+    write_json(args.json, {"machine": m, "results": results})
     return results
 
 

@@ -15,7 +15,7 @@ clip 1) against that frozen model as reference. Fresh samples every step on both
   sampled ids (the reference implementation decodes, appends EOS and re-tokenises; handing TRL the ids
   is the same work or less). Nothing is skipped on either side: cut and identical samples are trained.
 
-Each side lives in its own worker process, and the two are stepped in alternation after warm-up steps
+Each side lives in its own process, and the two are stepped in alternation (`benchmarks.common`) after warm-up steps
 (compiles, allocator growth), medians printed per phase, with each phase's ratio and the step's last.
 Each phase's floor is printed beside it: its model FLOPs at the measured JAX matmul peak (the decode
 floor is the weight read at the measured memory bandwidth, the larger of the two).
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import statistics
 import tempfile
@@ -59,9 +58,9 @@ def task_prompts(n: int) -> list[dict]:
 class SJSide:
     def __init__(self, prompts: list[dict], new: int):
         import sj_jax
-        from sj_jax.core.config import from_dict
         from sj_jax.algorithms.self_judge import SelfJudgeRun
         from sj_jax.algorithms.self_judge_config import SelfJudgeConfig
+        from sj_jax.core.config import from_dict
 
         self.dir = tempfile.TemporaryDirectory(prefix="sj_bench_")
         path = os.path.join(self.dir.name, "prompts.jsonl")
@@ -185,41 +184,36 @@ class PeerSide:
                 "new_tokens": sum(len(s) for two in samples for s in two), "pairs": len(samples), "loss": loss}
 
 
-def _worker(side: str, n: int, new: int, threads: int, conn) -> None:
+def build_side(side: str, n: int, new: int, threads: int):
+    """A side in its own process: ({}, {"step": one SELF-JUDGE step, returning its phase seconds})."""
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     prompts = task_prompts(n)
     runner = SJSide(prompts, new) if side == "sj_jax" else PeerSide(prompts, new, threads)
-    conn.send("ready")
-    while conn.recv() != "stop":
-        conn.send(runner.step())
+    return {}, {"step": runner.step}
 
 
-def floors(n: int, new: int, work: dict) -> dict[str, float]:
+def floors(n: int, new: int, work: dict, machine: dict) -> dict[str, float]:
     """Each phase's lower bound in seconds on this machine, for sj_jax's median work (token counts
     from `SJSide.work`): its model FLOPs at the measured matmul peak; a decode step also reads every
-    weight once, at the measured memory bandwidth, whichever is slower."""
-    import jax
-
+    weight once, at the measured memory bandwidth, whichever is slower. machine: `common.machine()`."""
     import sj_jax
-    from benchmarks.common import forward_flops, jax_matmul_peak
-    from benchmarks.sample import read_bandwidth
+    from benchmarks.common import forward_flops
     from sj_jax.weights.registry import DEFAULT_MODEL
 
     cfg = sj_jax.load_model(DEFAULT_MODEL, tokenizer=None).config
-    peak = jax_matmul_peak() * 1e9
-    bw = read_bandwidth()
+    peak, bw = machine["matmul_gflops"] * 1e9, machine["read_GBps"] * 1e9
     per_token = forward_flops(cfg, 1, 1)
     decode_step = max(2 * n * per_token / peak, cfg.num_params * 4 / bw)
-    return {"matmul_gflops": peak / 1e9, "read_GBps": bw / 1e9, "device": str(jax.devices()[0]),
+    return {"matmul_gflops": peak / 1e9, "read_GBps": bw / 1e9, "device": machine["device"],
             "sample": 2 * work["prompt_tokens"] * per_token / peak + decode_step * new,
             "judge": work["judge_tokens"] * per_token / peak,
             # policy forward + backward (3x) and the reference forward (1x), over the pairs' real tokens
             "step": 4 * work["dpo_tokens"] * per_token / peak}
 
 
-def main() -> dict:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--new", type=int, default=64)
@@ -227,34 +221,22 @@ def main() -> dict:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
-    ctx = multiprocessing.get_context("spawn")
-    conns, procs = {}, []
-    for side in ("sj_jax", "peer"):
-        parent, child = ctx.Pipe()
-        p = ctx.Process(target=_worker, args=(side, args.prompts, args.new, args.threads, child), daemon=True)
-        p.start()
-        assert parent.recv() == "ready"
-        conns[side] = parent
-        procs.append(p)
+    from benchmarks.common import Sides, machine, print_machine, quiet_check, stats
 
-    def step(side: str) -> dict:
-        conns[side].send("step")
-        return conns[side].recv()
-
-    for _ in range(args.warmup):
-        for side in conns:
-            step(side)
-    runs: dict[str, list[dict]] = {s: [] for s in conns}
-    for _ in range(args.rounds):
-        for side in conns:
-            runs[side].append(step(side))
-    for c in conns.values():
-        c.send("stop")
-    for p in procs:
-        p.join(timeout=60)
-
+    m = machine()
+    print_machine(m)
+    build = {side: (build_side, (side, args.prompts, args.new, args.threads)) for side in ("sj_jax", "peer")}
+    with Sides(build) as sides:
+        for _ in range(args.warmup):
+            for side in ("sj_jax", "peer"):
+                sides.call(side, "step")
+        runs: dict[str, list[dict]] = {"sj_jax": [], "peer": []}
+        for _ in range(args.rounds):
+            for side in runs:
+                runs[side].append(sides.call(side, "step")[1])
+    quiet_check(m)
     med = {s: {ph: statistics.median(r[ph] for r in rs) for ph in PHASES} for s, rs in runs.items()}
     for s in med:
         med[s]["total"] = sum(med[s][ph] for ph in PHASES)
@@ -262,10 +244,13 @@ def main() -> dict:
     work = {k: statistics.median(r[k] for r in runs["sj_jax"]) for k in
             ("prompt_tokens", "new_tokens", "judge_tokens", "dpo_tokens")}
     shape = runs["sj_jax"][-1]["dpo_shape"]
-    fl = floors(args.prompts, args.new, work)
-    res = {"work": f"SELF-JUDGE step, SmolLM2-135M float32, {args.prompts} prompts x N=2, up to {args.new} new tokens, "
+    fl = floors(args.prompts, args.new, work, m)
+    res = {"machine": m,
+           "work": f"SELF-JUDGE step, SmolLM2-135M float32, {args.prompts} prompts x N=2, up to {args.new} new tokens, "
                    "judge both orders, full-weight DPO (beta 0.1)",
-           "medians_s": med, "runs": runs, "floors_s": fl, "sj_jax_work_tokens": work,
+           "medians_s": med, "runs": runs,
+           "seconds": {s: stats([sum(r[ph] for ph in PHASES) for r in rs]) for s, rs in runs.items()},
+           "floors_s": fl, "sj_jax_work_tokens": work,
            "ratios": {ph: med["peer"][ph] / med["sj_jax"][ph] for ph in PHASES + ("total",)}}
     print(res["work"] + f"  ({fl['device']}; JAX float32 matmul {fl['matmul_gflops']:.0f} GFLOP/s, "
                         f"read {fl['read_GBps']:.1f} GB/s; each side in its own process, stepped in alternation)")

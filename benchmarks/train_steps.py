@@ -71,7 +71,8 @@ def bench_train(kind: str, model, data: Path, template, steps: int, peak: float)
     from sj_jax.train.steps import StepSpec, shared_step
 
     tc = TrainConfig(batch_size=8, steps=steps, judge=template, lora=LoraConfig(enabled=True),
-                     data=DataConfig(train_file=str(data / f"{kind}_train.jsonl"), max_length=256, group_by_length=True),
+                     data=DataConfig(train_file=str(data / f"{kind}_train.jsonl"), max_length=256,
+                                     group_by_length=True),
                      optim=OptimConfig(learning_rate=1e-4), cache_dir="off")
     examples, _ = trainer.load_data(kind, tc, model.tokenizer)
     it = EpochIterator(len(examples), 8, 0, True, lengths=examples.lengths())
@@ -123,7 +124,7 @@ def bench_dpo(model, data: Path, template, steps: int, peak: float, variant: str
 
         return _timed(batches, step, flops, peak)
     # SELF-JUDGE: whole steps, each phase timed by the loop itself
-    from benchmarks.sample import read_bandwidth
+    from benchmarks.common import read_bandwidth
 
     bw = read_bandwidth()
     rows, floors = [], {"sample": [], "judge": [], "step": []}
@@ -221,7 +222,8 @@ def main() -> dict:
         print(f"{kind:11s} {r['run_s']:11.2f} {comp:>11s} {r['floor_s']:8.2f} {r['run_over_floor']:10.2f} "
               f"{cof:>15s} {str(r['programs']):>9s}")
         for ph, p in r.get("phases", {}).items():
-            print(f"  {ph:9s} {p['run_s']:11.2f} {'':>11s} {p['floor_s']:8.2f} {p['run_s'] / max(p['floor_s'], 1e-9):10.2f}")
+            ratio = p["run_s"] / max(p["floor_s"], 1e-9)
+            print(f"  {ph:9s} {p['run_s']:11.2f} {'':>11s} {p['floor_s']:8.2f} {ratio:10.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return results
