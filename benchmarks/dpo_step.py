@@ -91,12 +91,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--remat", default="none", choices=["none", "full", "dots"])
     ap.add_argument("--layout", default=DataConfig.pair_layout, choices=["joint", "separate"],
                     help="sj_jax's DPO batch (default: sj-jax dpo's `data.pair_layout`)")
+    ap.add_argument("--other-layout", action="store_true",
+                    help="also step sj_jax with the other layout, in a third process, in the same alternation")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
     m = machine()
     print_machine(m)
     build = {side: (build_side, (side, args.pairs, args.remat, args.layout)) for side in ("sj_jax", "trl")}
+    other = {"joint": "separate", "separate": "joint"}[args.layout]
+    if args.other_layout:
+        build[f"sj_jax_{other}"] = (build_side, ("sj_jax", args.pairs, args.remat, other))
     with Sides(build) as sides:
         trl_chosen, tokens = np.asarray(sides.info["trl"]["ref_logps"][0]), sides.info["trl"]["tokens"]
         flops = sides.info["sj_jax"]["flops"]
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
             assert abs(met["loss"] - math.log(2)) < 1e-5, (name, met["loss"])
         logp_err = abs(first_sj["logps/chosen"] - float(np.mean(trl_chosen))) / abs(float(np.mean(trl_chosen)))
         assert logp_err < 1e-4, (first_sj["logps/chosen"], float(np.mean(trl_chosen)))
-        samples, _ = sides.alternate({"sj_jax": ("sj_jax", "step"), "trl": ("trl", "step")}, args.rounds)
+        samples, _ = sides.alternate({side: (side, "step") for side in build}, args.rounds)
     quiet_check(m)
     peak = m["matmul_gflops"]
     secs = {k: stats(v)["median"] for k, v in samples.items()}
@@ -130,6 +135,12 @@ def main(argv: list[str] | None = None) -> dict:
               f"MFU {100 * res[f'{name}_mfu']:.0f}% of the JAX matmul peak {peak:.0f} GFLOP/s")
     print(f"  ratio sj_jax / TRL: {res['ratio_sj_jax_over_trl']:.2f}x  "
           f"(model FLOPs {res['model_gflop_per_step']:.0f} GFLOP a step)")
+    if args.other_layout:
+        res[f"sj_jax_{other}_s_per_step"] = secs[f"sj_jax_{other}"]
+        res[f"ratio_{args.layout}_over_{other}"] = secs[f"sj_jax_{other}"] / secs["sj_jax"]
+        print(f"  sj_jax with the {other} layout: {secs[f'sj_jax_{other}']:6.2f} s/step (spread "
+              f"{100 * res['seconds'][f'sj_jax_{other}']['spread']:.0f}%): {args.layout} / {other} "
+              f"{res[f'ratio_{args.layout}_over_{other}']:.2f}x")
     write_json(args.json, res)
     return res
 

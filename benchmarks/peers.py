@@ -35,7 +35,7 @@ def commands(quick: bool) -> dict[str, list[str]]:
     """Each benchmark's module and arguments (`--json` is added)."""
     rounds = ["--rounds", "2"] if quick else []
     return {
-        "dpo": ["benchmarks.dpo_step", *rounds],
+        "dpo": ["benchmarks.dpo_step", "--other-layout", *rounds],
         "sample": ["benchmarks.sample", "--batches", "64", "16", *rounds],
         "judge": ["benchmarks.judge", *rounds],
         # 3 rounds after 2 warm-up steps: each round is about 2 minutes of the two sides on 2 cores.
@@ -48,9 +48,17 @@ def rows(name: str, res) -> list[dict]:
     """The table's rows for benchmark `name` from its JSON: label, ours s, peer s, ratio, spreads, quiet."""
     if name == "dpo":
         sec = res["seconds"]
-        return [{"key": "dpo", "label": f"DPO step ({res['layout']} layout) vs TRL", "ours_s": sec["sj_jax"]["median"],
-                 "peer_s": sec["trl"]["median"], "ratio": res["ratio_sj_jax_over_trl"],
-                 "spread": max(sec["sj_jax"]["spread"], sec["trl"]["spread"]), "quiet": res["machine"]["quiet"]}]
+        out = [{"key": "dpo", "label": f"DPO step ({res['layout']} layout) vs TRL", "ours_s": sec["sj_jax"]["median"],
+                "peer_s": sec["trl"]["median"], "ratio": res["ratio_sj_jax_over_trl"],
+                "spread": max(sec["sj_jax"]["spread"], sec["trl"]["spread"]), "quiet": res["machine"]["quiet"]}]
+        for side in sec:
+            if side.startswith("sj_jax_"):  # the other layout, in the same alternation (--other-layout)
+                out.append({"key": f"dpo/{side[7:]}", "label": f"  the {side[7:]} layout vs TRL",
+                            "ours_s": sec[side]["median"], "peer_s": sec["trl"]["median"],
+                            "ratio": sec["trl"]["median"] / sec[side]["median"],
+                            "spread": max(sec[side]["spread"], sec["trl"]["spread"]),
+                            "quiet": res["machine"]["quiet"]})
+        return out
     if name == "sample":
         return [{"key": f"sample{r['batch']}", "label": f"sampling, {r['batch']} prompts vs generate",
                  "ours_s": r["sj_jax_s"], "peer_s": r["torch_s"], "ratio": r["ratio"],
