@@ -227,14 +227,6 @@ def jax_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     return matmul_gflops(n, repeats)
 
 
-def load_default_pair(tokenizer: bool = False):
-    """The embedded default as (sj_jax model, float32 PyTorch transformers model), same weights."""
-    import sj_jax
-    from sj_jax.weights.registry import DEFAULT_MODEL
-
-    return sj_jax.load_model(DEFAULT_MODEL, tokenizer="auto" if tokenizer else None), load_torch_default()
-
-
 def load_torch_default(threads: int | None = None):
     """The embedded default as a float32 PyTorch transformers model in eval mode; `threads` sets
     torch's intra-op threads (default: torch's own, the cores)."""

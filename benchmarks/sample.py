@@ -20,16 +20,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import sj_jax  # noqa: E402
-from benchmarks.common import (  # noqa: E402
-    Sides,
-    load_default_tokenizer,
-    load_torch_default,
-    machine,
-    print_machine,
-    quiet_check,
-    stats,
-    write_json,
-)
+from benchmarks import common  # noqa: E402
 
 PROMPT, NEW = 32, 64
 
@@ -82,7 +73,7 @@ def build_torch(prompts_by_batch: dict[int, list[list[int]]], threads: int):
     """PyTorch's side (own process): transformers `generate`, exactly NEW tokens, same sampling."""
     import torch
 
-    tm = load_torch_default(threads)
+    tm = common.load_torch_default(threads)
 
     def run(batch: int) -> None:
         t_ids = torch.tensor(prompts_by_batch[batch])
@@ -104,13 +95,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
-    m = machine()
-    print_machine(m)
-    tok = load_default_tokenizer()
+    m = common.machine()
+    common.print_machine(m)
+    tok = common.load_default_tokenizer()
     prompts = {b: make_prompts(args.prompts, b, tok.vocab_size, tok) for b in args.batches}
     assert all(len(p) == PROMPT for ps in prompts.values() for p in ps)
     results = []
-    with Sides({"sj_jax": (build_sj_jax, (prompts,)), "torch": (build_torch, (prompts, args.threads))}) as sides:
+    with common.Sides({"sj_jax": (build_sj_jax, (prompts,)), "torch": (build_torch, (prompts, args.threads))}) as sides:
         param_bytes, threads = sides.info["sj_jax"]["param_bytes"], sides.info["torch"]["threads"]
         kv_position = sides.info["sj_jax"]["kv_bytes_a_position"]
         for batch in args.batches:
@@ -120,7 +111,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             samples, _ = sides.alternate({"sj_jax": ("sj_jax", f"sample{batch}"),
                                           "prefill": ("sj_jax", f"prefill{batch}"),
                                           "torch": ("torch", f"sample{batch}")}, args.rounds)
-            st = {k: stats(v) for k, v in samples.items()}
+            st = {k: common.stats(v) for k, v in samples.items()}
             secs = {k: v["median"] for k, v in st.items()}
             step = (secs["sj_jax"] - secs["prefill"]) / (NEW - 1)
             kv_bytes = batch * (PROMPT + NEW / 2) * kv_position
@@ -142,8 +133,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"   decode step {r['decode_step_ms']:.1f} ms; bound {r['bound_step_ms']:.1f} ms "
                   f"({r['bytes_per_step_MB']:.0f} MB at {r['read_bandwidth_GBps']:.1f} GB/s): "
                   f"{100 * r['fraction_of_bound']:.0f}% of the bandwidth bound", flush=True)
-    quiet_check(m)
-    write_json(args.json, {"machine": m, "results": results})
+    common.quiet_check(m)
+    common.write_json(args.json, {"machine": m, "results": results})
     return results
 
 
