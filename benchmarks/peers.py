@@ -44,41 +44,42 @@ def commands(quick: bool) -> dict[str, list[str]]:
     }
 
 
+def _row(key: str, label: str, ours: dict, peer: dict, ratio: float, quiet: bool) -> dict:
+    """One row of the table: ours and the peer's seconds (`common.stats`), the benchmark's ratio, the
+    larger of the two spreads."""
+    return {"key": key, "label": label, "ours_s": ours["median"], "peer_s": peer["median"], "ratio": ratio,
+            "spread": max(ours["spread"], peer["spread"]), "quiet": quiet}
+
+
 def rows(name: str, res) -> list[dict]:
     """The table's rows for benchmark `name` from its JSON: label, ours s, peer s, ratio, spreads, quiet."""
+    quiet = res["machine"]["quiet"]
     if name == "dpo":
         sec = res["seconds"]
-        out = [{"key": "dpo", "label": f"DPO step ({res['layout']} layout) vs TRL", "ours_s": sec["sj_jax"]["median"],
-                "peer_s": sec["trl"]["median"], "ratio": res["ratio_sj_jax_over_trl"],
-                "spread": max(sec["sj_jax"]["spread"], sec["trl"]["spread"]), "quiet": res["machine"]["quiet"]}]
+        out = [_row("dpo", f"DPO step ({res['layout']} layout) vs TRL", sec["sj_jax"], sec["trl"],
+                    res["ratio_sj_jax_over_trl"], quiet)]
         for side in sec:
             if side.startswith("sj_jax_"):  # the other layout, in the same alternation (--other-layout)
-                out.append({"key": f"dpo/{side[7:]}", "label": f"  the {side[7:]} layout vs TRL",
-                            "ours_s": sec[side]["median"], "peer_s": sec["trl"]["median"],
-                            "ratio": sec["trl"]["median"] / sec[side]["median"],
-                            "spread": max(sec[side]["spread"], sec["trl"]["spread"]),
-                            "quiet": res["machine"]["quiet"]})
+                out.append(_row(f"dpo/{side[7:]}", f"  the {side[7:]} layout vs TRL", sec[side], sec["trl"],
+                                sec["trl"]["median"] / sec[side]["median"], quiet))
         return out
     if name == "sample":
-        return [{"key": f"sample{r['batch']}", "label": f"sampling, {r['batch']} prompts vs generate",
-                 "ours_s": r["sj_jax_s"], "peer_s": r["torch_s"], "ratio": r["ratio"],
-                 "spread": max(r["seconds"]["sj_jax"]["spread"], r["seconds"]["torch"]["spread"]),
-                 "quiet": res["machine"]["quiet"]} for r in res["results"]]
+        return [_row(f"sample{r['batch']}", f"sampling, {r['batch']} prompts vs generate", r["seconds"]["sj_jax"],
+                     r["seconds"]["torch"], r["ratio"], quiet) for r in res["results"]]
     if name == "judge":
         sec = res["seconds"]
-        return [{"key": "judge", "label": "one-pass judge vs PyTorch forward", "ours_s": sec["sj_jax"]["median"],
-                 "peer_s": sec["torch"]["median"], "ratio": res["ratio_sj_jax_over_torch"],
-                 "spread": max(sec["sj_jax"]["spread"], sec["torch"]["spread"]), "quiet": res["machine"]["quiet"]}]
+        return [_row("judge", "one-pass judge vs PyTorch forward", sec["sj_jax"], sec["torch"],
+                     res["ratio_sj_jax_over_torch"], quiet)]
     if name == "self_judge":
-        med = res["medians_s"]
-        out = [{"key": "self_judge", "label": "SELF-JUDGE step vs peer composition", "ours_s": med["sj_jax"]["total"],
-                "peer_s": med["peer"]["total"], "ratio": res["ratios"]["total"],
-                "spread": max(res["seconds"]["sj_jax"]["spread"], res["seconds"]["peer"]["spread"]),
-                "quiet": res["machine"]["quiet"]}]
+        # The step's seconds are the sum of its phases' medians, as the benchmark prints them; the
+        # spread is that of whole steps.
+        med, sec = res["medians_s"], res["seconds"]
+        ours, peer = ({**sec[s], "median": med[s]["total"]} for s in ("sj_jax", "peer"))
+        out = [_row("self_judge", "SELF-JUDGE step vs peer composition", ours, peer, res["ratios"]["total"], quiet)]
+        no_spread = {"spread": float("nan")}
         for ph in ("sample", "judge", "step"):
-            out.append({"key": f"self_judge/{ph}", "label": f"  its {ph} phase", "ours_s": med["sj_jax"][ph],
-                        "peer_s": med["peer"][ph], "ratio": res["ratios"][ph], "spread": float("nan"),
-                        "quiet": res["machine"]["quiet"]})
+            out.append(_row(f"self_judge/{ph}", f"  its {ph} phase", {**no_spread, "median": med["sj_jax"][ph]},
+                            {**no_spread, "median": med["peer"][ph]}, res["ratios"][ph], quiet))
         return out
     raise ValueError(f"unknown benchmark {name!r}")
 

@@ -185,24 +185,25 @@ class PeerSide:
 
 
 def build_side(side: str, n: int, new: int, threads: int):
-    """A side in its own process: ({}, {"step": one SELF-JUDGE step, returning its phase seconds})."""
+    """A side in its own process: (info, {"step": one SELF-JUDGE step, returning its phase seconds});
+    sj_jax's info holds its model's config (for the floors)."""
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     prompts = task_prompts(n)
-    runner = SJSide(prompts, new) if side == "sj_jax" else PeerSide(prompts, new, threads)
-    return {}, {"step": runner.step}
+    if side == "sj_jax":
+        runner = SJSide(prompts, new)
+        return {"config": runner.run.model.config}, {"step": runner.step}
+    return {}, {"step": PeerSide(prompts, new, threads).step}
 
 
-def floors(n: int, new: int, work: dict, machine: dict) -> dict[str, float]:
+def floors(cfg, n: int, new: int, work: dict, machine: dict) -> dict[str, float]:
     """Each phase's lower bound in seconds on this machine, for sj_jax's median work (token counts
-    from `SJSide.work`): its model FLOPs at the measured matmul peak; a decode step also reads every
-    weight once, at the measured memory bandwidth, whichever is slower. machine: `common.machine()`."""
-    import sj_jax
+    from `SJSide.work`) on a model of config `cfg`: its model FLOPs at the measured matmul peak; a
+    decode step also reads every weight once, at the measured memory bandwidth, whichever is slower.
+    machine: `common.machine()`."""
     from benchmarks.common import forward_flops
-    from sj_jax.weights.registry import DEFAULT_MODEL
 
-    cfg = sj_jax.load_model(DEFAULT_MODEL, tokenizer=None).config
     peak, bw = machine["matmul_gflops"] * 1e9, machine["read_GBps"] * 1e9
     per_token = forward_flops(cfg, 1, 1)
     decode_step = max(2 * n * per_token / peak, cfg.num_params * 4 / bw)
@@ -229,6 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     print_machine(m)
     build = {side: (build_side, (side, args.prompts, args.new, args.threads)) for side in ("sj_jax", "peer")}
     with Sides(build) as sides:
+        cfg = sides.info["sj_jax"]["config"]
         for _ in range(args.warmup):
             for side in ("sj_jax", "peer"):
                 sides.call(side, "step")
@@ -244,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     work = {k: statistics.median(r[k] for r in runs["sj_jax"]) for k in
             ("prompt_tokens", "new_tokens", "judge_tokens", "dpo_tokens")}
     shape = runs["sj_jax"][-1]["dpo_shape"]
-    fl = floors(args.prompts, args.new, work, m)
+    fl = floors(cfg, args.prompts, args.new, work, m)
     res = {"machine": m,
            "work": f"SELF-JUDGE step, SmolLM2-135M float32, {args.prompts} prompts x N=2, up to {args.new} new tokens, "
                    "judge both orders, full-weight DPO (beta 0.1)",
