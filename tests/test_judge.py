@@ -10,6 +10,7 @@ import sj_jax
 from sj_jax.core.errors import ConfigError, SJError
 from sj_jax.judge import (DEFAULT_TEMPLATE, JudgeTemplate, Principle, VerdictTokenError, judge_pairs,
                           judge_pairs_detailed, majority_probability, render_prompt, verdict_token_ids)
+from sj_jax.judge import scoring
 from sj_jax.models.config import ModelConfig
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -190,6 +191,29 @@ def test_the_shared_prefix_cache_gives_the_full_forwards_numbers(tiny_tokenizer)
         shared = judge_pairs_detailed(model, c, a, b, template=template).probs
         plain = judge_pairs_detailed(model, c, a, b, template=template, share_prefix=False).probs
         np.testing.assert_allclose(shared, plain, rtol=1e-5)
+
+
+def test_the_header_every_pair_of_a_batch_starts_with_runs_once_and_gives_the_full_forwards_numbers(
+        tiny, monkeypatch):
+    """The template's system message and instructions begin every prompt of a batch: they run once,
+    as a cache level of their own under each pair's prefix (a batch of one pair has none)."""
+    shapes = []
+    real = scoring.compiled_shared_verdict_logprobs
+    monkeypatch.setattr(scoring, "compiled_shared_verdict_logprobs",
+                        lambda cfg, mesh, shape: shapes.append(shape) or real(cfg, mesh, shape))
+    c, a, b = _pairs(np.random.default_rng(11), 5)
+    ref = _by_hand(tiny, DEFAULT_TEMPLATE, [t for i in range(5) for t in ((c[i], a[i], b[i]), (c[i], b[i], a[i]))])
+    tok = tiny.tokenizer
+    ids = [tok(render_prompt(tok, DEFAULT_TEMPLATE, c[i], a[i], b[i]), add_special_tokens=False)["input_ids"]
+           for i in range(5)]
+    header = next(n for n in range(min(map(len, ids))) if len({tuple(x[:n + 1]) for x in ids}) > 1)
+    assert header >= scoring.MIN_HEADER_TOKENS
+    np.testing.assert_allclose(judge_pairs_detailed(tiny, c, a, b).probs[:, 0], ref.reshape(5, 2, 2), rtol=1e-5)
+    assert [s[1] for s in shapes] == [scoring.bucket(header, fine=True)]  # one batch, its header apart
+    shapes.clear()
+    np.testing.assert_allclose(judge_pairs_detailed(tiny, c, a, b, batch_size=2).probs[:, 0],
+                               ref.reshape(5, 2, 2), rtol=1e-5)
+    assert len(shapes) == 5 and all(s[1] == 0 for s in shapes)  # a pair a batch: nothing to share across pairs
 
 
 def test_a_second_call_in_the_same_buckets_does_not_recompile(tiny):
