@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import jax
 import numpy as np
 import pytest
@@ -197,21 +198,25 @@ def test_the_header_every_pair_of_a_batch_starts_with_runs_once_and_gives_the_fu
         tiny, monkeypatch):
     """The template's system message and instructions begin every prompt of a batch: they run once,
     as a cache level of their own under each pair's prefix (a batch of one pair has none)."""
+    # A model of its own shape: its programs are not `tiny`'s, which other tests count compiles of.
+    model = sj_jax.init_model(dataclasses.replace(tiny.config, intermediate_size=80), seed=6,
+                              tokenizer=tiny.tokenizer)
+    model.params = {**model.params, "lm_head": {"kernel": model.params["lm_head"]["kernel"] * 40}}
     shapes = []
     real = scoring.compiled_shared_verdict_logprobs
     monkeypatch.setattr(scoring, "compiled_shared_verdict_logprobs",
                         lambda cfg, mesh, shape: shapes.append(shape) or real(cfg, mesh, shape))
     c, a, b = _pairs(np.random.default_rng(11), 5)
-    ref = _by_hand(tiny, DEFAULT_TEMPLATE, [t for i in range(5) for t in ((c[i], a[i], b[i]), (c[i], b[i], a[i]))])
-    tok = tiny.tokenizer
+    ref = _by_hand(model, DEFAULT_TEMPLATE, [t for i in range(5) for t in ((c[i], a[i], b[i]), (c[i], b[i], a[i]))])
+    tok = model.tokenizer
     ids = [tok(render_prompt(tok, DEFAULT_TEMPLATE, c[i], a[i], b[i]), add_special_tokens=False)["input_ids"]
            for i in range(5)]
     header = next(n for n in range(min(map(len, ids))) if len({tuple(x[:n + 1]) for x in ids}) > 1)
     assert header >= scoring.MIN_HEADER_TOKENS
-    np.testing.assert_allclose(judge_pairs_detailed(tiny, c, a, b).probs[:, 0], ref.reshape(5, 2, 2), rtol=1e-5)
+    np.testing.assert_allclose(judge_pairs_detailed(model, c, a, b).probs[:, 0], ref.reshape(5, 2, 2), rtol=1e-5)
     assert [s[1] for s in shapes] == [scoring.bucket(header, fine=True)]  # one batch, its header apart
     shapes.clear()
-    np.testing.assert_allclose(judge_pairs_detailed(tiny, c, a, b, batch_size=2).probs[:, 0],
+    np.testing.assert_allclose(judge_pairs_detailed(model, c, a, b, batch_size=2).probs[:, 0],
                                ref.reshape(5, 2, 2), rtol=1e-5)
     assert len(shapes) == 5 and all(s[1] == 0 for s in shapes)  # a pair a batch: nothing to share across pairs
 
