@@ -33,7 +33,8 @@ def left_pad(prompts: list, length: int, rows: int, pad_id: int) -> tuple[np.nda
     for i, p in enumerate(prompts):
         ids[i, length - len(p):] = p
         mask[i, length - len(p):] = 1
-    mask[len(prompts):, -1] = 1
+    if length:  # zero-length ids (an absent part of a prompt) have no slot to hold a filler's token
+        mask[len(prompts):, -1] = 1
     return ids, mask
 
 

@@ -174,9 +174,9 @@ def _forward_shared(cfg, kv_shardings, params, header_ids, header_mask, prefix_i
     `[groups, P]` once over it, then both orders' suffixes `[2 * groups, S]` over that (rows 2g and
     2g + 1 continue prefix g). Every part is left-padded; returns float32 `[2 * groups, 2]`."""
     # Scanned (one layer compiled, a stacked cache), whatever the depth: nothing outlives this program,
-    # and it runs the stack two or three times. SmolLM2, 8 pairs: the first call (cache off) 3.2 s,
-    # against 8.9 s unrolled with each layer sliced when it runs; one-pass 512's peak 1.62 GB against
-    # 2.02 (0.34 of them the runtime's); warm calls the same (1.8 s).
+    # and it runs the stack two or three times. SmolLM2, 8 pairs, measured before the header level:
+    # the first call (cache off) 3.2 s, against 8.9 s unrolled with each layer sliced when it runs;
+    # one-pass 512's peak 1.62 GB against 2.02 (0.34 of them the runtime's); warm calls the same (1.8 s).
     layers = params["layers"]
     g, h, p, s = prefix_ids.shape[0], header_ids.shape[1], prefix_ids.shape[1], suffix_ids.shape[1]
     if h:
@@ -245,8 +245,7 @@ def verdict_probs_shared(model: Model, prompts: Sequence[Sequence[int]], verdict
         pl = bucket(max(shared[g] - h for g in chunk), limit, fine=True)
         sl = bucket(max(rest[g] for g in chunk), limit, fine=True)
         b = bucket(len(chunk), minimum=1, multiple=multiple)
-        head_ids, head_mask = (kv_cache.left_pad([prompts[2 * chunk[0]][:h]], hl, 1, pad) if h
-                               else (np.zeros((1, 0), np.int32),) * 2)
+        head_ids, head_mask = kv_cache.left_pad([prompts[2 * chunk[0]][:h]], hl, 1, pad)
         pre_ids, pre_mask = kv_cache.left_pad([prompts[2 * g][h:shared[g]] for g in chunk], pl, b, pad)
         suf_ids, suf_mask = kv_cache.left_pad(
             [prompts[2 * g + o][shared[g]:] for g in chunk for o in range(2)], sl, 2 * b, pad)
