@@ -7,6 +7,13 @@ Work: prompts of 32 tokens (windows of English text, or random tokens), exactly 
 alternation (`benchmarks.common`); the ratio is new tokens/s of sj_jax over PyTorch's. The
 bandwidth bound is the bytes one decode step must read (all parameters, and the average live KV
 cache) over a measured memory read bandwidth.
+
+Beside it, each side times the decode step's matmuls alone, at the batch's rows: every layer's
+q, k, v, o, gate, up and down projections and the output projection, chained as the layers chain
+them, on random weights of the model's shapes (XLA in one jitted program over per-layer arrays, as
+the sampler's decode step holds them; PyTorch eager). A decode step cannot be faster than its
+matmuls, so this says which step time each ratio would need and whether the kernels allow it. A
+timed call runs the chain `CHAIN_REPEATS` times back to back, as decode steps run.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ import sj_jax  # noqa: E402
 from benchmarks import common  # noqa: E402
 
 PROMPT, NEW = 32, 64
+# The matmul chain runs this many times a timed call, back to back as decode steps run: one call
+# alone, after the other calls of the alternation, read 1.3x (PyTorch) and 1.9x (XLA) slower.
+CHAIN_REPEATS = 8
 
 # Our own English prose, cut into 32-token windows: real text gives the peaked next-token
 # distributions of on-policy prompts; random tokens give flat ones (the nucleus's worst case).
@@ -50,6 +60,30 @@ def make_prompts(kind: str, batch: int, vocab: int, tokenizer) -> list[list[int]
     return [ids[i * stride: i * stride + PROMPT] for i in range(batch)]
 
 
+def projection_shapes(cfg) -> dict[str, tuple[int, int]]:
+    """(in, out) of each of a layer's projections."""
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    e, f = cfg.hidden_size, cfg.intermediate_size
+    return {"q": (e, q), "k": (e, kv), "v": (e, kv), "o": (q, e), "gate": (e, f), "up": (e, f), "down": (f, e)}
+
+
+def random_matmul_weights(cfg) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """Per-layer float32 weights of the projections' shapes, and the output projection's `[hidden, vocab]`."""
+    rng = np.random.default_rng(0)
+    layers = [{n: rng.standard_normal(s, dtype=np.float32) * 0.02 for n, s in projection_shapes(cfg).items()}
+              for _ in range(cfg.num_layers)]
+    return layers, rng.standard_normal((cfg.hidden_size, cfg.vocab_size), dtype=np.float32) * 0.02
+
+
+def matmul_chain(layers, head, h, silu, repeat_kv):
+    """The decode step's matmuls at `h`'s rows (`[rows, hidden]`), each layer's output feeding the next;
+    the same code for jax.numpy and torch arrays (`silu`, `repeat_kv` from each library)."""
+    for w in layers:
+        h = h + (h @ w["q"] + repeat_kv(h @ w["k"] + h @ w["v"])) @ w["o"] * 0.01
+        h = h + (silu(h @ w["gate"]) * (h @ w["up"])) @ w["down"] * 0.01
+    return h @ head
+
+
 def build_sj_jax(prompts_by_batch: dict[int, list[list[int]]]):
     """sj_jax's side (own process): `generate` of NEW tokens (or 1: the prefill) for each batch's prompts."""
     from sj_jax.weights.registry import DEFAULT_MODEL
@@ -61,10 +95,21 @@ def build_sj_jax(prompts_by_batch: dict[int, list[list[int]]]):
         out = sj_jax.generate(model, prompts_by_batch[batch], max_new_tokens=n, **kw)
         assert all(len(t[0]) == n for t in out.token_ids)
 
+    c = model.config
+    layers, head = random_matmul_weights(c)
+    layers, head = jax.device_put((layers, head))
+    groups = c.num_heads // c.num_kv_heads
+    chain = jax.jit(lambda layers, head, h: matmul_chain(layers, head, h, jax.nn.silu,
+                                                         lambda x: jax.numpy.tile(x, (1, groups))))
+    xs = {b: jax.device_put(np.random.default_rng(b).standard_normal((b, c.hidden_size), dtype=np.float32))
+          for b in prompts_by_batch}
+
     param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(model.params))
     calls = {f"sample{b}": (lambda b=b: run(b)) for b in prompts_by_batch}
     calls.update({f"prefill{b}": (lambda b=b: run(b, 1)) for b in prompts_by_batch})
-    c = model.config
+    calls.update({f"matmuls{b}": (lambda b=b: [chain(layers, head, xs[b]).block_until_ready()
+                                               for _ in range(CHAIN_REPEATS)])
+                  for b in prompts_by_batch})
     kv_position = c.num_layers * 2 * c.num_kv_heads * c.head_dim * 4
     return {"param_bytes": param_bytes, "kv_bytes_a_position": kv_position}, calls
 
@@ -73,7 +118,20 @@ def build_torch(prompts_by_batch: dict[int, list[list[int]]], threads: int):
     """PyTorch's side (own process): transformers `generate`, exactly NEW tokens, same sampling."""
     import torch
 
+    from sj_jax.models.config import from_hf_config
+
     tm = common.load_torch_default(threads)
+    c = from_hf_config(tm.config)
+    layers, head = random_matmul_weights(c)
+    layers = [{n: torch.from_numpy(w) for n, w in layer.items()} for layer in layers]
+    head, groups = torch.from_numpy(head), c.num_heads // c.num_kv_heads
+    xs = {b: torch.from_numpy(np.random.default_rng(b).standard_normal((b, c.hidden_size), dtype=np.float32))
+          for b in prompts_by_batch}
+
+    def chain(batch: int) -> None:
+        with torch.inference_mode():
+            for _ in range(CHAIN_REPEATS):
+                matmul_chain(layers, head, xs[batch], torch.nn.functional.silu, lambda x: x.repeat(1, groups))
 
     def run(batch: int) -> None:
         t_ids = torch.tensor(prompts_by_batch[batch])
@@ -82,7 +140,9 @@ def build_torch(prompts_by_batch: dict[int, list[list[int]]], threads: int):
                               top_p=0.9, top_k=0, max_new_tokens=NEW, min_new_tokens=NEW, pad_token_id=2)
         assert out.shape[1] == PROMPT + NEW
 
-    return {"threads": torch.get_num_threads()}, {f"sample{b}": (lambda b=b: run(b)) for b in prompts_by_batch}
+    calls = {f"sample{b}": (lambda b=b: run(b)) for b in prompts_by_batch}
+    calls.update({f"matmuls{b}": (lambda b=b: chain(b)) for b in prompts_by_batch})
+    return {"threads": torch.get_num_threads()}, calls
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -105,12 +165,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         param_bytes, threads = sides.info["sj_jax"]["param_bytes"], sides.info["torch"]["threads"]
         kv_position = sides.info["sj_jax"]["kv_bytes_a_position"]
         for batch in args.batches:
-            for side, name in (("sj_jax", f"sample{batch}"), ("sj_jax", f"prefill{batch}"),
-                               ("torch", f"sample{batch}")):
+            timed = {"sj_jax": ("sj_jax", f"sample{batch}"), "prefill": ("sj_jax", f"prefill{batch}"),
+                     "torch": ("torch", f"sample{batch}"), "matmuls": ("sj_jax", f"matmuls{batch}"),
+                     "torch_matmuls": ("torch", f"matmuls{batch}")}
+            for side, name in timed.values():
                 sides.call(side, name)  # compile and warm up
-            samples, _ = sides.alternate({"sj_jax": ("sj_jax", f"sample{batch}"),
-                                          "prefill": ("sj_jax", f"prefill{batch}"),
-                                          "torch": ("torch", f"sample{batch}")}, args.rounds)
+            samples, _ = sides.alternate(timed, args.rounds)
             st = {k: common.stats(v) for k, v in samples.items()}
             secs = {k: v["median"] for k, v in st.items()}
             step = (secs["sj_jax"] - secs["prefill"]) / (NEW - 1)
@@ -123,6 +183,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "ratio": secs["torch"] / secs["sj_jax"], "decode_step_ms": step * 1e3,
                 "bound_step_ms": bound * 1e3, "fraction_of_bound": bound / step,
                 "read_bandwidth_GBps": m["read_GBps"], "bytes_per_step_MB": (param_bytes + kv_bytes) / 1e6,
+                "matmuls_ms": secs["matmuls"] / CHAIN_REPEATS * 1e3,
+                "torch_matmuls_ms": secs["torch_matmuls"] / CHAIN_REPEATS * 1e3,
+                # the decode step that would give the goal's 2x, the prefill as it is
+                "step_ms_for_2x": (secs["torch"] / 2 - secs["prefill"]) / (NEW - 1) * 1e3,
             }
             results.append(r)
             print(f"{batch:3d} {args.prompts} prompts x {PROMPT} tokens, {NEW} new, T=1.0 top-p 0.9 (torch threads "
@@ -133,6 +197,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"   decode step {r['decode_step_ms']:.1f} ms; bound {r['bound_step_ms']:.1f} ms "
                   f"({r['bytes_per_step_MB']:.0f} MB at {r['read_bandwidth_GBps']:.1f} GB/s): "
                   f"{100 * r['fraction_of_bound']:.0f}% of the bandwidth bound", flush=True)
+            print(f"   the step's matmuls alone: sj_jax (XLA) {r['matmuls_ms']:.1f} ms, PyTorch "
+                  f"{r['torch_matmuls_ms']:.1f} ms; 2x generate needs a step of {r['step_ms_for_2x']:.1f} ms",
+                  flush=True)
     common.quiet_check(m)
     common.write_json(args.json, {"machine": m, "results": results})
     return results

@@ -92,3 +92,33 @@ def test_the_peers_table_has_a_row_a_comparison_with_its_goal():
     assert met == {"dpo": "yes", "sample64": "yes", "sample16": "no", "judge": "yes", "self_judge": "yes"}
     assert text[3].split()[-1] == "NO"  # the sampling run was not quiet
     assert math.isclose(rows[0]["ratio"], 1.4)
+
+
+def test_the_sampling_benchmarks_matmul_chain_is_the_same_work_on_both_sides():
+    """`benchmarks.sample` times the decode step's matmuls in XLA and in PyTorch: the same products,
+    every projection of every layer and the output projection, so both sides give one result."""
+    import jax
+    import numpy as np
+    import torch
+
+    from benchmarks import sample
+    from sj_jax import ModelConfig
+
+    cfg = ModelConfig(model_type="llama", vocab_size=96, hidden_size=32, intermediate_size=48, num_layers=3,
+                      num_heads=4, num_kv_heads=2, head_dim=8)
+    layers, head = sample.random_matmul_weights(cfg)
+    assert [layers[0][n].shape for n in ("q", "k", "o", "down")] == [(32, 32), (32, 16), (32, 32), (48, 32)]
+    assert len(layers) == 3 and head.shape == (32, 96)
+    x = np.random.default_rng(5).standard_normal((6, 32), dtype=np.float32)
+    with jax.default_matmul_precision("highest"):
+        ours = np.asarray(jax.jit(lambda ls, hd, h: sample.matmul_chain(
+            ls, hd, h, jax.nn.silu, lambda t: jax.numpy.tile(t, (1, 2))))(layers, head, x))
+    tl = [{n: torch.from_numpy(w) for n, w in layer.items()} for layer in layers]
+    ref = sample.matmul_chain(tl, torch.from_numpy(head), torch.from_numpy(x), torch.nn.functional.silu,
+                              lambda t: t.repeat(1, 2)).numpy()
+    assert ours.shape == (6, 96)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+    # every layer counts: without the last layer the result differs by well over the tolerance above
+    short = sample.matmul_chain(tl[:2], torch.from_numpy(head), torch.from_numpy(x), torch.nn.functional.silu,
+                                lambda t: t.repeat(1, 2)).numpy()
+    assert np.abs(short - ref).max() > 2e-5
